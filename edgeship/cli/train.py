@@ -1,0 +1,99 @@
+"""``edgeship train``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from edgeship.cli.options import json_option, parse_size, pass_app
+from edgeship.console import emit_json, out, progress
+
+
+@click.command()
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits, breast_cancer, wine, iris, a .csv file, or an image folder.")
+@click.option("--target", help="The label column of a CSV file.")
+@click.option("--time-column", help="Split by time on this CSV column (oldest rows train).")
+@click.option("--image-size", default="32", show_default=True,
+              help="Resize image-folder images to this (32 or HxW).")
+@click.option("--model", "model_name", default="auto", show_default=True,
+              help="cnn, dscnn, mobilenetv2 (images) or mlp (tables); auto picks by data.")
+@click.option("--width", type=float, default=1.0, show_default=True, help="Width multiplier.")
+@click.option("--alpha", type=float, default=0.35, show_default=True,
+              help="MobileNetV2 alpha.")
+@click.option("--epochs", type=int, default=60, show_default=True,
+              help="Upper bound; early stopping on validation loss usually ends sooner.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option("--patience", type=int, default=8, show_default=True,
+              help="Early-stopping patience in epochs.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none",
+              show_default=True, help="'balanced' for imbalanced classes.")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True)
+@click.option("--test-fraction", type=float, default=0.15, show_default=True)
+@json_option
+@pass_app
+def train(app: Any, dataset: str, target: str | None, time_column: str | None, image_size: str,
+          model_name: str, width: float, alpha: float, epochs: int, batch_size: int,
+          learning_rate: float, patience: int, seed: int, class_weight: str,
+          val_fraction: float, test_fraction: float, as_json: bool) -> None:
+    """Train a Keras model and store it as a new run.
+
+    \b
+    Examples:
+      edgeship train                                   # CNN on the 8x8 digits
+      edgeship train --dataset wine --epochs 100
+      edgeship train --dataset sales.csv --target churned --time-column date --json
+      edgeship train --dataset photos/ --image-size 96 --model mobilenetv2
+    """
+    from training.stage import TrainConfig
+    from training.stage import train as train_stage
+
+    cfg = TrainConfig(
+        dataset=dataset, target=target, time_column=time_column,
+        image_size=parse_size(image_size), model=model_name, width=width, alpha=alpha,
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+        seed=seed, class_weight=class_weight, val_fraction=val_fraction,
+        test_fraction=test_fraction,
+    )
+    with progress("training", total=epochs) as bar:
+        result = train_stage(app.store, cfg, progress=bar)
+    summary = train_summary(result)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_train_summary(summary)
+
+
+def train_summary(result: Any) -> dict[str, Any]:
+    m = result.metrics
+    manifest = result.run.manifest
+    return {
+        "run_dir": str(result.run.path),
+        "run_id": result.run.id,
+        "dataset": manifest["data"]["dataset"],
+        "model": manifest["model"]["name"],
+        "test_accuracy": m["test"]["accuracy"],
+        "test_macro_f1": m["test"]["macro_f1"],
+        "baselines": {k: v["accuracy"] for k, v in m["baselines"].items()},
+        "params": m["params"],
+        "epochs_run": m["epochs_run"],
+        "wall_time_s": m["wall_time_s"],
+        "split": manifest["data"]["split"]["sizes"],
+    }
+
+
+def print_train_summary(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{s['model']} on {s['dataset']} (test split, {s['split']['test']} rows)")
+    table.add_column("model")
+    table.add_column("test accuracy", justify="right")
+    table.add_row(f"[bold]{s['model']}[/]", f"[bold]{s['test_accuracy']:.4f}[/]")
+    for name, acc in s["baselines"].items():
+        table.add_row(f"{name.replace('_', ' ')} (baseline)", f"{acc:.4f}")
+    out.print(table)
+    out.print(f"{s['params']:,} parameters, {s['epochs_run']} epochs in {s['wall_time_s']:.1f} s")
+    out.print(f"run: [bold]{s['run_id']}[/]  ({s['run_dir']})")

@@ -1,0 +1,96 @@
+"""Where output goes: results on stdout, progress and warnings on stderr.
+
+With ``--json`` a command prints exactly one JSON object on stdout and nothing else there,
+so scripts can parse it; everything meant for a person goes to stderr in that mode.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+def _console(stderr: bool) -> Console:
+    """Rich assumes 80 columns when output is piped; logs and CI read better wider."""
+    probe = Console(stderr=stderr)
+    width = None if probe.is_terminal else 120
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+err = _console(stderr=True)
+out = _console(stderr=False)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}")
+
+
+def info(message: str) -> None:
+    err.print(message)
+
+
+def emit_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default) + "\n")
+    sys.stdout.flush()
+
+
+def _default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+@contextmanager
+def progress(description: str, total: int | None) -> Iterator[Any]:
+    """A progress bar on stderr; on a non-terminal, one line per update instead of redraws."""
+    if not err.is_terminal:
+        yield _LineProgress(description, total)
+        return
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=total, status="")
+        yield _BarProgress(bar, task)
+
+
+class _BarProgress:
+    def __init__(self, bar: Progress, task: Any):
+        self._bar, self._task = bar, task
+
+    def update(self, advance: int = 1, status: str = "") -> None:
+        self._bar.update(self._task, advance=advance, status=status)
+
+
+class _LineProgress:
+    def __init__(self, description: str, total: int | None):
+        self._desc, self._total, self._done = description, total, 0
+
+    def update(self, advance: int = 1, status: str = "") -> None:
+        """Log about ten lines per task, not one per step: logs are read, not watched."""
+        self._done += advance
+        every = max(1, (self._total or 10) // 10)
+        if self._done % every and self._done != self._total:
+            return
+        of = f"/{self._total}" if self._total else ""
+        err.print(f"{self._desc} {self._done}{of} {status}".rstrip())

@@ -1,0 +1,73 @@
+"""A person's view of a manifest: what `edgeship show` prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgeship.runstore import RunDir
+
+
+def render_summary(run: RunDir, m: dict[str, Any], console: Console) -> None:
+    env = m.get("environment", {})
+    git = env.get("git") or {}
+    console.print(f"[bold]run {m['run_id']}[/]  created {m.get('created')}  ({run.path})")
+    commit = f"{git.get('sha', '')[:10]}{' (dirty)' if git.get('dirty') else ''}" if git else "-"
+    console.print(f"edgeship {env.get('edgeship_version')}, commit {commit}, "
+                  f"Python {env.get('python')}, seed {m.get('seed')}")
+    pk = env.get("packages", {})
+    console.print("packages: " + ", ".join(f"{k} {v}" for k, v in pk.items()))
+    data = m.get("data")
+    if data:
+        split = data["split"]
+        console.print(
+            f"\n[bold]data[/] {data['dataset']} ({data['kind']}, {data['rows']} rows, "
+            f"sha256 {data['sha256'][:12]}…), {len(data['labels'])} classes, input "
+            f"{data['input']['shape']} {data['input']['dtype']}"
+        )
+        console.print(f"split {split['method']}: {split['sizes']}"
+                      + (f"  dropped rows: {data['dropped_rows']}" if data["dropped_rows"] else ""))
+        dropped = data["preprocessing"].get("dropped") or []
+        if dropped:
+            console.print("dropped columns: " + ", ".join(
+                f"{d['name']} ({d['reason']})" for d in dropped))
+    model = m.get("model")
+    if model:
+        console.print(f"[bold]model[/] {model['name']}, {model['params']:,} parameters")
+    variants = m.get("variants") or {}
+    if variants:
+        t = Table(title="variants")
+        for col in ("name", "parent", "passes", "test accuracy", "tflite bytes"):
+            t.add_column(col)
+        for name, v in variants.items():
+            acc = v.get("test_accuracy")
+            t.add_row(name, str(v.get("parent", "")), " + ".join(v.get("passes", [])),
+                      f"{acc:.4f}" if acc is not None else "-", str(v.get("tflite_bytes", "-")))
+        console.print(t)
+    artifacts = m.get("artifacts") or {}
+    if artifacts:
+        t = Table(title="exports")
+        for col in ("artifact", "format", "target", "bytes", "validation"):
+            t.add_column(col)
+        for key, a in artifacts.items():
+            val = a.get("validation") or {}
+            verdict = "passed" if val.get("passed") else "[red]failed[/]"
+            t.add_row(key, a.get("format", ""), str(a.get("target", "")), str(a.get("bytes", "")),
+                      verdict)
+        console.print(t)
+    t = Table(title="stages")
+    for col in ("stage", "started", "wall time", "outputs", "key metrics"):
+        t.add_column(col)
+    for s in m.get("stages", []):
+        metrics = s.get("metrics", {})
+        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in metrics.items()
+                          if isinstance(v, int | float))
+        t.add_row(s["name"], s["started"], f"{s['wall_time_s']:.1f} s", str(len(s["outputs"])),
+                  shown)
+    console.print(t)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,1 @@
+"""Training: datasets, splits, preprocessing fitted on the train split, models, baselines."""

@@ -1,0 +1,226 @@
+"""The training stage: data in, a new run out.
+
+Load -> split -> fit preprocessing on train -> train with early stopping -> evaluate on test
+-> baselines -> write the run. The run only appears once everything is written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeship.errors import InputError
+from edgeship.runstore import RunDir, RunStore
+from training import preprocessing
+from training.baselines import run_baselines
+from training.datasets import RawDataset, load_dataset
+from training.evaluation import classification_metrics
+from training.keras_env import keras, seed_everything
+from training.models import ModelOptions, build_model, count_params, resolve_model_name
+from training.report import model_card, plot_curves
+from training.splits import Split, balanced_class_weight, split_dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str = "digits"
+    target: str | None = None
+    time_column: str | None = None
+    image_size: tuple[int, int] = (32, 32)
+    model: str | None = None
+    width: float = 1.0
+    alpha: float = 0.35
+    dropout: float = 0.1
+    epochs: int = 60
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 8
+    seed: int = 0
+    class_weight: str | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise InputError(f"--epochs {self.epochs}: train for at least 1 epoch")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size {self.batch_size}: use a positive batch size")
+        if not self.learning_rate > 0:
+            raise InputError(f"--learning-rate {self.learning_rate}: use a positive rate, e.g. 1e-3")
+        if self.width <= 0:
+            raise InputError(f"--width {self.width}: use a positive width multiplier")
+        if self.class_weight not in (None, "none", "balanced"):
+            raise InputError(f"--class-weight {self.class_weight}: use 'balanced' or 'none'")
+        if min(self.image_size) < 4:
+            raise InputError(f"--image-size {self.image_size}: use at least 4 pixels a side")
+
+
+@dataclass
+class Prepared:
+    """A dataset after splitting and train-fitted preprocessing."""
+
+    data: RawDataset
+    split: Split
+    spec: dict[str, Any]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    metrics: dict[str, Any]
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    data = load_dataset(cfg.dataset, target=cfg.target, time_column=cfg.time_column,
+                        image_size=cfg.image_size)
+    split = split_dataset(data, cfg.seed, cfg.val_fraction, cfg.test_fraction)
+    spec = preprocessing.fit(data, split.train)
+    arrays = {}
+    for part in ("train", "val", "test"):
+        idx = getattr(split, part)
+        arrays[f"x_{part}"] = preprocessing.transform(spec, data.select(idx))
+        arrays[f"y_{part}"] = data.y[idx]
+    return Prepared(data, split, spec, arrays)
+
+
+def train(store: RunStore, cfg: TrainConfig, progress: Any = None) -> TrainResult:
+    """Train one model and commit it as a new run."""
+    cfg.check()
+    prep = prepare(cfg)
+    data = prep.data
+    model_name = resolve_model_name(cfg.model, data.kind)
+    with store.new_run(f"{data.name}-{model_name}", cfg.seed) as run:
+        params = {**asdict(cfg), "model": model_name}
+        with run.stage("train", params) as st:
+            _write_data(st.output("data"), prep)
+            metrics, model_section = _fit_and_evaluate(st.output("model"), prep, cfg, model_name,
+                                                       progress)
+            data_section = _data_section(prep, cfg)
+            st.set_section("data", data_section)
+            st.set_section("model", model_section)
+            st.metrics.update({
+                "test_accuracy": metrics["test"]["accuracy"],
+                "test_macro_f1": metrics["test"]["macro_f1"],
+                "baselines": {k: v["accuracy"] for k, v in metrics["baselines"].items()},
+                "epochs_run": metrics["epochs_run"],
+            })
+            card = model_card({**run.manifest, "data": data_section, "model": model_section},
+                              metrics)
+            (st.output("model") / "model_card.md").write_text(card, encoding="utf-8")
+    return TrainResult(run=run, metrics=metrics)
+
+
+def _fit_and_evaluate(out: Path, prep: Prepared, cfg: TrainConfig, model_name: str,
+                      progress: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    k = keras()
+    a, labels = prep.arrays, prep.data.labels
+    seed_everything(cfg.seed)
+    options = ModelOptions(width=cfg.width, alpha=cfg.alpha, dropout=cfg.dropout)
+    model = build_model(model_name, a["x_train"].shape[1:], len(labels), options)
+    model.compile(optimizer=k.optimizers.Adam(cfg.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    class_weight = (balanced_class_weight(a["y_train"], len(labels))
+                    if cfg.class_weight == "balanced" else None)
+    callbacks = [k.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
+                                           restore_best_weights=True)]
+    if progress is not None:
+        callbacks.append(_EpochProgress(progress))
+    t0 = time.perf_counter()
+    history = model.fit(
+        a["x_train"], a["y_train"], validation_data=(a["x_val"], a["y_val"]),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, class_weight=class_weight,
+        callbacks=callbacks, verbose=0, shuffle=True,
+    ).history
+    wall = time.perf_counter() - t0
+    probs = model.predict(a["x_test"], batch_size=256, verbose=0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    metrics = {
+        "test": classification_metrics(probs, a["y_test"], labels),
+        "baselines": run_baselines(a["x_train"], a["y_train"], a["x_test"], a["y_test"],
+                                   len(labels), cfg.seed),
+        "params": count_params(model),
+        "epochs_run": len(history["loss"]),
+        "best_epoch": int(np.argmin(history["val_loss"])) + 1,
+        "wall_time_s": round(wall, 3),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "class_weight": class_weight,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    _write_history(out / "history.csv", history)
+    plot_curves(history, out / "curves.png")
+    model_section = {"name": model_name, "options": asdict(options), "params": metrics["params"],
+                     "path": "model/model.keras"}
+    return metrics, model_section
+
+
+def _write_data(out: Path, prep: Prepared) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "splits.npz", **prep.arrays)
+    test_idx = prep.split.test
+    raw = prep.data.select(test_idx)
+    if prep.data.kind == "image":
+        np.savez_compressed(out / "test_raw.npz", x=raw.astype(np.float32), y=prep.data.y[test_idx])
+    else:
+        frame = raw.copy()
+        frame["__label__"] = [prep.data.labels[i] for i in prep.data.y[test_idx]]
+        frame.to_csv(out / "test_raw.csv", index=False)
+
+
+def _write_history(path: Path, history: dict[str, list[float]]) -> None:
+    keys = list(history)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["epoch", *keys])
+    for i in range(len(history[keys[0]])):
+        writer.writerow([i + 1, *(f"{history[key][i]:.6f}" for key in keys)])
+    path.write_text(buf.getvalue(), encoding="utf-8")
+
+
+def _data_section(prep: Prepared, cfg: TrainConfig) -> dict[str, Any]:
+    data, split, a = prep.data, prep.split, prep.arrays
+    counts = np.bincount(data.y, minlength=len(data.labels))
+    return {
+        "dataset": data.name,
+        "source": data.source,
+        "kind": data.kind,
+        "sha256": data.sha256,
+        "rows": data.rows,
+        "dropped_rows": data.dropped_rows,
+        "target": data.target,
+        "labels": data.labels,
+        "class_counts": {label: int(c) for label, c in zip(data.labels, counts, strict=True)},
+        "input": {"shape": list(a["x_train"].shape[1:]), "dtype": "float32"},
+        "features": prep.spec.get("features"),
+        "preprocessing": prep.spec,
+        "split": {"method": split.method, "sizes": split.sizes(), **split.info},
+        "class_weight": cfg.class_weight if cfg.class_weight != "none" else None,
+        "files": {"splits": "data/splits.npz",
+                  "test_raw": "data/test_raw.npz" if data.kind == "image" else "data/test_raw.csv"},
+    }
+
+
+class _EpochProgress:
+    """Adapts Keras epochs to edgeship's progress display."""
+
+    def __new__(cls, progress: Any) -> Any:
+        k = keras()
+
+        class Callback(k.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+                logs = logs or {}
+                progress.update(1, status=(
+                    f"loss {logs.get('loss', float('nan')):.3f}  "
+                    f"val_acc {logs.get('val_accuracy', float('nan')):.3f}"
+                ))
+
+        return Callback()
