@@ -71,6 +71,12 @@ class StageContext:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
+    def output_dir(self, relpath: str) -> Path:
+        """Like ``output`` for a folder, created empty in staging."""
+        path = self.output(relpath)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
     def set_section(self, key: str, value: Any) -> None:
         """Set a top-level manifest key (``data``, ``model``, ``variants`` ...) on commit."""
         self.sections[key] = value

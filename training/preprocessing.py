@@ -75,8 +75,10 @@ def _fit_tabular(train: pd.DataFrame) -> dict[str, Any]:
         as_text = present.astype(str)
         vocab = sorted(as_text.unique().tolist())
         if len(vocab) > MAX_CATEGORIES:
-            dropped.append({"name": str(name),
-                            "reason": f"free text ({len(vocab)} distinct values in train)"})
+            reason = (f"dates ({len(vocab)} distinct values); pass --time-column {name} to split by them"
+                      if _looks_like_dates(present) else
+                      f"free text ({len(vocab)} distinct values in train)")
+            dropped.append({"name": str(name), "reason": reason})
             continue
         columns.append({
             "name": str(name), "type": "categorical",
@@ -107,6 +109,11 @@ def _transform_tabular(spec: dict[str, Any], frame: pd.DataFrame) -> np.ndarray:
             vocab = np.asarray(col["vocabulary"], dtype=object)
             parts.append((text[:, None] == vocab[None, :]).astype(float))
     return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _looks_like_dates(present: pd.Series) -> bool:
+    sample = present.astype(str).head(50)
+    return bool(pd.to_datetime(sample, errors="coerce", format="mixed").notna().all())
 
 
 def _as_numeric(col: pd.Series) -> pd.Series | None:

@@ -101,8 +101,8 @@ def train(store: RunStore, cfg: TrainConfig, progress: Any = None) -> TrainResul
     with store.new_run(f"{data.name}-{model_name}", cfg.seed) as run:
         params = {**asdict(cfg), "model": model_name}
         with run.stage("train", params) as st:
-            _write_data(st.output("data"), prep)
-            metrics, model_section = _fit_and_evaluate(st.output("model"), prep, cfg, model_name,
+            _write_data(st.output_dir("data"), prep)
+            metrics, model_section = _fit_and_evaluate(st.output_dir("model"), prep, cfg, model_name,
                                                        progress)
             data_section = _data_section(prep, cfg)
             st.set_section("data", data_section)
@@ -115,7 +115,7 @@ def train(store: RunStore, cfg: TrainConfig, progress: Any = None) -> TrainResul
             })
             card = model_card({**run.manifest, "data": data_section, "model": model_section},
                               metrics)
-            (st.output("model") / "model_card.md").write_text(card, encoding="utf-8")
+            (st.output_dir("model") / "model_card.md").write_text(card, encoding="utf-8")
     return TrainResult(run=run, metrics=metrics)
 
 

@@ -7,9 +7,9 @@ stderr and exit code 2 (a traceback only with ``--debug``).
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,19 @@ class App:
     debug: bool
 
 
+class CommandError(click.ClickException):
+    """An ``EdgeshipError`` as the CLI shows it: one line, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+# OS errors that are the user's environment, not a bug: shown as one line like EdgeshipError.
+USER_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT}
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)
@@ -49,6 +62,27 @@ class LazyGroup(click.Group):
         rows = [(name, help_) for name, (_, help_) in COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> object:
+        """The one error boundary: library errors become one line and exit code 2."""
+        try:
+            return super().invoke(ctx)
+        except EdgeshipError as e:
+            if _debug(ctx):
+                raise
+            raise CommandError(str(e)) from e
+        except OSError as e:
+            if e.errno not in USER_ERRNOS or _debug(ctx):
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            raise CommandError(f"{e.strerror}{where}: free space or fix permissions, then retry") from e
+        except KeyboardInterrupt:
+            click.echo("interrupted: the stage in progress was rolled back", err=True)
+            ctx.exit(130)
+
+
+def _debug(ctx: click.Context) -> bool:
+    return bool(getattr(ctx.obj, "debug", False)) or os.environ.get("EDGESHIP_DEBUG") == "1"
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -75,30 +109,4 @@ def cli(ctx: click.Context, runs_dir: Path | None, debug: bool) -> None:
 
 
 def main() -> None:
-    debug = "--debug" in sys.argv[1:] or os.environ.get("EDGESHIP_DEBUG") == "1"
-    try:
-        cli.main(standalone_mode=False)
-    except EdgeshipError as e:
-        if debug:
-            raise
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("interrupted: the stage in progress was rolled back", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("interrupted: the stage in progress was rolled back", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except OSError as e:
-        if debug:
-            raise
-        # Disk full, permission denied and the like: the user's environment, not a bug.
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        click.echo(f"error: {e.strerror or e}{where}; free space or fix permissions and retry",
-                   err=True)
-        sys.exit(2)
+    cli(prog_name="edgeship")

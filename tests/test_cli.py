@@ -1,0 +1,135 @@
+"""The CLI end to end, as a user types it, and every bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.clihelp import assert_one_line_error, invoke, invoke_json
+
+
+def test_help_is_instant_and_does_not_import_tensorflow() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter()\n"
+        "from edgeship.cli import cli\n"
+        "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n"
+        "assert 'tf_keras' not in sys.modules\n"
+        "print(time.perf_counter() - t)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "train" in out.stdout
+    assert float(out.stdout.strip().splitlines()[-1]) < 1.0
+
+
+def _churn_csv(path: Path, n: int = 300) -> Path:
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({
+        "signup": pd.date_range("2022-03-01", periods=n, freq="12h").astype(str),
+        "spend": rng.gamma(2.0, 30.0, n).round(2),
+        "tier": rng.choice(["free", "plus", "pro"], n),
+        "comment": [f"ticket #{i}: {rng.integers(1e6)}" for i in range(n)],
+    })
+    score = frame["spend"] / 60 + (frame["tier"] == "pro") * 1.2 + rng.normal(0, 0.4, n)
+    frame["churned"] = np.where(score > 2.6, "yes", "no")
+    frame.loc[rng.choice(n, 25, replace=False), "spend"] = np.nan
+    frame.loc[[4, 8], "churned"] = None
+    frame.sample(frac=1.0, random_state=1).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+def test_train_digits_json(runs_dir: Path) -> None:
+    out = invoke_json(runs_dir, "train", "--epochs", "12", "--patience", "4")
+    assert out["test_accuracy"] > 0.9
+    assert set(out["baselines"]) == {"zero_rule", "logistic_regression"}
+    assert Path(out["run_dir"]).name == out["run_id"]
+    assert (Path(out["run_dir"]) / "manifest.json").is_file()
+
+
+@pytest.mark.slow
+def test_train_csv_with_time_split_missing_values_text_and_imbalance(tmp_path: Path,
+                                                                      runs_dir: Path) -> None:
+    csv_path = _churn_csv(tmp_path / "churn.csv")
+    out = invoke_json(runs_dir, "train", "--dataset", str(csv_path), "--target", "churned",
+                      "--time-column", "signup", "--class-weight", "balanced", "--epochs", "15")
+    manifest = json.loads((Path(out["run_dir"]) / "manifest.json").read_text())
+    data = manifest["data"]
+    assert data["split"]["method"] == "time" and data["dropped_rows"] == {"missing_target": 2}
+    assert [d["name"] for d in data["preprocessing"]["dropped"]] == ["comment"]
+    assert data["class_weight"] == "balanced"
+    assert 0 <= out["test_accuracy"] <= 1 and out["baselines"]["zero_rule"] > 0
+
+
+@pytest.mark.slow
+def test_runs_and_show_list_what_was_made(digits_run) -> None:
+    root = digits_run.path.parent
+    listed = invoke_json(root, "runs")["runs"]
+    assert [r["run_id"] for r in listed] == [digits_run.id]
+    shown = invoke(root, "show", "latest")
+    assert shown.exit_code == 0 and digits_run.id in shown.stdout and "stratified" in shown.stdout
+    assert invoke_json(root, "show", digits_run.id)["run_id"] == digits_run.id
+
+
+@pytest.mark.slow
+def test_edgeship_run_trains_the_default(tmp_path: Path) -> None:
+    out = invoke_json(tmp_path / "runs", "run", "--epochs", "10")
+    assert out["train"]["dataset"] == "digits" and out["train"]["test_accuracy"] > 0.85
+
+
+BAD_INPUTS = [
+    (["train", "--dataset", "missing.csv", "--target", "y"], ["no such file", "missing.csv"]),
+    (["train", "--dataset", "{csv}", "--target", "nope"], ["no column 'nope'", "spend, tier"]),
+    (["train", "--dataset", "{single}", "--target", "churned"], ["single class"]),
+    (["train", "--dataset", "{tiny}", "--target", "churned"], ["fewer than the split needs"]),
+    (["train", "--dataset", "mnist"], ["unknown dataset 'mnist'", "digits"]),
+    (["train", "--model", "resnet"], ["unknown model 'resnet'", "cnn, dscnn"]),
+    (["train", "--epochs", "0"], ["--epochs 0"]),
+    (["train", "--dataset", "{csv}", "--target", "churned", "--time-column", "comment"],
+     ["does not parse as dates or numbers"]),
+    (["train", "--dataset", "{empty_dir}"], ["has no images"]),
+    (["show", "no-such-run"], ["no run 'no-such-run'"]),
+]
+
+
+@pytest.mark.parametrize(("args", "needles"), BAD_INPUTS, ids=[" ".join(a[:3]) for a, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], needles: list[str]) -> None:
+    csv_path = _churn_csv(tmp_path / "churn.csv")
+    frame = pd.read_csv(csv_path)
+    frame.assign(churned="no").to_csv(tmp_path / "single.csv", index=False)
+    frame.head(8).to_csv(tmp_path / "tiny.csv", index=False)
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    subs = {"{csv}": str(csv_path), "{single}": str(tmp_path / "single.csv"),
+            "{tiny}": str(tmp_path / "tiny.csv"), "{empty_dir}": str(tmp_path / "imgs")}
+    runs_dir = tmp_path / "runs"
+    result = invoke(runs_dir, *[subs.get(a, a) for a in args])
+    assert_one_line_error(result, *needles)
+    assert not runs_dir.exists() or not any(runs_dir.iterdir()), "a failed command left a run behind"
+
+
+def test_unwritable_runs_dir_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = invoke(blocker / "runs", "train", "--dataset", "iris", "--epochs", "1")
+    assert_one_line_error(result, "cannot be written", "--runs-dir")
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    from edgeship.errors import InputError
+
+    with pytest.raises(InputError):
+        invoke(tmp_path, "--debug", "train", "--dataset", "mnist")
+
+
+def test_console_script_exit_code_is_2(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("edgeship")
+    proc = subprocess.run([str(exe), "--runs-dir", str(tmp_path), "train", "--dataset", "mnist"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown dataset")
+    assert proc.stdout == ""
