@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edgeship.runstore import RunDir, RunStore  # noqa: E402
+from edgeship.runstore import RunDir, RunStore
 
 
 @pytest.fixture(scope="session")
