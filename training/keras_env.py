@@ -27,7 +27,7 @@ def _native_stderr_silenced() -> Iterator[None]:
     It is printed once, while the library loads; Python exceptions still surface normally.
     ``EDGESHIP_DEBUG=1`` shows it.
     """
-    if "tensorflow" in sys.modules or os.environ.get("EDGESHIP_DEBUG") == "1":
+    if os.environ.get("EDGESHIP_DEBUG") == "1":
         yield
         return
     sys.stderr.flush()
@@ -44,19 +44,30 @@ def _native_stderr_silenced() -> Iterator[None]:
 
 def tf() -> ModuleType:
     _quiet_env()
-    with _native_stderr_silenced():
-        import tensorflow
+    if "tensorflow" not in sys.modules:
+        with _native_stderr_silenced():
+            import tensorflow
 
-    tensorflow.get_logger().setLevel("ERROR")
-    return tensorflow
+        tensorflow.get_logger().setLevel("ERROR")
+    return sys.modules["tensorflow"]
 
 
 def keras() -> ModuleType:
     """``tf_keras``, with TensorFlow configured for it."""
     tf()
-    import tf_keras
+    if "tf_keras" not in sys.modules:
+        with _native_stderr_silenced():
+            import tf_keras  # noqa: F401
+    return sys.modules["tf_keras"]
 
-    return tf_keras
+
+def tfmot() -> ModuleType:
+    """tensorflow-model-optimization, which needs tf_keras configured first."""
+    keras()
+    if "tensorflow_model_optimization" not in sys.modules:
+        with _native_stderr_silenced():
+            import tensorflow_model_optimization  # noqa: F401
+    return sys.modules["tensorflow_model_optimization"]
 
 
 def seed_everything(seed: int) -> None:
@@ -64,3 +75,18 @@ def seed_everything(seed: int) -> None:
     k = keras()
     k.utils.set_random_seed(seed)
     tf().config.experimental.enable_op_determinism()
+
+
+def custom_objects() -> dict[str, object]:
+    """What a saved edgeship model may contain besides stock layers: tfmot's QAT wrappers."""
+    merged: dict[str, object] = {}
+    for part in tfmot().quantization.keras.quantize_scope().custom_objects:
+        merged.update(part)
+    return merged
+
+
+def load_model(path: str | os.PathLike[str]) -> object:
+    """Load a model edgeship saved (plain, pruned/clustered-and-stripped, or QAT), in safe mode."""
+    k = keras()
+    return k.models.load_model(path, custom_objects=custom_objects(), compile=False,
+                               safe_mode=True)

@@ -141,26 +141,61 @@ def _fit_and_evaluate(out: Path, prep: Prepared, cfg: TrainConfig, model_name: s
         callbacks=callbacks, verbose=0, shuffle=True,
     ).history
     wall = time.perf_counter() - t0
-    probs = model.predict(a["x_test"], batch_size=256, verbose=0)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model.keras")
-    metrics = {
-        "test": classification_metrics(probs, a["y_test"], labels),
-        "baselines": run_baselines(a["x_train"], a["y_train"], a["x_test"], a["y_test"],
-                                   len(labels), cfg.seed),
-        "params": count_params(model),
+    metrics = _evaluate_and_save(out, model, prep, cfg.seed, wall)
+    metrics.update({
         "epochs_run": len(history["loss"]),
         "best_epoch": int(np.argmin(history["val_loss"])) + 1,
-        "wall_time_s": round(wall, 3),
-        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "class_weight": class_weight,
-    }
+    })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     _write_history(out / "history.csv", history)
     plot_curves(history, out / "curves.png")
     model_section = {"name": model_name, "options": asdict(options), "params": metrics["params"],
                      "path": "model/model.keras"}
     return metrics, model_section
+
+
+def _evaluate_and_save(out: Path, model: Any, prep: Prepared, seed: int, wall: float) -> dict[str, Any]:
+    """Test metrics, baselines and the saved model: the same for trained and imported models."""
+    a, labels = prep.arrays, prep.data.labels
+    probs = model.predict(a["x_test"], batch_size=256, verbose=0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    metrics = {
+        "test": classification_metrics(probs, a["y_test"], labels),
+        "baselines": run_baselines(a["x_train"], a["y_train"], a["x_test"], a["y_test"],
+                                   len(labels), seed),
+        "params": count_params(model),
+        "wall_time_s": round(wall, 3),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+def adopt(store: RunStore, model_file: str | Path, cfg: TrainConfig) -> TrainResult:
+    """Start a run from a Keras model trained elsewhere, on a dataset edgeship can load."""
+    from training.imported import load_foreign_model
+
+    prep = prepare(cfg)
+    model, origin = load_foreign_model(Path(model_file), prep.arrays["x_train"].shape[1:],
+                                       len(prep.data.labels))
+    params = {**asdict(cfg), "model_file": str(model_file)}
+    with store.new_run(f"{prep.data.name}-imported", cfg.seed) as run, run.stage("import", params) as st:
+        _write_data(st.output_dir("data"), prep)
+        out = st.output_dir("model")
+        metrics = _evaluate_and_save(out, model, prep, cfg.seed, 0.0)
+        data_section = _data_section(prep, cfg)
+        model_section = {"name": "imported", "options": {}, "params": metrics["params"],
+                         "path": "model/model.keras", "origin": origin}
+        st.set_section("data", data_section)
+        st.set_section("model", model_section)
+        st.metrics.update({
+            "test_accuracy": metrics["test"]["accuracy"],
+            "test_macro_f1": metrics["test"]["macro_f1"],
+            "baselines": {k: v["accuracy"] for k, v in metrics["baselines"].items()},
+        })
+    return TrainResult(run=run, metrics=metrics)
 
 
 def _write_data(out: Path, prep: Prepared) -> None:

@@ -23,6 +23,8 @@ from edgeship.runstore import ENV_ROOT, RunStore
 COMMANDS = {
     "train": ("edgeship.cli.train:train",
               "Train a Keras model on a built-in dataset, a CSV or an image folder."),
+    "compress": ("edgeship.cli.compress:compress",
+                 "Prune, cluster, quantize (incl. QAT), distill, low-rank; search under a budget."),
     "runs": ("edgeship.cli.runs:runs", "List runs."),
     "show": ("edgeship.cli.runs:show", "Summarise one run's manifest."),
     "run": ("edgeship.cli.pipeline:run", "The whole chain on the built-in default, in one command."),

@@ -1,0 +1,1 @@
+"""Compression: prune, cluster, quantize, distill, low-rank, and a search over recipes."""

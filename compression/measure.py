@@ -1,0 +1,145 @@
+"""What every variant is measured on, so variants compare like for like.
+
+Sizes come from real TFLite conversions (and their gzip size, which is what sparsity and
+clustering buy); accuracies from Keras and, for the deployable form, from the TFLite
+interpreter itself. This is a measurement, not the export: ``edgeship export`` converts again
+with validation and writes artifacts.
+"""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import numpy as np
+
+from training.evaluation import accuracy
+from training.keras_env import tf
+
+# How many train rows calibrate post-training int8 (the converter's representative dataset).
+CALIBRATION_ROWS = 256
+
+
+def tflite_bytes(model: Any, mode: str, calibration: np.ndarray | None = None) -> bytes:
+    """Convert with TFLiteConverter: float32, float16, dynamic, int8 (PTQ) or qat (already fake-quant)."""
+    t = tf()
+    converter = t.lite.TFLiteConverter.from_keras_model(model)
+    if mode in ("dynamic", "float16", "int8", "qat"):
+        converter.optimizations = [t.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [t.float16]
+    if mode == "int8":
+        if calibration is None:
+            raise ValueError("int8 conversion needs calibration rows")
+        rows = calibration[:CALIBRATION_ROWS].astype(np.float32)
+
+        def representative() -> Any:
+            for row in rows:
+                yield [row[None, ...]]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def tflite_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """Run a TFLite flatbuffer over ``x`` with LiteRT (TensorFlow's interpreter if absent)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - the dev environment has LiteRT
+        Interpreter = tf().lite.Interpreter
+    interp = Interpreter(model_content=model_bytes, num_threads=1)
+    inp = interp.get_input_details()[0]
+    interp.resize_tensor_input(inp["index"], [len(x), *x.shape[1:]])
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    data = x.astype(np.float32)
+    if inp["dtype"] == np.int8:
+        scale, zero = inp["quantization"]
+        data = np.clip(np.round(data / scale + zero), -128, 127).astype(np.int8)
+    interp.set_tensor(inp["index"], data)
+    interp.invoke()
+    result = interp.get_tensor(out["index"])
+    if out["dtype"] == np.int8:
+        scale, zero = out["quantization"]
+        result = (result.astype(np.float32) - zero) * scale
+    return result
+
+
+def weight_stats(model: Any) -> dict[str, Any]:
+    """Parameters, non-zeros, sparsity and distinct values per kernel."""
+    from compression.base import kernels
+
+    total = sum(int(np.prod(w.shape)) for w in model.get_weights())
+    nonzero = sum(int(np.count_nonzero(w)) for w in model.get_weights())
+    per_layer = {}
+    for name, kernel in kernels(model).items():
+        per_layer[name] = {
+            "size": int(kernel.size),
+            "sparsity": round(float(1 - np.count_nonzero(kernel) / kernel.size), 4),
+            "unique_values": int(np.unique(kernel).size),
+        }
+    kernel_total = sum(v["size"] for v in per_layer.values())
+    kernel_zeros = sum(v["size"] * v["sparsity"] for v in per_layer.values())
+    return {
+        "params": total,
+        "nonzero_params": nonzero,
+        "sparsity": round(kernel_zeros / kernel_total, 4) if kernel_total else 0.0,
+        "layers": per_layer,
+    }
+
+
+def measure_variant(model: Any, deploy_mode: str, x_train: np.ndarray, x_val: np.ndarray,
+                    y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
+    """Every number a variant is compared on. ``deploy_mode``: float32, float16, dynamic, int8, qat."""
+    keras_test = accuracy(model.predict(x_test, batch_size=512, verbose=0), y_test)
+    keras_val = accuracy(model.predict(x_val, batch_size=512, verbose=0), y_val)
+    # A QAT model's float conversion is not meaningful; its float32 reference is itself at int8.
+    float_bytes = tflite_bytes(model, "qat" if deploy_mode == "qat" else "float32")
+    deploy_bytes = float_bytes if deploy_mode == "float32" else (
+        float_bytes if deploy_mode == "qat" else tflite_bytes(model, deploy_mode, x_train))
+    deploy_test = accuracy(tflite_predict(deploy_bytes, x_test), y_test)
+    deploy_val = accuracy(tflite_predict(deploy_bytes, x_val), y_val)
+    quantized = deploy_mode in ("int8", "qat")
+    return {
+        "keras_test_accuracy": keras_test,
+        "keras_val_accuracy": keras_val,
+        "test_accuracy": deploy_test,
+        "val_accuracy": deploy_val,
+        "deploy_form": "int8" if quantized else deploy_mode,
+        "tflite_float32_bytes": None if deploy_mode == "qat" else len(float_bytes),
+        "tflite_float32_gzip_bytes": None if deploy_mode == "qat" else _gzip_len(float_bytes),
+        "tflite_bytes": len(deploy_bytes),
+        "tflite_gzip_bytes": _gzip_len(deploy_bytes),
+        **weight_stats(model),
+    }
+
+
+def _gzip_len(data: bytes) -> int:
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def tflite_latency_ms(model_bytes: bytes, x_one: np.ndarray, runs: int = 200, warmup: int = 20) -> float:
+    """Median single-thread invoke latency on this host: the search's latency objective."""
+    import time
+
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover
+        Interpreter = tf().lite.Interpreter
+    interp = Interpreter(model_content=model_bytes, num_threads=1)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    data = x_one.astype(np.float32)[None, ...]
+    if inp["dtype"] == np.int8:
+        scale, zero = inp["quantization"]
+        data = np.clip(np.round(data / scale + zero), -128, 127).astype(np.int8)
+    interp.set_tensor(inp["index"], data)
+    times = []
+    for i in range(warmup + runs):
+        t0 = time.perf_counter_ns()
+        interp.invoke()
+        if i >= warmup:
+            times.append(time.perf_counter_ns() - t0)
+    return float(np.median(times) / 1e6)

@@ -1,0 +1,88 @@
+"""Magnitude pruning with tfmot: wrap -> fine-tune on a polynomial schedule -> strip.
+
+Unstructured sparsity shrinks the compressed (gzip) model; the 2:4 pattern is the one sparse
+kernels on recent CPUs and accelerators can exploit for speed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from compression.base import PassContext, clone, fine_tune
+from edgeship.console import warn
+from edgeship.errors import InputError
+from training.keras_env import keras, tfmot
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    sparsity: float = 0.75
+    structure: str | None = None  # None (unstructured) or "2:4"
+    begin_fraction: float = 0.0  # start of the schedule, as a fraction of fine-tuning steps
+    end_fraction: float = 0.7  # reach the target here, then fine-tune at it
+
+    def check(self) -> None:
+        if not 0 <= self.sparsity < 1:
+            raise InputError(f"--prune {self.sparsity}: sparsity must be in [0, 1), e.g. 0.75")
+        if self.structure not in (None, "2:4"):
+            raise InputError(f"--prune-structure {self.structure}: only 2:4 is supported")
+
+
+def prune(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
+    """A pruned, stripped copy of ``model``."""
+    wrapped = wrap_for_pruning(model, ctx, cfg)
+    fine_tune(wrapped, ctx, extra_callbacks=[tfmot().sparsity.keras.UpdatePruningStep()])
+    ctx.applied.append("prune")
+    return tfmot().sparsity.keras.strip_pruning(wrapped)
+
+
+def wrap_for_pruning(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
+    """A copy of ``model`` with tfmot's pruning wrappers on every layer that takes them."""
+    cfg.check()
+    sparsity = tfmot().sparsity.keras
+    total_steps = ctx.steps_per_epoch * ctx.epochs
+    if cfg.structure == "2:4":
+        params: dict[str, Any] = {"sparsity_m_by_n": (2, 4)}
+    else:
+        params = {"pruning_schedule": sparsity.PolynomialDecay(
+            initial_sparsity=0.0, final_sparsity=cfg.sparsity,
+            begin_step=int(total_steps * cfg.begin_fraction),
+            end_step=max(1, int(total_steps * cfg.end_fraction)), frequency=max(1, ctx.steps_per_epoch // 4),
+        )}
+    skipped: list[str] = []
+
+    def wrap(layer: Any) -> Any:
+        # ``copy`` is ours alone, so wrapping its layer objects in place is safe.
+        if hasattr(layer, "layers") and layer.weights:  # a nested model: tfmot cannot wrap it
+            skipped.append(layer.name)
+            return layer
+        if not _has_prunable_kernel(layer):
+            return layer
+        if cfg.structure == "2:4" and not _fits_2_4(layer):
+            skipped.append(layer.name)
+            return layer
+        try:
+            return sparsity.prune_low_magnitude(layer, **params)
+        except (ValueError, TypeError):
+            skipped.append(layer.name)
+            return layer
+
+    copy = clone(model)
+    wrapped = keras().models.clone_model(copy, clone_function=wrap)
+    if skipped:
+        warn(f"pruning left these layers dense (tfmot cannot wrap them): {', '.join(skipped)}")
+    ctx.notes["prune_skipped_layers"] = skipped
+    return wrapped
+
+
+def _has_prunable_kernel(layer: Any) -> bool:
+    k = keras()
+    return isinstance(layer, k.layers.Dense | k.layers.Conv2D | k.layers.DepthwiseConv2D |
+                      k.layers.Conv1D)
+
+
+def _fits_2_4(layer: Any) -> bool:
+    """2:4 groups run along the input channels, which must be a multiple of 4."""
+    kernel = next(w for w in layer.weights if w.name.endswith("kernel:0"))
+    return kernel.shape[-2] % 4 == 0 if len(kernel.shape) > 1 else False

@@ -1,0 +1,38 @@
+"""Named recipes: the variants a user (or ``edgeship run``) gets without choosing passes."""
+
+from __future__ import annotations
+
+from compression.stage import CompressConfig
+from edgeship.errors import InputError
+
+RECIPES: dict[str, list[CompressConfig]] = {
+    # What `edgeship run` ships: the sparse int8 model and the small int8 student.
+    "default": [
+        CompressConfig(prune=0.75, quantize="qat", name="prune75-pqat"),
+        CompressConfig(distill=True, student_width=0.25, quantize="int8", name="distill25-int8"),
+    ],
+}
+
+
+def recipe(name: str) -> list[CompressConfig]:
+    if name not in RECIPES:
+        raise InputError(f"unknown recipe '{name}'; recipes: {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def search_space() -> list[CompressConfig]:
+    """What the search tries, cheapest and most promising first; every recipe ends in int8."""
+    return [
+        CompressConfig(quantize="int8"),
+        CompressConfig(prune=0.5, quantize="qat"),
+        CompressConfig(prune=0.75, quantize="qat"),
+        CompressConfig(prune=0.9, quantize="qat"),
+        CompressConfig(cluster=16, quantize="qat"),
+        CompressConfig(cluster=8, quantize="qat"),
+        CompressConfig(prune=0.75, cluster=16, quantize="qat"),
+        CompressConfig(prune_structure="2:4", quantize="qat"),
+        CompressConfig(low_rank="auto", quantize="int8"),
+        CompressConfig(distill=True, student_width=0.5, quantize="int8"),
+        CompressConfig(distill=True, student_width=0.25, quantize="int8"),
+        CompressConfig(distill=True, student_width=0.5, prune=0.5, quantize="qat"),
+    ]

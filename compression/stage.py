@@ -1,0 +1,269 @@
+"""The compression stage: a model of a run in, a measured variant out.
+
+Passes run in a fixed order whatever the flag order: distill and low-rank change the
+architecture, prune and cluster change the weights of that architecture, and quantization
+comes last so it sees the final weights (and preserves sparsity and clusters, PQAT/CQAT).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compression.base import PassContext
+from compression.cluster import ClusterConfig, cluster
+from compression.distill import DistillConfig, distill
+from compression.lowrank import LowRankConfig, low_rank
+from compression.measure import measure_variant
+from compression.prune import PruneConfig, prune
+from compression.quantize import QuantizeConfig, quantize_aware
+from edgeship.errors import InputError, RunError
+from edgeship.runstore import RunDir
+from training.keras_env import load_model, seed_everything
+from training.splits import balanced_class_weight
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """One variant: which passes, with what settings, from which source model."""
+
+    prune: float | None = None
+    prune_structure: str | None = None
+    cluster: int | None = None
+    quantize: str | None = None
+    distill: bool = False
+    student: str | None = None
+    student_width: float = 0.25
+    temperature: float = 4.0
+    alpha: float = 0.1
+    distill_epochs: int = 30
+    low_rank: str | None = None
+    low_rank_energy: float = 0.9
+    epochs: int = 6
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    seed: int = 0
+    source: str = "base"
+    name: str | None = None
+
+    def check(self) -> None:
+        if not (self.prune is not None or self.prune_structure or self.cluster is not None
+                or self.quantize or self.distill or self.low_rank):
+            raise InputError("no compression pass given: use --prune, --cluster, --quantize, --distill, "
+                             "--low-rank, --recipe default or --search")
+        if self.prune is not None:
+            PruneConfig(self.prune).check()
+        if self.prune_structure:
+            PruneConfig(structure=self.prune_structure).check()
+        if self.cluster is not None:
+            ClusterConfig(self.cluster).check()
+        if self.quantize:
+            QuantizeConfig(self.quantize).check()
+        if self.distill:
+            self.distill_config().check()
+        if self.low_rank:
+            LowRankConfig.parse(self.low_rank, self.low_rank_energy).check()
+        if self.epochs < 1:
+            raise InputError(f"--epochs {self.epochs}: fine-tune for at least 1 epoch")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", self.name):
+            raise InputError(f"--name {self.name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        if self.name == "base":
+            raise InputError("--name base is the trained model's name; pick another")
+
+    def distill_config(self) -> DistillConfig:
+        return DistillConfig(student=self.student, student_width=self.student_width,
+                             temperature=self.temperature, alpha=self.alpha, epochs=self.distill_epochs)
+
+    def default_name(self) -> str:
+        parts = []
+        if self.distill:
+            parts.append(f"distill-{self.student}" if self.student else
+                         f"distill{round(self.student_width * 100)}")
+        if self.low_rank:
+            parts.append(f"lowrank{self.low_rank}")
+        if self.prune_structure:
+            parts.append("prune" + self.prune_structure.replace(":", "of"))
+        elif self.prune is not None:
+            parts.append(f"prune{round(self.prune * 100)}")
+        if self.cluster is not None:
+            parts.append(f"cluster{self.cluster}")
+        if self.quantize:
+            parts.append(self.quantize)
+        return "-".join(parts)
+
+    def pass_count(self) -> int:
+        """Fine-tuning epochs all passes will run: the length of the progress bar."""
+        n = 2 * self.distill_epochs if self.distill else 0  # the student and its scratch twin
+        n += sum(self.epochs for on in (self.low_rank, self.prune is not None or self.prune_structure,
+                                        self.cluster is not None, self.quantize == "qat") if on)
+        return n
+
+
+@dataclass
+class VariantResult:
+    name: str
+    dir: Path
+    metrics: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunData:
+    """What a compression pass reads from a run."""
+
+    arrays: dict[str, np.ndarray]
+    labels: list[str]
+    model_name: str
+    model_options: dict[str, Any]
+    class_weight: dict[int, float] | None
+
+
+def load_run_data(run: RunDir) -> RunData:
+    manifest = run.manifest
+    if "model" not in manifest or not (run.path / "model/model.keras").is_file():
+        raise RunError(f"run {run.id} has no trained model; make one with `edgeship train`")
+    with np.load(run.path / "data/splits.npz") as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    labels = manifest["data"]["labels"]
+    weight = (balanced_class_weight(arrays["y_train"], len(labels))
+              if manifest["data"].get("class_weight") == "balanced" else None)
+    return RunData(arrays, labels, manifest["model"]["name"], manifest["model"].get("options", {}),
+                   weight)
+
+
+def model_path(run: RunDir, variant: str) -> Path:
+    """Where a variant's Keras model lives (``base`` is the trained model)."""
+    if variant == "base":
+        return run.path / "model/model.keras"
+    path = run.path / "variants" / variant / "model.keras"
+    if not path.is_file():
+        known = ", ".join(["base", *sorted(run.manifest.get("variants", {}))])
+        raise InputError(f"run {run.id} has no variant '{variant}'; its variants: {known}")
+    return path
+
+
+def variant_accuracy(run: RunDir, variant: str) -> float:
+    if variant == "base":
+        made = run.last_stage("train") or run.last_stage("import")
+        return float(made["metrics"]["test_accuracy"])
+    return float(run.manifest["variants"][variant]["test_accuracy"])
+
+
+@dataclass
+class BuiltVariant:
+    """A compressed model in memory with its measurements, not yet part of the run."""
+
+    name: str
+    model: Any
+    metrics: dict[str, Any]
+    record: dict[str, Any]
+
+
+def compress_run(run: RunDir, cfg: CompressConfig, progress: Any = None) -> VariantResult:
+    """Apply the configured passes to a model of ``run`` and commit the measured variant."""
+    cfg.check()
+    built = build_variant(run, load_run_data(run), cfg, progress)
+    with run.stage("compress", {**asdict(cfg), "name": built.name}) as st:
+        write_variant(st, run, built)
+    return variant_result(run, built)
+
+
+def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any = None) -> BuiltVariant:
+    source = load_model(model_path(run, cfg.source))
+    name = cfg.name or cfg.default_name()
+    a = data.arrays
+    ctx = PassContext(
+        x_train=a["x_train"], y_train=a["y_train"], x_val=a["x_val"], y_val=a["y_val"],
+        labels=data.labels, model_name=data.model_name, model_options=data.model_options,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed,
+        class_weight=data.class_weight, progress=progress,
+    )
+    if cfg.source != "base":
+        ctx.applied.extend(run.manifest["variants"][cfg.source].get("applied", []))
+    seed_everything(cfg.seed)
+    model, passes = apply_passes(source, ctx, cfg)
+    deploy = ctx.notes.get("post_training_quantization", "float32")
+    if {"qat", "pqat", "cqat"} & set(passes):
+        deploy = "qat"
+    splits = (a["x_train"], a["x_val"], a["y_val"], a["x_test"], a["y_test"])
+    metrics = measure_variant(model, deploy, *splits)
+    if "scratch" in ctx.side_models:
+        scratch = measure_variant(ctx.side_models["scratch"], deploy if deploy != "qat" else "float32",
+                                  *splits)
+        ctx.notes["distillation"].update(
+            scratch_test_accuracy=scratch["test_accuracy"],
+            scratch_keras_test_accuracy=scratch["keras_test_accuracy"],
+            gain_over_scratch=metrics["test_accuracy"] - scratch["test_accuracy"],
+        )
+    parent_acc = variant_accuracy(run, cfg.source)
+    base_acc = variant_accuracy(run, "base")
+    metrics.update({
+        "accuracy_delta": metrics["test_accuracy"] - parent_acc,
+        "accuracy_delta_vs_base": metrics["test_accuracy"] - base_acc,
+        "parent_test_accuracy": parent_acc,
+        "base_test_accuracy": base_acc,
+        "passes": passes,
+        "notes": ctx.notes,
+    })
+    record = {
+        "name": name, "parent": cfg.source, "passes": passes, "applied": ctx.applied,
+        "quantize": metrics["deploy_form"], "qat": deploy == "qat",
+        "config": {k: v for k, v in asdict(cfg).items() if v not in (None, False)},
+        "dir": f"variants/{name}",
+    }
+    return BuiltVariant(name, model, metrics, record)
+
+
+def write_variant(st: Any, run: RunDir, built: BuiltVariant) -> None:
+    """Stage a variant's files and its manifest entry (committed with the stage)."""
+    out = st.output_dir(f"variants/{built.name}")
+    built.model.save(out / "model.keras")
+    (out / "metrics.json").write_text(json.dumps(built.metrics, indent=2, default=float) + "\n")
+    (out / "variant.json").write_text(json.dumps(built.record, indent=2) + "\n")
+    variants = dict(st.sections.get("variants") or run.manifest.get("variants", {}))
+    variants[built.name] = {**built.record, **_headline(built.metrics)}
+    st.set_section("variants", variants)
+    st.metrics.setdefault("variants", {})[built.name] = _headline(built.metrics)
+
+
+def variant_result(run: RunDir, built: BuiltVariant) -> VariantResult:
+    path = run.path / "variants" / built.name
+    return VariantResult(name=built.name, dir=path, metrics=built.metrics,
+                         summary={"name": built.name, "dir": str(path), **_headline(built.metrics)})
+
+
+def apply_passes(model: Any, ctx: PassContext, cfg: CompressConfig) -> tuple[Any, list[str]]:
+    if cfg.distill:
+        model = distill(model, ctx, cfg.distill_config())
+    if cfg.low_rank:
+        model = low_rank(model, ctx, LowRankConfig.parse(cfg.low_rank, cfg.low_rank_energy))
+    if cfg.prune is not None or cfg.prune_structure:
+        model = prune(model, ctx, PruneConfig(sparsity=cfg.prune if cfg.prune is not None else 0.5,
+                                              structure=cfg.prune_structure))
+    if cfg.cluster is not None:
+        model = cluster(model, ctx, ClusterConfig(cfg.cluster))
+    if cfg.quantize:
+        model = quantize_aware(model, ctx, QuantizeConfig(cfg.quantize))
+        if cfg.quantize != "qat":
+            ctx.applied.append(f"ptq-{cfg.quantize}")
+    return model, list(ctx.applied)
+
+
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    """The fields `compress --json`, `show` and the manifest carry for each variant."""
+    return {
+        "test_accuracy": m["test_accuracy"],
+        "accuracy_delta": m["accuracy_delta"],
+        "accuracy_delta_vs_base": m["accuracy_delta_vs_base"],
+        "sparsity": m["sparsity"],
+        "params": m["params"],
+        "nonzero_params": m["nonzero_params"],
+        "tflite_bytes": m["tflite_bytes"],
+        "tflite_gzip_bytes": m["tflite_gzip_bytes"],
+        "deploy_form": m["deploy_form"],
+    }
