@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from training.evaluation import accuracy
-from training.keras_env import tf
+from training.keras_env import quiet_native_stderr, tf
 
 # How many train rows calibrate post-training int8 (the converter's representative dataset).
 CALIBRATION_ROWS = 256
@@ -39,7 +39,8 @@ def tflite_bytes(model: Any, mode: str, calibration: np.ndarray | None = None) -
 
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with quiet_native_stderr():
+        return converter.convert()
 
 
 def tflite_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

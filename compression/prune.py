@@ -45,10 +45,14 @@ def wrap_for_pruning(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
     if cfg.structure == "2:4":
         params: dict[str, Any] = {"sparsity_m_by_n": (2, 4)}
     else:
+        # tfmot only prunes on steps that are multiples of the frequency from begin_step, so
+        # end_step must be one of them or the final sparsity is never applied.
+        frequency = max(1, ctx.steps_per_epoch // 4)
+        begin = int(total_steps * cfg.begin_fraction)
+        end = begin + frequency * max(1, int((total_steps * cfg.end_fraction - begin) // frequency))
         params = {"pruning_schedule": sparsity.PolynomialDecay(
-            initial_sparsity=0.0, final_sparsity=cfg.sparsity,
-            begin_step=int(total_steps * cfg.begin_fraction),
-            end_step=max(1, int(total_steps * cfg.end_fraction)), frequency=max(1, ctx.steps_per_epoch // 4),
+            initial_sparsity=0.0, final_sparsity=cfg.sparsity, begin_step=begin,
+            end_step=min(end, max(begin + frequency, total_steps - 1)), frequency=frequency,
         )}
     skipped: list[str] = []
 

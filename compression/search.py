@@ -112,11 +112,10 @@ def search(run: RunDir, cfg: SearchConfig, progress: Any = None) -> SearchResult
 
 def _base_val_accuracy(run: RunDir, data: Any) -> float:
     from compression.measure import tflite_predict
-    from compression.stage import model_path
     from training.evaluation import accuracy
     from training.keras_env import load_model
 
-    model = load_model(model_path(run, "base"))
+    model = load_model(run.model_path("base"))
     return accuracy(tflite_predict(tflite_bytes(model, "float32"), data.arrays["x_val"]),
                     data.arrays["y_val"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,17 +137,6 @@ def load_run_data(run: RunDir) -> RunData:
                    weight)
 
 
-def model_path(run: RunDir, variant: str) -> Path:
-    """Where a variant's Keras model lives (``base`` is the trained model)."""
-    if variant == "base":
-        return run.path / "model/model.keras"
-    path = run.path / "variants" / variant / "model.keras"
-    if not path.is_file():
-        known = ", ".join(["base", *sorted(run.manifest.get("variants", {}))])
-        raise InputError(f"run {run.id} has no variant '{variant}'; its variants: {known}")
-    return path
-
-
 def variant_accuracy(run: RunDir, variant: str) -> float:
     if variant == "base":
         made = run.last_stage("train") or run.last_stage("import")
@@ -174,7 +164,7 @@ def compress_run(run: RunDir, cfg: CompressConfig, progress: Any = None) -> Vari
 
 
 def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any = None) -> BuiltVariant:
-    source = load_model(model_path(run, cfg.source))
+    source = load_model(run.model_path(cfg.source))
     name = cfg.name or cfg.default_name()
     a = data.arrays
     ctx = PassContext(
@@ -215,6 +205,9 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
         "quantize": metrics["deploy_form"], "qat": deploy == "qat",
         "config": {k: v for k, v in asdict(cfg).items() if v not in (None, False)},
         "dir": f"variants/{name}",
+        # QAT models do not round-trip the native Keras format (tfmot's quantize layers lose
+        # variables on load); HDF5 keeps them.
+        "model_file": "model.h5" if deploy == "qat" else "model.keras",
     }
     return BuiltVariant(name, model, metrics, record)
 
@@ -222,7 +215,9 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
 def write_variant(st: Any, run: RunDir, built: BuiltVariant) -> None:
     """Stage a variant's files and its manifest entry (committed with the stage)."""
     out = st.output_dir(f"variants/{built.name}")
-    built.model.save(out / "model.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # HDF5 is deliberate for QAT: see model_file
+        built.model.save(out / built.record["model_file"])
     (out / "metrics.json").write_text(json.dumps(built.metrics, indent=2, default=float) + "\n")
     (out / "variant.json").write_text(json.dumps(built.record, indent=2) + "\n")
     variants = dict(st.sections.get("variants") or run.manifest.get("variants", {}))

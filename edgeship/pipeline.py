@@ -1,34 +1,46 @@
 """``edgeship run``: the whole chain on the built-in default, one stage after another.
 
-Each stage is the same library call its own command makes; this module only orders them
-and collects their summaries. Later stages add themselves here.
+Each stage is the same library call its own command makes; this module only orders them and
+collects their summaries. Later stages add themselves here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeship.runstore import RunStore
+from edgeship.runstore import RunDir, RunStore
+
+ProgressFactory = Callable[[str, int | None], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    dataset: str = "digits"
+    seed: int = 0
+    epochs: int = 60
+    recipe: str = "default"
 
 
 @dataclass
 class PipelineResult:
-    run_id: str
-    run_dir: str
-    steps: dict[str, Any] = field(default_factory=dict)
+    run: RunDir
+    train: Any = None
+    variants: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run_pipeline(store: RunStore, dataset: str = "digits", seed: int = 0,
-                 epochs: int = 60, progress_factory: Any = None) -> PipelineResult:
+def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory) -> PipelineResult:
+    from compression.recipes import recipe
+    from compression.stage import compress_run
     from training.stage import TrainConfig, train
 
-    cfg = TrainConfig(dataset=dataset, seed=seed, epochs=epochs)
-    if progress_factory is not None:
-        with progress_factory("training", cfg.epochs) as bar:
-            trained = train(store, cfg, progress=bar)
-    else:
-        trained = train(store, cfg)
-    result = PipelineResult(run_id=trained.run.id, run_dir=str(trained.run.path))
-    result.steps["train"] = trained.metrics
+    tcfg = TrainConfig(dataset=cfg.dataset, seed=cfg.seed, epochs=cfg.epochs)
+    with progress("train", tcfg.epochs) as bar:
+        trained = train(store, tcfg, progress=bar)
+    result = PipelineResult(run=trained.run, train=trained)
+    for ccfg in recipe(cfg.recipe):
+        with progress(f"compress {ccfg.name}", ccfg.pass_count()) as bar:
+            result.variants.append(compress_run(trained.run, ccfg, progress=bar).summary)
     return result

@@ -116,6 +116,27 @@ class RunDir:
         found = self.stages(name)
         return found[-1] if found else None
 
+    def model_path(self, variant: str = "base") -> Path:
+        """Where a variant's Keras model lives; ``base`` is the trained (or imported) model.
+
+        QAT variants are HDF5 (``model.h5``): tfmot's quantize layers do not round-trip the
+        native format.
+        """
+        if variant == "base":
+            path = self.path / "model" / "model.keras"
+            if path.is_file():
+                return path
+            raise RunError(f"run {self.id} has no trained model; make one with `edgeship train`")
+        for name in ("model.keras", "model.h5"):
+            path = self.path / "variants" / variant / name
+            if path.is_file():
+                return path
+        known = ", ".join(["base", *sorted(self.manifest.get("variants", {}))])
+        raise RunError(f"run {self.id} has no variant '{variant}'; its variants: {known}")
+
+    def variant_names(self) -> list[str]:
+        return ["base", *self.manifest.get("variants", {})]
+
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.manifest_path, manifest)
 

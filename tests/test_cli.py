@@ -78,9 +78,12 @@ def test_runs_and_show_list_what_was_made(digits_run) -> None:
 
 
 @pytest.mark.slow
-def test_edgeship_run_trains_the_default(tmp_path: Path) -> None:
+def test_edgeship_run_trains_and_compresses_the_default(tmp_path: Path) -> None:
     out = invoke_json(tmp_path / "runs", "run", "--epochs", "10")
     assert out["train"]["dataset"] == "digits" and out["train"]["test_accuracy"] > 0.85
+    names = [v["name"] for v in out["variants"]]
+    assert names == ["prune75-pqat", "distill25-int8"]
+    assert all(v["deploy_form"] == "int8" for v in out["variants"])
 
 
 BAD_INPUTS = [

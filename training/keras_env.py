@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -21,11 +22,12 @@ def _quiet_env() -> None:
 
 
 @contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """TensorFlow's C++ start-up chatter (CUDA probes, oneDNN notes) bypasses its log level.
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence C++ chatter that bypasses TensorFlow's log level, and Python warnings with it.
 
-    It is printed once, while the library loads; Python exceptions still surface normally.
-    ``EDGESHIP_DEBUG=1`` shows it.
+    Used around library loading (CUDA probes, oneDNN notes) and converter calls (MLIR
+    statistics lines); Python exceptions still carry their messages. ``EDGESHIP_DEBUG=1``
+    shows everything.
     """
     if os.environ.get("EDGESHIP_DEBUG") == "1":
         yield
@@ -35,7 +37,9 @@ def _native_stderr_silenced() -> Iterator[None]:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -45,7 +49,7 @@ def _native_stderr_silenced() -> Iterator[None]:
 def tf() -> ModuleType:
     _quiet_env()
     if "tensorflow" not in sys.modules:
-        with _native_stderr_silenced():
+        with quiet_native_stderr():
             import tensorflow
 
         tensorflow.get_logger().setLevel("ERROR")
@@ -56,7 +60,7 @@ def keras() -> ModuleType:
     """``tf_keras``, with TensorFlow configured for it."""
     tf()
     if "tf_keras" not in sys.modules:
-        with _native_stderr_silenced():
+        with quiet_native_stderr():
             import tf_keras  # noqa: F401
     return sys.modules["tf_keras"]
 
@@ -65,7 +69,7 @@ def tfmot() -> ModuleType:
     """tensorflow-model-optimization, which needs tf_keras configured first."""
     keras()
     if "tensorflow_model_optimization" not in sys.modules:
-        with _native_stderr_silenced():
+        with quiet_native_stderr():
             import tensorflow_model_optimization  # noqa: F401
     return sys.modules["tensorflow_model_optimization"]
 
