@@ -46,16 +46,19 @@ def render_summary(run: RunDir, m: dict[str, Any], console: Console) -> None:
             t.add_row(name, str(v.get("parent", "")), " + ".join(v.get("passes", [])),
                       f"{acc:.4f}" if acc is not None else "-", str(v.get("tflite_bytes", "-")))
         console.print(t)
-    artifacts = m.get("artifacts") or {}
-    if artifacts:
+    exports = m.get("exports") or {}
+    if exports:
         t = Table(title="exports")
-        for col in ("artifact", "format", "target", "bytes", "validation"):
-            t.add_column(col)
-        for key, a in artifacts.items():
+        for col in ("artifact", "format", "quantize", "target", "bytes", "top-1 agreement", "validation"):
+            t.add_column(col, justify="right" if col in ("bytes", "top-1 agreement") else "left")
+        for key, a in exports.items():
             val = a.get("validation") or {}
-            verdict = "passed" if val.get("passed") else "[red]failed[/]"
-            t.add_row(key, a.get("format", ""), str(a.get("target", "")), str(a.get("bytes", "")),
-                      verdict)
+            agree = val.get("top1_agreement")
+            target = a.get("target") or {}
+            t.add_row(key, a.get("format", ""), a.get("quantize", ""),
+                      target.get("name", "") if isinstance(target, dict) else str(target),
+                      f"{a.get('bytes', 0):,}", f"{agree:.4f}" if agree is not None else "-",
+                      "passed" if val.get("passed") else "[red]failed[/]")
         console.print(t)
     t = Table(title="stages")
     for col in ("stage", "started", "wall time", "outputs", "key metrics"):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from edge_runtime.errors import EdgeRuntimeError
 from edgeship import __version__
 from edgeship.errors import EdgeshipError
 from edgeship.runstore import ENV_ROOT, RunStore
@@ -25,6 +26,8 @@ COMMANDS = {
               "Train a Keras model on a built-in dataset, a CSV or an image folder."),
     "compress": ("edgeship.cli.compress:compress",
                  "Prune, cluster, quantize (incl. QAT), distill, low-rank; search under a budget."),
+    "export": ("edgeship.cli.export:export",
+               "Export to TFLite, ONNX and TVM (host and Pi), each validated against its Keras model."),
     "runs": ("edgeship.cli.runs:runs", "List runs."),
     "show": ("edgeship.cli.runs:show", "Summarise one run's manifest."),
     "run": ("edgeship.cli.pipeline:run", "The whole chain on the built-in default, in one command."),
@@ -69,7 +72,7 @@ class LazyGroup(click.Group):
         """The one error boundary: library errors become one line and exit code 2."""
         try:
             return super().invoke(ctx)
-        except EdgeshipError as e:
+        except (EdgeshipError, EdgeRuntimeError) as e:
             if _debug(ctx):
                 raise
             raise CommandError(str(e)) from e

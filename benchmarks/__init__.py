@@ -1,0 +1,1 @@
+"""Benchmarks and the measurement harness: scripts that print measured ratios."""

@@ -1,0 +1,197 @@
+"""``python -m edge_runtime``: predict and bench on a device, with argparse only.
+
+Errors are one line on stderr (``error: ...``) and exit code 2, as in the edgeship CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.errors import EdgeRuntimeError, InputError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m edge_runtime",
+        description="Run and time an exported edgeship model (an export folder with artifact.json).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="Predict labels for raw inputs.")
+    p.add_argument("artifact", help="export folder (holds artifact.json and the model file)")
+    p.add_argument("input", help=".npy of raw inputs, a CSV of raw rows with a header, or an image file")
+    p.add_argument("--preprocessed", action="store_true",
+                   help="the .npy already holds model inputs (skip the preprocessing spec)")
+    p.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
+    p.add_argument("--top", type=int, default=1, help="classes to show per input (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    b = sub.add_parser("bench", help="Time invoke and end-to-end prediction on synthetic raw inputs.")
+    b.add_argument("artifact", help="export folder (holds artifact.json and the model file)")
+    b.add_argument("--runs", type=int, default=200, help="timed runs (default 200)")
+    b.add_argument("--warmup", type=int, default=20, help="discarded warm-up runs (default 20)")
+    b.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
+    b.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    b.add_argument("--no-e2e", action="store_true", help="skip the end-to-end timing")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        return _bench(args)
+    except EdgeRuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `... | head`: the reader has gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------- predict
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from edge_runtime.model import EdgeModel
+
+    if args.top < 1:
+        raise InputError(f"--top must be at least 1, got {args.top}")
+    model = EdgeModel.load(args.artifact, threads=args.threads)
+    path = Path(args.input)
+    if not path.is_file():
+        raise InputError(f"input {path} does not exist")
+    if args.preprocessed:
+        if path.suffix.lower() != ".npy":
+            raise InputError("--preprocessed needs a .npy file of model inputs")
+        probs = model.infer(_load_npy(path))
+    else:
+        probs = model.infer(model.preprocess(read_raw_input(model, path)))
+    labels = model.labels
+    rows = []
+    for p in probs:
+        order = np.argsort(-p, kind="stable")[: args.top]
+        rows.append({
+            "label": labels[int(order[0])],
+            "index": int(order[0]),
+            "confidence": float(p[order[0]]),
+            "top": [{"label": labels[int(k)], "probability": float(p[k])} for k in order],
+            "probabilities": [float(v) for v in p],
+        })
+    if args.json:
+        print(json.dumps({"artifact": str(model.path), "predictions": rows}))
+    else:
+        for i, r in enumerate(rows):
+            shown = "  ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+            print(f"{i}\t{shown}")
+    return 0
+
+
+def read_raw_input(model: Any, path: Path) -> Any:
+    """A raw batch from a .npy, a CSV with a header, or an image file."""
+    suffix = path.suffix.lower()
+    spec = model.preprocessing
+    if suffix == ".npy":
+        arr = _load_npy(path)
+        if spec.get("kind") == "image":
+            single = arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (1, 3, 4)
+                                      and arr.shape[:2] == (spec["height"], spec["width"]))
+            return arr[None] if single else arr
+        return arr[None] if arr.ndim == 1 else arr
+    if suffix == ".csv":
+        if spec.get("kind") != "tabular":
+            raise InputError("a CSV input needs a tabular model; this one takes images")
+        return _read_csv(path, model.columns)
+    if suffix in IMAGE_SUFFIXES:
+        if spec.get("kind") != "image":
+            raise InputError("an image input needs an image model; this one takes table rows (CSV)")
+        return read_image(path, spec)[None]
+    raise InputError(f"cannot read {path.name}: use .npy, .csv (with a header) or an image file")
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise InputError(
+            f"{path} is not a numeric .npy ({e}); save numbers only, or use a CSV for mixed rows"
+        ) from e
+
+
+def _read_csv(path: Path, columns: list[str]) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise InputError(
+                f"{path.name} lacks column(s) {', '.join(missing)}; its header needs: {', '.join(columns)}"
+            )
+        rows = list(reader)
+    if not rows:
+        raise InputError(f"{path.name} has a header but no rows")
+    return rows
+
+
+def read_image(path: Path, spec: dict[str, Any]) -> np.ndarray:
+    """An 8-bit image file -> (H, W, C) raw intensities rescaled to the spec's ``raw_range``."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise InputError("reading image files needs Pillow: pip install pillow (or pass a .npy)") from e
+    mode = "L" if int(spec["channels"]) == 1 else "RGB"
+    try:
+        with Image.open(path) as img:
+            img = img.convert(mode).resize((int(spec["width"]), int(spec["height"])),
+                                           Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32)
+    except OSError as e:
+        raise InputError(f"{path} is not a readable image ({e})") from e
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    lo, hi = (float(v) for v in spec.get("raw_range", [0, 255]))
+    return (lo + arr / 255.0 * (hi - lo)).astype(np.float32)
+
+
+# ---------------------------------------------------------------- bench
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge_runtime.timing import benchmark
+
+    result = benchmark(args.artifact, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                       batch=args.batch, end_to_end=not args.no_e2e)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    lat = result["latency_ms"]
+    dev = result["device"]
+    print(f"{result['format']} {result['quantize']} via {result['backend']} {result['backend_version']}"
+          f" on {dev['cpu_model']} ({dev['arch']}, {dev['cores']} cores"
+          f"{', EMULATED' if dev['emulated'] else ''}); threads={result['threads'] or 'default'}"
+          f" batch={result['batch']} runs={result['runs']} warmup={result['warmup']}")
+    print(f"invoke      p50 {lat['p50']:.4f} ms  p90 {lat['p90']:.4f}  p99 {lat['p99']:.4f}"
+          f"  mean {lat['mean']:.4f} +- {lat['std']:.4f}  min {lat['min']:.4f}  max {lat['max']:.4f}")
+    if result["end_to_end_ms"]:
+        e2e = result["end_to_end_ms"]
+        print(f"end to end  p50 {e2e['p50']:.4f} ms  p90 {e2e['p90']:.4f}  p99 {e2e['p99']:.4f}"
+              f"  mean {e2e['mean']:.4f} +- {e2e['std']:.4f}")
+    print(f"init {result['init_ms']:.1f} ms  first {result['first_ms']:.3f} ms  "
+          f"peak RSS {result['peak_rss_mb']:.1f} MB  model {result['bytes']} bytes")
+    return 0

@@ -1,0 +1,86 @@
+"""``edgeship export``: parse, call ``export.stage.export_run``, print.
+
+Exit codes: 0 all artifacts validated; 1 some failed validation (they are kept aside under
+``<fmt>.failed/`` and listed); 2 bad input (one line on stderr, nothing written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeship import console
+
+
+@click.command("export")
+@click.argument("run")
+@click.option("--variant", "variants", default="base", show_default=True,
+              help="Variant name(s), comma-separated, or 'all'. 'base' is the trained model.")
+@click.option("--format", "formats", default="all", show_default=True,
+              help="tflite, onnx, tvm, a comma list, or all.")
+@click.option("--quantize", default=None,
+              help="float32, float16, dynamic, int8 (comma list). Default per format: "
+                   "tflite float32,int8; onnx float32; tvm float32.")
+@click.option("--io", default="int8", show_default=True,
+              help="TFLite int8 only: int8 or float32 model input/output.")
+@click.option("--target", "targets", default="host", show_default=True,
+              help="TVM only: host, rpi4, rpi5 or a JSON target (comma list of names).")
+@click.option("--trials", type=int, default=None, help="TVM only: MetaSchedule tuning trials.")
+@click.option("--time-budget", type=float, default=None, help="TVM only: tuning time budget, seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"artifacts\": [...]}.")
+@click.pass_context
+def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: str | None, io: str,
+           targets: str, trials: int | None, time_budget: float | None, as_json: bool) -> None:
+    """Export a run's models to TFLite, ONNX and TVM, each validated against its Keras model.
+
+    \b
+    Example:
+      edgeship export latest --format tflite --quantize float32,int8
+      edgeship export latest --variant all --format all --json
+    """
+    from export.stage import export_run
+
+    run_dir = ctx.obj.store.resolve(run)
+    results = export_run(
+        run_dir, variants=variants, formats=formats, quantize=quantize, io=io,
+        targets=_targets(targets), trials=trials, time_budget_s=time_budget, log=console.info,
+    )
+    if as_json:
+        console.emit_json({"artifacts": [r.summary() for r in results]})
+    else:
+        _table(results, run_dir.path)
+    failed = [r for r in results if not r.passed]
+    if failed:
+        console.err.print(f"[red]{len(failed)} export(s) failed validation[/] and were kept aside: "
+                          + ", ".join(str(r.dir) for r in failed))
+        ctx.exit(1)
+
+
+def _targets(value: str) -> list[str]:
+    # A JSON target holds commas itself: keep it whole.
+    value = value.strip()
+    return [value] if value.startswith("{") else [t for t in value.split(",") if t.strip()]
+
+
+def _table(results: list, run_path: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"exports in {run_path / 'exports'}", show_lines=False)
+    numeric = {"size", "top-1", "accuracy", "Δ pt", "max |diff|"}
+    for col in ("variant", "artifact", "io", "target", "size", "top-1", "accuracy", "Δ pt",
+                "max |diff|", "status"):
+        table.add_column(col, justify="right" if col in numeric else "left")
+    for r in results:
+        v = r.validation
+        acc = "-" if v.get("accuracy") is None else f"{v['accuracy']:.4f}"
+        drop = "-" if v.get("accuracy_drop") is None else f"{(0.0 - v['accuracy_drop']) * 100:+.2f}"
+        status = "[green]ok[/]" if r.passed else "[red]FAILED[/]"
+        if r.passed and v.get("warnings"):
+            status = "[yellow]ok, warn[/]"
+        table.add_row(
+            r.variant, r.dir.name, r.io or "", str(r.target.get("name", "")), f"{r.bytes / 1024:.1f} KiB",
+            "-" if v.get("top1_agreement") is None else f"{v['top1_agreement']:.4f}",
+            acc, drop, "-" if v.get("max_abs_diff") is None else f"{v['max_abs_diff']:.1e}", status,
+        )
+    console.out.print(table)

@@ -1,0 +1,444 @@
+"""The export stage: variants of a run -> validated artifacts under ``exports/<variant>/<fmt>/``.
+
+One ``run.stage("export")`` for the whole request, so an error or Ctrl-C leaves the run as it
+was. The request is checked in full (variants, formats, quantizations, data) before anything
+is converted. Each artifact is built in scratch space inside the stage, validated through
+``edge_runtime``, then placed at ``exports/<variant>/<fmt>/`` if it passed or at
+``exports/<variant>/<fmt>.failed/`` if it did not: a failed export is kept for inspection and
+reported, never used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_runtime.artifact import ARTIFACT_FILE
+from edgeship.errors import DataError, InputError, RunError
+from edgeship.fsutil import read_json
+from edgeship.runstore import RunDir
+from export import (
+    FORMATS,
+    IO_CHOICES,
+    QUANTIZE_CHOICES,
+    ExportFormat,
+    ExportRequest,
+    get_format,
+)
+from export.artifact import build_artifact, write_artifact
+from export.validate import ValidationConfig, static_validation, validate_artifact
+
+BASE = "base"
+MIN_REPRESENTATIVE = 10
+REPRESENTATIVE_SAMPLES = 200
+FAILED_SUFFIX = ".failed"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One artifact to build."""
+
+    variant: str
+    fmt: ExportFormat
+    quantize: str
+    io: str | None
+    target: str | None
+
+    @property
+    def dirname(self) -> str:
+        return self.fmt.dirname(self.quantize, self.io or "int8", self.target)
+
+    @property
+    def rel(self) -> str:
+        return f"exports/{self.variant}/{self.dirname}"
+
+
+@dataclass
+class ExportResult:
+    """One artifact as built: where it is and how it validated."""
+
+    dir: Path
+    format: str
+    variant: str
+    target: dict[str, Any]
+    quantize: str
+    io: str | None
+    bytes: int
+    sha256: str
+    validation: dict[str, Any]
+    artifact: dict[str, Any] = field(repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.validation.get("passed"))
+
+    def summary(self) -> dict[str, Any]:
+        """The ``--json`` entry (fixed keys, read by scripts)."""
+        v = self.validation
+        return {
+            "dir": str(self.dir),
+            "format": self.format,
+            "variant": self.variant,
+            "target": self.target,
+            "quantize": self.quantize,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "validation": {k: v.get(k) for k in ("top1_agreement", "accuracy", "max_abs_diff", "passed")},
+        }
+
+
+def export_run(
+    run: RunDir,
+    variants: Sequence[str] | str = (BASE,),
+    formats: Sequence[str] | str = ("tflite", "onnx"),
+    quantize: Sequence[str] | str | None = None,
+    *,
+    io: str = "int8",
+    targets: Sequence[str] | str = ("host",),
+    trials: int | None = None,
+    time_budget_s: float | None = None,
+    validation: ValidationConfig = ValidationConfig(),  # noqa: B008 (frozen)
+    representative_samples: int = REPRESENTATIVE_SAMPLES,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[ExportResult]:
+    """Export, validate and commit; see the module docstring. Returns one result per artifact.
+
+    ``variants``/``formats``/``quantize``/``targets`` take names, comma lists or "all";
+    ``quantize=None`` means each format's defaults (tflite: float32+int8, onnx: float32).
+    """
+    say = log or (lambda _msg: None)
+    manifest = run.manifest
+    jobs, skipped = plan(run, manifest, variants, formats, quantize, io, targets)
+    for note in skipped:
+        say(note)
+    data = _load_splits(run)
+    labels, preprocessing, model_name = _data_facts(run, manifest)
+    rep = _representative(data["x_train"], representative_samples, manifest.get("seed", 0)) \
+        if any(j.quantize == "int8" for j in jobs) else None
+    params = {
+        "variants": sorted({j.variant for j in jobs}),
+        "formats": sorted({j.fmt.name for j in jobs}),
+        "artifacts": [j.rel for j in jobs],
+        "io": io,
+        "targets": sorted({j.target for j in jobs if j.target}),
+        "trials": trials,
+        "time_budget_s": time_budget_s,
+        "representative_samples": 0 if rep is None else len(rep),
+        "validation": asdict(validation),
+    }
+    results: list[ExportResult] = []
+    with run.stage("export", params) as ctx:
+        scratch = Path(tempfile.mkdtemp(prefix="work-", dir=ctx.staging))
+        for variant in dict.fromkeys(j.variant for j in jobs):
+            vjobs = [j for j in jobs if j.variant == variant]
+            model_path = _model_path(run, manifest, variant)
+            say(f"{variant}: loading {model_path.relative_to(run.path)}")
+            model = _load_keras(model_path)
+            qat = _is_qat(model)
+            _check_input_shape(model, data["x_test"], model_path)
+            reference = np.asarray(model.predict(data["x_test"], batch_size=256, verbose=0), dtype=np.float32)
+            onnx_source: Path | None = None
+            # Keras-built formats first: ONNX-built ones (TVM) reuse the float32 ONNX file.
+            for job in sorted(vjobs, key=lambda j: j.fmt.source != "keras"):
+                work = scratch / variant / job.dirname
+                work.mkdir(parents=True)
+                if job.fmt.source == "onnx" and onnx_source is None:
+                    onnx_source = _onnx_float(model, scratch / variant / ".onnx-source", say)
+                req = ExportRequest(
+                    out_dir=work, quantize=job.quantize, io=job.io or "int8", keras_model=model,
+                    keras_path=model_path, onnx_path=onnx_source if job.fmt.source == "onnx" else None,
+                    representative=rep, qat=qat, target=job.target, trials=trials,
+                    time_budget_s=time_budget_s, cache_dir=cache_dir, log=say,
+                )
+                say(f"{variant}: exporting {job.dirname}")
+                exported = job.fmt.load()(req)
+                if exported.inputs is None or exported.outputs is None:
+                    if onnx_source is None:
+                        raise RunError(f"the {job.fmt.name} exporter did not describe its inputs and outputs")
+                    ins, outs = _onnx_io(onnx_source)
+                    exported.inputs = exported.inputs or ins
+                    exported.outputs = exported.outputs or outs
+                _drop_strays(work, Path(exported.file).name)
+                meta = build_artifact(
+                    exported, fmt=job.fmt.name, quantize=job.quantize, io=job.io, run_id=run.id,
+                    variant=variant, model_name=model_name, labels=labels, preprocessing=preprocessing,
+                    source=_source(run, model_path, manifest, variant),
+                )
+                write_artifact(work, meta)
+                exact = job.quantize == "float32" and not qat
+                if exported.runnable_here:
+                    check, _ = validate_artifact(work, data["x_test"], data["y_test"], reference,
+                                                 exact=exact, config=validation)
+                else:
+                    arch = meta["target"].get("arch", "another machine")
+                    check = static_validation(exported.checks, f"built for {arch}: runs on the device")
+                meta["validation"] = check
+                write_artifact(work, meta)
+                rel = job.rel if check["passed"] else job.rel + FAILED_SUFFIX
+                final = ctx.output(rel)
+                os.replace(work, final)
+                if job.fmt.name == "onnx" and job.quantize == "float32" and check["passed"]:
+                    onnx_source = final / exported.file.name
+                for w in check["warnings"]:
+                    say(f"{variant}/{job.dirname}: warning: {w}")
+                for f in check["failures"]:
+                    say(f"{variant}/{job.dirname}: FAILED: {f}")
+                results.append(ExportResult(
+                    dir=run.path / rel, format=job.fmt.name, variant=variant, target=meta["target"],
+                    quantize=job.quantize, io=job.io, bytes=meta["bytes"], sha256=meta["sha256"],
+                    validation=check, artifact=meta,
+                ))
+        ctx.metrics = {
+            "artifacts": len(results),
+            "passed": sum(r.passed for r in results),
+            "failed": [str(r.dir.relative_to(run.path)) for r in results if not r.passed],
+        }
+        exports = dict(manifest.get("exports") or {})
+        for r in results:
+            key = str(r.dir.relative_to(run.path))
+            for stale in (key.removesuffix(FAILED_SUFFIX), key.removesuffix(FAILED_SUFFIX) + FAILED_SUFFIX):
+                exports.pop(stale, None)
+            exports[key] = {k: v for k, v in r.summary().items() if k != "dir"} | {"dir": key}
+        ctx.set_section("exports", exports)
+    _remove_stale(run, results)
+    return results
+
+
+# ---------------------------------------------------------------- planning
+
+
+def _names(value: Sequence[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
+    return [s.strip() for s in items if s.strip()]
+
+
+def variant_names(manifest: dict[str, Any]) -> list[str]:
+    return [BASE, *[v for v in (manifest.get("variants") or {}) if v != BASE]]
+
+
+def plan(
+    run: RunDir,
+    manifest: dict[str, Any],
+    variants: Sequence[str] | str,
+    formats: Sequence[str] | str,
+    quantize: Sequence[str] | str | None,
+    io: str,
+    targets: Sequence[str] | str,
+) -> tuple[list[Job], list[str]]:
+    """Every (variant, format, quantization, target) to build, or a one-line error; plus notes
+    on combinations skipped under ``all``."""
+    known = variant_names(manifest)
+    wanted_variants = _names(variants) or [BASE]
+    if "all" in wanted_variants:
+        wanted_variants = known
+    for v in wanted_variants:
+        if v not in known:
+            raise InputError(f"unknown variant '{v}'; this run has: {', '.join(known)} (or all)")
+    for v in wanted_variants:
+        _model_path(run, manifest, v)  # raises if the model file is missing
+
+    notes: list[str] = []
+    fmt_names = _names(formats) or ["all"]
+    explicit = "all" not in fmt_names
+    if not explicit:
+        fmt_names = list(FORMATS)
+    fmts = [get_format(n) for n in dict.fromkeys(fmt_names)]
+    if not explicit:
+        missing = [f for f in fmts if not f.available()]
+        for f in missing:
+            notes.append(f"skipping {f.name}: its exporter is not installed here")
+        fmts = [f for f in fmts if f.available()]
+
+    wanted_q = _names(quantize)
+    for q in wanted_q:
+        if q not in QUANTIZE_CHOICES:
+            raise InputError(f"unknown quantization '{q}'; choose from {', '.join(QUANTIZE_CHOICES)}")
+    if io not in IO_CHOICES:
+        raise InputError(f"unknown --io '{io}'; choose int8 or float32")
+    target_list = _names(targets) or ["host"]
+
+    jobs: list[Job] = []
+    for fmt in fmts:
+        qs = [q for q in wanted_q if q in fmt.quantize] if wanted_q else list(fmt.default_quantize)
+        unsupported = [q for q in wanted_q if q not in fmt.quantize]
+        if unsupported:
+            msg = (f"{fmt.name} cannot export {', '.join(unsupported)} "
+                   f"(it supports {', '.join(fmt.quantize)})")
+            if explicit and not qs:
+                raise InputError(msg)
+            notes.append(f"skipping: {msg}")
+        for variant in wanted_variants:
+            for q in qs:
+                for t in (target_list if fmt.targets else [None]):
+                    io_for = io if (q == "int8" and fmt.name == "tflite") else None
+                    jobs.append(Job(variant, fmt, q, io_for, t))
+    if not jobs:
+        raise InputError("nothing to export: no format supports the quantizations asked for")
+    seen: dict[str, Job] = {}
+    for j in jobs:
+        if j.rel in seen:
+            raise InputError(f"two exports would share {j.rel}; ask for one target per name")
+        seen[j.rel] = j
+    return jobs, notes
+
+
+def _model_path(run: RunDir, manifest: dict[str, Any], variant: str) -> Path:
+    if variant == BASE:
+        path = run.path / "model" / "model.keras"
+        if not path.is_file():
+            raise RunError(
+                f"run {run.id} has no trained model (model/model.keras); train one with `edgeship train`"
+            )
+        return path
+    entry = (manifest.get("variants") or {}).get(variant) or {}
+    folder = entry.get("dir") or f"variants/{variant}"
+    # QAT variants are saved as .h5: tf_keras cannot reload them from the native format.
+    for name in dict.fromkeys([entry.get("model_file") or "model.keras", "model.keras", "model.h5"]):
+        if (run.path / folder / name).is_file():
+            return run.path / folder / name
+    raise RunError(f"variant '{variant}' of run {run.id} has no model file in {folder}/; recreate it")
+
+
+# ---------------------------------------------------------------- data and models
+
+
+def _load_splits(run: RunDir) -> dict[str, np.ndarray]:
+    path = run.path / "data" / "splits.npz"
+    if not path.is_file():
+        raise RunError(f"run {run.id} has no data/splits.npz; it was not trained by `edgeship train`")
+    with np.load(path, allow_pickle=False) as npz:
+        missing = [k for k in ("x_train", "x_test", "y_test") if k not in npz.files]
+        if missing:
+            raise RunError(f"{path} lacks {', '.join(missing)}; retrain the run")
+        data = {k: npz[k] for k in ("x_train", "x_test", "y_test")}
+    data["x_train"] = data["x_train"].astype(np.float32, copy=False)
+    data["x_test"] = data["x_test"].astype(np.float32, copy=False)
+    if len(data["x_test"]) == 0:
+        raise DataError(f"{path} has an empty test split; nothing to validate exports on")
+    return data
+
+
+def _data_facts(run: RunDir, manifest: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None, str | None]:
+    data = manifest.get("data")
+    if not data or "labels" not in data:
+        raise RunError(f"run {run.id} records no data.labels in its manifest; retrain it")
+    return list(data["labels"]), data.get("preprocessing"), (manifest.get("model") or {}).get("name")
+
+
+def _representative(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` train-split samples, drawn reproducibly, for int8 calibration."""
+    if len(x_train) < MIN_REPRESENTATIVE:
+        raise DataError(
+            f"int8 needs a representative set of at least {MIN_REPRESENTATIVE} train samples; "
+            f"this run has {len(x_train)}: export float32/float16/dynamic instead"
+        )
+    if not np.isfinite(x_train).all():
+        raise DataError("the train split holds NaN or infinite values, so it cannot calibrate int8")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(x_train), size=min(n, len(x_train)), replace=False))
+    return np.ascontiguousarray(x_train[idx])
+
+
+def _load_keras(path: Path) -> Any:
+    """A tf_keras model; quantisation-aware models need tfmot's scope to deserialise."""
+    from training.keras_env import keras
+
+    k = keras()
+    try:
+        return k.models.load_model(path, compile=False)
+    except (TypeError, ValueError) as first:
+        try:
+            import tensorflow_model_optimization as tfmot
+        except ImportError:
+            tfmot = None
+        if tfmot is not None:
+            try:
+                with tfmot.quantization.keras.quantize_scope():
+                    return k.models.load_model(path, compile=False)
+            except (TypeError, ValueError):
+                pass
+        reason = (str(first).splitlines() or [type(first).__name__])[0]
+        raise RunError(f"{path} cannot be loaded as a tf_keras model ({reason})") from first
+
+
+def _is_qat(model: Any) -> bool:
+    return any(type(layer).__name__.startswith("Quantize") for layer in getattr(model, "layers", []))
+
+
+def _check_input_shape(model: Any, x_test: np.ndarray, path: Path) -> None:
+    want = tuple(model.inputs[0].shape[1:])
+    have = tuple(x_test.shape[1:])
+    if want != have:
+        raise RunError(f"{path} takes inputs {want} but data/splits.npz holds {have}; retrain or recreate it")
+
+
+def _onnx_float(model: Any, folder: Path, say: Callable[[str], None]) -> Path:
+    from export.onnx import MODEL_FILE, check, convert_keras
+
+    folder.mkdir(parents=True, exist_ok=True)
+    say("converting to ONNX float32 as the source of ONNX-built formats")
+    path = convert_keras(model, folder / MODEL_FILE)
+    check(path)
+    return path
+
+
+def _onnx_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    import onnx
+
+    from export.onnx import _io
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return [_io(v) for v in proto.graph.input], [_io(v) for v in proto.graph.output]
+
+
+def _drop_strays(folder: Path, keep: str) -> None:
+    """An artifact folder holds the model file and artifact.json; exporters' leftovers go."""
+    for p in folder.iterdir():
+        if p.name.startswith(".") and p.name != keep:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _source(run: RunDir, model_path: Path, manifest: dict[str, Any], variant: str) -> dict[str, Any]:
+    from edgeship.fsutil import sha256_file
+
+    return {"path": str(model_path.relative_to(run.path)), "sha256": sha256_file(model_path),
+            "data_sha256": (manifest.get("data") or {}).get("sha256")}
+
+
+def _remove_stale(run: RunDir, results: list[ExportResult]) -> None:
+    """After a re-export, the opposite folder (an old pass or an old failure) no longer applies."""
+    for r in results:
+        rel = str(r.dir.relative_to(run.path))
+        base = rel.removesuffix(FAILED_SUFFIX)
+        stale = run.path / (base if not r.passed else base + FAILED_SUFFIX)
+        if stale.exists():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def list_artifacts(run: RunDir, include_failed: bool = True) -> list[dict[str, Any]]:
+    """artifact.json of every export in a run (``dir`` added, relative to the run), for show/bench."""
+    found = []
+    for meta_path in sorted((run.path / "exports").glob(f"*/*/{ARTIFACT_FILE}")):
+        folder = meta_path.parent
+        failed = folder.name.endswith(FAILED_SUFFIX)
+        if failed and not include_failed:
+            continue
+        meta = read_json(meta_path)
+        meta["dir"] = str(folder.relative_to(run.path))
+        meta["failed"] = failed
+        found.append(meta)
+    return found
+
