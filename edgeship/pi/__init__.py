@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from edgeship.errors import EdgeshipError
+from edgeship.errors import EdgeshipError, InputError
 
 
 class RemoteCommandError(EdgeshipError):
@@ -46,8 +47,15 @@ class SyncResult:
 class Device(Protocol):
     """What the deploy needs from a Pi, real or emulated."""
 
-    name: str
-    emulated: bool
+    @property
+    def name(self) -> str:
+        """How reports name the device: ``user@host[:port]`` or ``emulated-aarch64``."""
+        ...
+
+    @property
+    def emulated(self) -> bool:
+        """True for QEMU: its timings must never be shown as device latency."""
+        ...
 
     def run(
         self,
@@ -96,3 +104,41 @@ def last_line(text: str) -> str:
     """The last non-empty line of a tool's output: usually the one that says what failed."""
     lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+def remote_path(path: str) -> str:
+    """Normalise a remote path: ``~/x`` -> ``x`` (relative to the remote home)."""
+    path = str(path)
+    if path in ("~", "~/"):
+        return "."
+    if path.startswith("~/"):
+        path = path[2:]
+    if not path or "\0" in path or "\n" in path:
+        raise InputError(f"bad remote path {path!r}: give a folder name without newlines")
+    return path
+
+
+def command_failed(
+    argv: Sequence[str], done: subprocess.CompletedProcess[str], where: str
+) -> RemoteCommandError:
+    """A one-line error for a remote command that exited non-zero."""
+    cmd = short_command(argv)
+    if done.returncode == 127:
+        return RemoteCommandError(
+            f"`{argv[0]}` not found on {where}: install it there", 127, done.stderr
+        )
+    detail = last_line(done.stderr) or last_line(done.stdout) or "no output"
+    return RemoteCommandError(
+        f"`{cmd}` failed on {where} (exit {done.returncode}): {detail}",
+        done.returncode,
+        done.stderr,
+    )
+
+
+def short_command(argv: Sequence[str], words: int = 3, width: int = 40) -> str:
+    """``argv`` shortened to one readable line for an error message."""
+    shown = []
+    for a in list(argv)[:words]:
+        a = str(a).splitlines()[0] if str(a).strip() else str(a)
+        shown.append(a if len(a) <= width else a[: width - 3] + "...")
+    return shlex.join(shown) + (" ..." if len(argv) > words else "")

@@ -1,0 +1,597 @@
+"""An emulated Raspberry Pi: an aarch64 Debian 12 userland run with QEMU user-mode emulation.
+
+Raspberry Pi OS Bookworm is Debian 12 with Python 3.11, so a ``debootstrap`` of bookworm/arm64
+runs the same aarch64 wheels a Pi would. The machine may lack binfmt_misc and root-level
+chroots, so nothing here relies on them: the first debootstrap stage downloads the packages,
+``dpkg -x`` unpacks them, and every command is started as
+``qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3.11 ...``.
+
+QEMU 10 (Debian bookworm-backports) is required: Debian 12's QEMU 7.2 runs TVM modules but
+segfaults inside LiteRT's ``Interpreter(...)``.
+
+What emulation does not do: a process started *by* an emulated program runs natively on the
+host (without binfmt_misc the kernel cannot hand it to QEMU, and QEMU's ``-L`` leaves execve
+alone). So ``python3 -m venv`` must get ``--without-pip`` (ensurepip runs pip in a child) and
+pip runs in-process from Debian's wheel (``venv/bin/python PIP_WHEEL/pip install ...``).
+Also, with ``-L`` a path missing from the root filesystem falls back to the host's, so the
+guest gets a clean environment (no host ``PIP_*`` or ``PYTHONPATH``) and ``PIP_CONFIG_FILE``
+pointing nowhere.
+
+Timings measured under emulation are not Pi timings; callers must label them emulated.
+
+Everything is cached outside git under ``$EDGESHIP_PI_CACHE`` (default
+``~/.cache/edgeship/pi-rootfs``): the root filesystem, downloaded wheels, unpacked wheel sets
+and the emulated device's home folder. Each is built in a temp folder, stamped with what was
+built, and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgeship import console
+from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.fsutil import atomic_path, read_json, replace_tree, write_json_atomic
+from edgeship.pi import (
+    RemoteCommandError,
+    SyncResult,
+    command_failed,
+    diff_manifests,
+    local_manifest,
+    remote_path,
+    short_command,
+)
+
+ENV_CACHE = "EDGESHIP_PI_CACHE"
+ENV_MIRROR = "EDGESHIP_PI_MIRROR"
+
+SUITE = "bookworm"  # Debian 12 = Raspberry Pi OS Bookworm
+ARCH = "arm64"
+PACKAGES = ("python3", "python3-venv")
+RECIPE_VERSION = 1
+STAMP = "edgeship-rootfs.json"
+PYTHON = "/usr/bin/python3.11"
+
+QEMU = "qemu-aarch64-static"
+QEMU_MIN = (10, 0)
+QEMU_FIX = "apt-get install -t bookworm-backports qemu-user-static"
+
+DEFAULT_TIMEOUT_S = 1800.0
+
+# aarch64 CPython 3.11 wheels; Debian 12 has glibc 2.36, so manylinux up to 2_28 is fine.
+WHEEL_PLATFORMS = (
+    "manylinux_2_17_aarch64",
+    "manylinux2014_aarch64",
+    "manylinux_2_27_aarch64",
+    "manylinux_2_28_aarch64",
+)
+# What each runtime needs on the device, with the pins from PLATFORM.md.
+RUNTIME_REQUIREMENTS: dict[str, tuple[str, ...]] = {
+    "tflite": ("ai-edge-litert==2.3.0", "numpy"),
+    "onnx": ("onnxruntime", "numpy"),
+    "tvm": ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post0", "numpy"),
+}
+
+
+class EmulatorError(EdgeshipError):
+    """The emulated Pi cannot be built or started; the message names the fix."""
+
+
+# -- where things live ---------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The Pi cache: ``$EDGESHIP_PI_CACHE`` or ``~/.cache/edgeship/pi-rootfs``."""
+    env = os.environ.get(ENV_CACHE)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "edgeship" / "pi-rootfs"
+
+
+def rootfs_dir() -> Path:
+    return cache_dir() / f"debian-{SUITE}-{ARCH}"
+
+
+@contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Serialise builds of one cache entry across processes (parallel tests, two terminals)."""
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f".{name}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# -- QEMU ----------------------------------------------------------------------------------
+
+
+@functools.cache
+def check_qemu() -> str:
+    """Path of a ``qemu-aarch64-static`` new enough for LiteRT, or a one-line error."""
+    path = shutil.which(QEMU)
+    if path is None:
+        raise MissingDependencyError(f"{QEMU} not found: {QEMU_FIX}")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False).stdout
+    m = re.search(r"version (\d+)\.(\d+)", out)
+    if m is None:
+        raise MissingDependencyError(f"cannot read the version of {path}: {QEMU_FIX}")
+    if (int(m[1]), int(m[2])) < QEMU_MIN:
+        raise MissingDependencyError(
+            f"{QEMU} is {m[1]}.{m[2]}, LiteRT needs >= {QEMU_MIN[0]} under emulation: {QEMU_FIX}"
+        )
+    return path
+
+
+def qemu_version() -> str:
+    out = subprocess.run([check_qemu(), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version (\S+)", out)
+    return m[1] if m else "unknown"
+
+
+# -- the root filesystem -------------------------------------------------------------------
+
+
+def apt_mirror() -> str:
+    """A Debian mirror URL: ``$EDGESHIP_PI_MIRROR``, else the one this machine's apt uses.
+
+    Read from the apt sources so no host name is written into the project.
+    """
+    if os.environ.get(ENV_MIRROR):
+        return os.environ[ENV_MIRROR]
+    found: list[tuple[str, list[str]]] = []
+    d = Path("/etc/apt/sources.list.d")
+    for path in sorted(d.glob("*.sources")) if d.is_dir() else []:
+        for stanza in re.split(r"\n\s*\n", path.read_text(errors="replace")):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if ":" in line and not line.lstrip().startswith("#") and not line[0].isspace():
+                    key, _, value = line.partition(":")
+                    fields[key.strip().lower()] = value.strip()
+            if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
+                suites = fields.get("suites", "").split()
+                found += [(uri, suites) for uri in fields.get("uris", "").split()]
+    lists = [Path("/etc/apt/sources.list"), *(sorted(d.glob("*.list")) if d.is_dir() else [])]
+    for path in lists:
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            words = re.sub(r"\[[^]]*\]", "", line).split()
+            if len(words) >= 3 and words[0] == "deb":
+                found.append((words[1], [words[2]]))
+    for uri, suites in found:
+        if SUITE in suites and uri.startswith(("http://", "https://")):
+            return uri
+    raise EmulatorError(
+        f"no Debian {SUITE} mirror in /etc/apt/sources.list*: set {ENV_MIRROR} to a Debian "
+        "mirror URL (the folder holding dists/)"
+    )
+
+
+def rootfs_info(rootfs: Path | None = None) -> dict[str, Any] | None:
+    """The stamp of a complete root filesystem, or None if there is none (or an old recipe)."""
+    root = rootfs or rootfs_dir()
+    try:
+        info = read_json(root / STAMP)
+    except (OSError, ValueError):
+        return None
+    if info.get("recipe") != _recipe() or not (root / PYTHON.lstrip("/")).exists():
+        return None
+    return info
+
+
+def _recipe() -> dict[str, Any]:
+    return {"version": RECIPE_VERSION, "suite": SUITE, "arch": ARCH, "variant": "minbase",
+            "packages": list(PACKAGES)}
+
+
+def require_rootfs() -> Path:
+    """The built root filesystem, or a one-line error saying how to build it."""
+    root = rootfs_dir()
+    if rootfs_info(root) is None:
+        raise EmulatorError(
+            f"the emulated Pi is not set up (no root filesystem in {root}): "
+            "run `edgeship pi emulator setup`"
+        )
+    return root
+
+
+def ensure_rootfs(*, force: bool = False) -> Path:
+    """Build (once) and return the aarch64 Debian 12 root filesystem with Python 3.11.
+
+    Idempotent: a complete build is recognised by its stamp and returned at once. The build
+    happens in a temp folder beside the cache and is renamed into place only when it works,
+    so an interrupted build never leaves a half root filesystem behind.
+    """
+    target = rootfs_dir()
+    if not force and rootfs_info(target) is not None:
+        return target
+    check_qemu()
+    debootstrap = shutil.which("debootstrap") or (
+        "/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None
+    )
+    if debootstrap is None:
+        raise MissingDependencyError("debootstrap not found: apt-get install debootstrap")
+    if shutil.which("dpkg") is None:
+        raise MissingDependencyError("dpkg not found: build the emulated Pi on Debian or Ubuntu")
+    if os.geteuid() != 0:
+        raise EmulatorError(
+            "building the emulated Pi needs root (debootstrap creates root-owned files): "
+            "run `sudo edgeship pi emulator setup`, or set EDGESHIP_PI_CACHE to a cache a "
+            "root build made"
+        )
+    mirror = apt_mirror()
+    with _locked("rootfs"):
+        if not force and rootfs_info(target) is not None:
+            return target  # another process finished it while we waited
+        cache = cache_dir()
+        for stale in cache.glob(".build-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+        try:
+            _build(work / "rootfs", debootstrap, mirror)
+            replace_tree(work / "rootfs", target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _build(root: Path, debootstrap: str, mirror: str) -> None:
+    start = time.monotonic()
+    log = root.parent / "debootstrap.log"
+    console.info(f"emulated Pi: downloading Debian {SUITE} {ARCH} (debootstrap, first stage)")
+    argv = [
+        debootstrap, "--foreign", f"--arch={ARCH}", "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+    ]  # fmt: skip
+    keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+    if keyring.is_file():
+        argv.append(f"--keyring={keyring}")
+    argv += [SUITE, str(root), mirror]
+    with open(log, "wb") as f:
+        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+        raise EmulatorError(
+            f"debootstrap failed ({tail[0] if tail else proc.returncode}): check that {mirror} "
+            f"is reachable, or set {ENV_MIRROR}"
+        )
+    debs = sorted((root / "var/cache/apt/archives").glob("*.deb"))
+    console.info(f"emulated Pi: unpacking {len(debs)} packages (dpkg -x)")
+    for deb in debs:
+        done = subprocess.run(["dpkg", "-x", str(deb), str(root)], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0:
+            raise EmulatorError(f"dpkg -x {deb.name} failed: {done.stderr.strip()[-200:]}")
+    packages = [deb.name.removesuffix(f"_{ARCH}.deb").removesuffix("_all.deb") for deb in debs]
+    for deb in debs:
+        deb.unlink()  # about 40 MB nobody needs again
+    _precompile_stdlib(root)
+
+    probe = run(
+        ["python3", "-c", "import json, platform, sys, venv; print(json.dumps("
+         "[platform.machine(), platform.python_version()]))"],
+        rootfs=root, timeout=300,
+    )
+    machine, version = json.loads(probe.stdout)
+    if machine != "aarch64" or not version.startswith("3.11."):
+        raise EmulatorError(f"the emulated Pi reports {machine} Python {version}, expected "
+                            f"aarch64 Python 3.11: delete {root} and rebuild")
+    pip_wheels = sorted((root / "usr/share/python-wheels").glob("pip-*.whl"))
+    write_json_atomic(root / STAMP, {
+        "recipe": _recipe(),
+        "machine": machine,
+        "python": version,
+        "pip_wheel": "/" + pip_wheels[-1].relative_to(root).as_posix() if pip_wheels else None,
+        "packages": packages,
+        "mirror": mirror,
+        "qemu": qemu_version(),
+        "built": datetime.now(UTC).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - start, 1),
+    })
+    console.info(f"emulated Pi: Debian {SUITE} aarch64, Python {version}, built in "
+                 f"{time.monotonic() - start:.0f} s")
+
+
+def _precompile_stdlib(root: Path) -> None:
+    """Byte-compile the guest's stdlib with the host's Python when both are 3.11.
+
+    dpkg's postinst would have done it; without it every emulated start compiles the
+    modules it imports. The .pyc format depends on the Python version, not the CPU.
+    """
+    if sys.version_info[:2] != (3, 11):
+        return
+    import compileall
+
+    lib = root / "usr/lib/python3.11"
+    compileall.compile_dir(lib, quiet=2, workers=0,
+                           rx=re.compile(r"/(test|tests|idlelib|lib2to3/tests)/"))
+
+
+# -- wheels --------------------------------------------------------------------------------
+
+
+def _key(requirements: Sequence[str]) -> str:
+    blob = json.dumps([sorted(requirements), WHEEL_PLATFORMS, "cp311"]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def download_wheels(requirements: Sequence[str], *, refresh: bool = False) -> Path:
+    """A folder with aarch64 cp311 wheels for ``requirements`` and all their dependencies.
+
+    Downloaded once with the host's pip (binary wheels only, no build on the host) and
+    reused offline afterwards; ``wheels.json`` records the requirements and each file's
+    sha256. This folder is what an ``--offline`` deploy ships to a Pi.
+    """
+    if not requirements:
+        raise InputError("no requirements to download wheels for")
+    target = cache_dir() / "wheels" / _key(requirements)
+    if not refresh and _wheels_ok(target):
+        return target
+    with _locked("wheels"):
+        if not refresh and _wheels_ok(target):
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".dl-", dir=target.parent))
+        try:
+            start = time.monotonic()
+            console.info(f"downloading aarch64 cp311 wheels: {' '.join(requirements)}")
+            argv = [
+                sys.executable, "-m", "pip", "download", "--only-binary=:all:",
+                "--python-version", "3.11", "--implementation", "cp",
+                *(f"--platform={p}" for p in WHEEL_PLATFORMS),
+                "--progress-bar", "off", "--disable-pip-version-check",
+                "--dest", str(work), *requirements,
+            ]  # fmt: skip
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR")]
+                reason = errors[-1] if errors else (proc.stderr.strip().splitlines() or ["?"])[-1]
+                if "No module named pip" in proc.stderr:
+                    raise MissingDependencyError(
+                        f"pip is not installed for {sys.executable}: python -m ensurepip"
+                    )
+                raise EmulatorError(
+                    f"cannot download aarch64 cp311 wheels for {' '.join(requirements)}: "
+                    f"{reason.strip()}"
+                )
+            files = {p.name: _sha256(p) for p in sorted(work.glob("*.whl"))}
+            write_json_atomic(work / "wheels.json", {
+                "requirements": list(requirements), "platforms": list(WHEEL_PLATFORMS),
+                "python": "cp311", "files": files,
+                "downloaded": datetime.now(UTC).isoformat(timespec="seconds"),
+                "seconds": round(time.monotonic() - start, 1),
+            })
+            replace_tree(work, target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+def _wheels_ok(folder: Path) -> bool:
+    try:
+        files = read_json(folder / "wheels.json")["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all((folder / name).is_file() for name in files)
+
+
+def _sha256(path: Path) -> str:
+    from edgeship.fsutil import sha256_file
+
+    return sha256_file(path)
+
+
+def install_wheels(wheels: Path | Sequence[Path], site_dir: Path) -> Path:
+    """Unpack wheels into ``site_dir`` (for ``PYTHONPATH``), replacing what was there.
+
+    A wheel is a zip laid out for site-packages, so unpacking on the host takes about 2 s
+    where pip under QEMU takes about 30 s for LiteRT + numpy. Good enough for binary wheels
+    without install scripts, which is all a device runtime needs.
+    """
+    files = sorted(Path(wheels).glob("*.whl")) if isinstance(wheels, Path) else list(wheels)
+    if not files:
+        raise InputError(f"no wheels to install from {wheels}")
+    site_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{site_dir.name}-", dir=site_dir.parent))
+    try:
+        for whl in files:
+            with zipfile.ZipFile(whl) as z:
+                z.extractall(work)
+        for data in work.glob("*.data"):  # purelib/platlib go to the top, the rest is unused
+            for sub in ("purelib", "platlib"):
+                for item in (data / sub).glob("*") if (data / sub).is_dir() else []:
+                    os.replace(item, work / item.name)
+            shutil.rmtree(data)
+        write_json_atomic(work / "edgeship-site.json", {"wheels": [w.name for w in files]})
+        replace_tree(work, site_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return site_dir
+
+
+def ensure_site(requirements: Sequence[str]) -> Path:
+    """Downloaded and unpacked aarch64 wheels for ``requirements``: a ``PYTHONPATH`` entry."""
+    wheels = download_wheels(requirements)
+    site = cache_dir() / "sites" / wheels.name
+    stamp = site / "edgeship-site.json"
+    wanted = sorted(read_json(wheels / "wheels.json")["files"])
+    try:
+        if sorted(read_json(stamp)["wheels"]) == wanted:
+            return site
+    except (OSError, ValueError, KeyError):
+        pass
+    with _locked("sites"):
+        return install_wheels([wheels / name for name in wanted], site)
+
+
+# -- running -------------------------------------------------------------------------------
+
+GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def guest_env(
+    env: Mapping[str, str] | None = None, pythonpath: Sequence[Path | str] = ()
+) -> dict[str, str]:
+    """A clean environment for the guest: nothing from the host's PIP_*, PYTHON*, QEMU_*."""
+    out = {
+        "PATH": GUEST_PATH,
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "PIP_CONFIG_FILE": os.devnull,  # else -L falls back to the host's /etc/pip.conf
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+    }
+    if pythonpath:
+        out["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
+    out.update(env or {})
+    return out
+
+
+def _program(name: str, root: Path, cwd: Path | None) -> str:
+    """Where QEMU finds ``name``: a bare name on the guest PATH, else a path (guest first)."""
+    if "/" not in name:
+        for d in GUEST_PATH.split(":"):
+            if (root / d.lstrip("/") / name).exists():
+                return str(root / d.lstrip("/") / name)
+        raise RemoteCommandError(f"`{name}` not found in the emulated Pi", 127)
+    if name.startswith("/") and (root / name.lstrip("/")).exists():
+        return str(root / name.lstrip("/"))
+    if not (Path(cwd or ".") / name).exists():
+        raise RemoteCommandError(f"`{name}` not found in the emulated Pi", 127)
+    return name
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    rootfs: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    pythonpath: Sequence[Path | str] = (),
+    timeout: float | None = DEFAULT_TIMEOUT_S,
+    check: bool = True,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run an aarch64 program of the emulated Pi (``python3``, a venv's ``bin/python``, ...).
+
+    Paths in ``argv`` are host paths (the guest sees the host's files wherever the root
+    filesystem has none). ``check`` raises RemoteCommandError with the program's last line.
+    """
+    if not argv:
+        raise InputError("empty command for the emulated Pi")
+    root = rootfs or require_rootfs()
+    argv = [str(a) for a in argv]
+    cmd = [check_qemu(), "-L", str(root), _program(argv[0], root, cwd), *argv[1:]]
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=guest_env(env, pythonpath),
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise RemoteCommandError(
+            f"`{short_command(argv)}` under emulation did not finish within {timeout:g} s: "
+            "raise the timeout (emulation is 10-50x slower than native)"
+        ) from e
+    done = subprocess.CompletedProcess(argv, proc.returncode, proc.stdout, proc.stderr)
+    if check and done.returncode != 0:
+        raise command_failed(argv, done, "the emulated Pi")
+    return done
+
+
+class EmulatedPi:
+    """The emulated Pi as a deploy target: the same interface as ``ssh.SshTarget``.
+
+    Its "remote" file system is a home folder on this machine (default: ``home/`` in the
+    Pi cache); relative remote paths resolve there, and commands run under QEMU with that
+    folder as the working directory, so a deploy issues the same commands to both.
+    """
+
+    emulated: ClassVar[bool] = True
+    name = "emulated-aarch64"
+
+    def __init__(self, home: Path | None = None, *, rootfs: Path | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S):
+        self.rootfs = rootfs or require_rootfs()
+        self.home = Path(home) if home is not None else cache_dir() / "home"
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+
+    @property
+    def pip_wheel(self) -> str:
+        """Guest path of Debian's pip wheel: run pip in-process as ``python PIP_WHEEL/pip``."""
+        info = rootfs_info(self.rootfs) or {}
+        if not info.get("pip_wheel"):
+            raise EmulatorError("no pip wheel in the emulated Pi: rebuild it with --force")
+        return str(info["pip_wheel"])
+
+    def path(self, remote: str) -> Path:
+        """The host path behind a remote path."""
+        return self.home / remote_path(remote)  # an absolute path stays absolute
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        return run(argv, rootfs=self.rootfs, cwd=self.path(cwd) if cwd else self.home,
+                   env={"HOME": str(self.home), **(env or {})},
+                   timeout=timeout or self.timeout, check=check, input=input)
+
+    def sync(self, local_dir: Path, remote_dir: str, *, delete: bool = True) -> SyncResult:
+        """Copy changed files (by sha256) into the device folder, each file atomically."""
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
+            raise InputError(f"nothing to deploy: {local_dir} is not a folder")
+        dest = self.path(remote_dir)
+        local = local_manifest(local_dir)
+        send, extra = diff_manifests(local, local_manifest(dest))
+        result = SyncResult(method="copy", sent=send, unchanged=len(local) - len(send))
+        for rel in send:
+            with atomic_path(dest / rel) as tmp:
+                shutil.copy2(local_dir / rel, tmp)
+            result.bytes_sent += (local_dir / rel).stat().st_size
+        if delete:
+            for rel in extra:
+                (dest / rel).unlink()
+            result.deleted = extra
+        return result
+
+    def sha256_manifest(self, remote_dir: str) -> dict[str, str]:
+        return local_manifest(self.path(remote_dir))
+
+    def fetch(self, remote_path: str, local_path: Path) -> Path:
+        src = self.path(remote_path)
+        if not src.is_file():
+            raise RemoteCommandError(f"cannot fetch {remote_path} from the emulated Pi: no file")
+        with atomic_path(local_path) as tmp:
+            shutil.copy2(src, tmp)
+        return Path(local_path)
