@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from edgeship import console
+from edgeship.cli.options import json_option, parse_duration
 
 
 @click.command("export")
@@ -27,11 +28,11 @@ from edgeship import console
 @click.option("--target", "targets", default="host", show_default=True,
               help="TVM only: host, rpi4, rpi5 or a JSON target (comma list of names).")
 @click.option("--trials", type=int, default=None, help="TVM only: MetaSchedule tuning trials.")
-@click.option("--time-budget", type=float, default=None, help="TVM only: tuning time budget, seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {\"artifacts\": [...]}.")
+@click.option("--time-budget", default=None, help="TVM only: tuning time budget (90s, 10m, 1h).")
+@json_option
 @click.pass_context
 def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: str | None, io: str,
-           targets: str, trials: int | None, time_budget: float | None, as_json: bool) -> None:
+           targets: str, trials: int | None, time_budget: str | None, as_json: bool) -> None:
     """Export a run's models to TFLite, ONNX and TVM, each validated against its Keras model.
 
     \b
@@ -44,7 +45,8 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
     run_dir = ctx.obj.store.resolve(run)
     results = export_run(
         run_dir, variants=variants, formats=formats, quantize=quantize, io=io,
-        targets=_targets(targets), trials=trials, time_budget_s=time_budget, log=console.info,
+        targets=_targets(targets), trials=trials, time_budget_s=parse_duration(time_budget),
+        log=console.info,
     )
     if as_json:
         console.emit_json({"artifacts": [r.summary() for r in results]})
