@@ -51,6 +51,42 @@ def clone(model: Any, clone_function: Callable[[Any], Any] | None = None) -> Any
     return copy
 
 
+def is_kernel_layer(layer: Any) -> bool:
+    """Dense and convolutions: the layers tfmot's pruning and clustering act on."""
+    k = keras()
+    return isinstance(layer, k.layers.Dense | k.layers.Conv2D | k.layers.DepthwiseConv2D |
+                      k.layers.Conv1D)
+
+
+def wrap_kernel_layers(model: Any, wrapper: Callable[[Any], Any],
+                       eligible: Callable[[Any], bool] = lambda layer: True) -> tuple[Any, list[str]]:
+    """A copy of ``model`` with ``wrapper`` (a tfmot wrapper) on each eligible kernel layer.
+
+    Returns the copy and the names of kernel layers left as they were: nested models (tfmot
+    cannot wrap them), ineligible ones, and those the wrapper refused.
+    """
+    skipped: list[str] = []
+
+    def wrap(layer: Any) -> Any:
+        # ``copy`` is ours alone, so wrapping its layer objects in place is safe.
+        if hasattr(layer, "layers") and layer.weights:
+            skipped.append(layer.name)
+            return layer
+        if not is_kernel_layer(layer):
+            return layer
+        if not eligible(layer):
+            skipped.append(layer.name)
+            return layer
+        try:
+            return wrapper(layer)
+        except (ValueError, TypeError):
+            skipped.append(layer.name)
+            return layer
+
+    copy = clone(model)
+    return keras().models.clone_model(copy, clone_function=wrap), skipped
+
+
 def fine_tune(model: Any, ctx: PassContext, extra_callbacks: list[Any] | None = None,
               epochs: int | None = None, loss: Any = "sparse_categorical_crossentropy") -> dict[str, list]:
     """Train for a fixed number of epochs: schedules (pruning) need a known length."""

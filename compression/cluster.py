@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from compression.base import PassContext, clone, fine_tune
+from compression.base import PassContext, fine_tune, wrap_kernel_layers
 from edgeship.console import warn
 from edgeship.errors import InputError
-from training.keras_env import keras, tfmot
+from training.keras_env import tfmot
 
 
 @dataclass(frozen=True)
@@ -34,28 +34,13 @@ def cluster(model: Any, ctx: PassContext, cfg: ClusterConfig) -> Any:
     }
     if "prune" in ctx.applied:
         params["preserve_sparsity"] = True
-    skipped: list[str] = []
 
-    def wrap(layer: Any) -> Any:
-        k = keras()
-        if hasattr(layer, "layers") and layer.weights:
-            skipped.append(layer.name)
-            return layer
-        if not isinstance(layer, k.layers.Dense | k.layers.Conv2D | k.layers.DepthwiseConv2D |
-                          k.layers.Conv1D):
-            return layer
-        kernel_size = next(w for w in layer.weights if w.name.endswith("kernel:0")).shape.num_elements()
-        if kernel_size <= cfg.clusters:
-            skipped.append(layer.name)  # fewer weights than clusters: nothing to share
-            return layer
-        try:
-            return clustering.cluster_weights(layer, **params)
-        except (ValueError, TypeError):
-            skipped.append(layer.name)
-            return layer
+    def has_enough_weights(layer: Any) -> bool:
+        kernel = next(w for w in layer.weights if w.name.endswith("kernel:0"))
+        return kernel.shape.num_elements() > cfg.clusters  # else nothing to share
 
-    copy = clone(model)
-    wrapped = keras().models.clone_model(copy, clone_function=wrap)
+    wrapped, skipped = wrap_kernel_layers(
+        model, lambda layer: clustering.cluster_weights(layer, **params), has_enough_weights)
     if skipped:
         warn(f"clustering left these layers unclustered: {', '.join(skipped)}")
     ctx.notes["cluster_skipped_layers"] = skipped

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from compression.base import PassContext, clone, fine_tune
+from compression.base import PassContext, fine_tune, wrap_kernel_layers
 from edgeship.console import warn
 from edgeship.errors import InputError
-from training.keras_env import keras, tfmot
+from training.keras_env import tfmot
 
 
 @dataclass(frozen=True)
@@ -54,36 +54,13 @@ def wrap_for_pruning(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
             initial_sparsity=0.0, final_sparsity=cfg.sparsity, begin_step=begin,
             end_step=min(end, max(begin + frequency, total_steps - 1)), frequency=frequency,
         )}
-    skipped: list[str] = []
-
-    def wrap(layer: Any) -> Any:
-        # ``copy`` is ours alone, so wrapping its layer objects in place is safe.
-        if hasattr(layer, "layers") and layer.weights:  # a nested model: tfmot cannot wrap it
-            skipped.append(layer.name)
-            return layer
-        if not _has_prunable_kernel(layer):
-            return layer
-        if cfg.structure == "2:4" and not _fits_2_4(layer):
-            skipped.append(layer.name)
-            return layer
-        try:
-            return sparsity.prune_low_magnitude(layer, **params)
-        except (ValueError, TypeError):
-            skipped.append(layer.name)
-            return layer
-
-    copy = clone(model)
-    wrapped = keras().models.clone_model(copy, clone_function=wrap)
+    eligible = _fits_2_4 if cfg.structure == "2:4" else (lambda layer: True)
+    wrapped, skipped = wrap_kernel_layers(
+        model, lambda layer: sparsity.prune_low_magnitude(layer, **params), eligible)
     if skipped:
         warn(f"pruning left these layers dense (tfmot cannot wrap them): {', '.join(skipped)}")
     ctx.notes["prune_skipped_layers"] = skipped
     return wrapped
-
-
-def _has_prunable_kernel(layer: Any) -> bool:
-    k = keras()
-    return isinstance(layer, k.layers.Dense | k.layers.Conv2D | k.layers.DepthwiseConv2D |
-                      k.layers.Conv1D)
 
 
 def _fits_2_4(layer: Any) -> bool:

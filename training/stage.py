@@ -107,12 +107,7 @@ def train(store: RunStore, cfg: TrainConfig, progress: Any = None) -> TrainResul
             data_section = _data_section(prep, cfg)
             st.set_section("data", data_section)
             st.set_section("model", model_section)
-            st.metrics.update({
-                "test_accuracy": metrics["test"]["accuracy"],
-                "test_macro_f1": metrics["test"]["macro_f1"],
-                "baselines": {k: v["accuracy"] for k, v in metrics["baselines"].items()},
-                "epochs_run": metrics["epochs_run"],
-            })
+            st.metrics.update(_headline(metrics), epochs_run=metrics["epochs_run"])
             card = model_card({**run.manifest, "data": data_section, "model": model_section},
                               metrics)
             (st.output_dir("model") / "model_card.md").write_text(card, encoding="utf-8")
@@ -190,12 +185,17 @@ def adopt(store: RunStore, model_file: str | Path, cfg: TrainConfig) -> TrainRes
                          "path": "model/model.keras", "origin": origin}
         st.set_section("data", data_section)
         st.set_section("model", model_section)
-        st.metrics.update({
-            "test_accuracy": metrics["test"]["accuracy"],
-            "test_macro_f1": metrics["test"]["macro_f1"],
-            "baselines": {k: v["accuracy"] for k, v in metrics["baselines"].items()},
-        })
+        st.metrics.update(_headline(metrics))
     return TrainResult(run=run, metrics=metrics)
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest's stage entry and `edgeship runs` show of a model's metrics."""
+    return {
+        "test_accuracy": metrics["test"]["accuracy"],
+        "test_macro_f1": metrics["test"]["macro_f1"],
+        "baselines": {k: v["accuracy"] for k, v in metrics["baselines"].items()},
+    }
 
 
 def _write_data(out: Path, prep: Prepared) -> None:
