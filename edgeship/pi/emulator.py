@@ -7,7 +7,9 @@ chroots, so nothing here relies on them: the first debootstrap stage downloads t
 ``qemu-aarch64-static -L ROOTFS ROOTFS/usr/bin/python3.11 ...``.
 
 QEMU 10 (Debian bookworm-backports) is required: Debian 12's QEMU 7.2 runs TVM modules but
-segfaults inside LiteRT's ``Interpreter(...)``.
+segfaults inside LiteRT's ``Interpreter(...)``. Programs run with ``-cpu cortex-a72`` (a Pi 4's
+CPU; ``$EDGESHIP_PI_CPU=cortex-a76`` for a Pi 5), not QEMU's default "max" CPU whose SVE and
+fp16 no Pi has.
 
 What emulation does not do: a process started *by* an emulated program runs natively on the
 host (without binfmt_misc the kernel cannot hand it to QEMU, and QEMU's ``-L`` leaves execve
@@ -71,6 +73,12 @@ PYTHON = "/usr/bin/python3.11"
 QEMU = "qemu-aarch64-static"
 QEMU_MIN = (10, 0)
 QEMU_FIX = "apt-get install -t bookworm-backports qemu-user-static"
+# The emulated CPU. QEMU's default ("max") has SVE, fp16 and dotprod, which no Pi has: LiteRT's
+# XNNPACK then picks kernels QEMU runs 6x slower (digits float32, test split: 46 s vs 8 s), and a
+# build for a Pi 5 would run where a Pi 4 raises SIGILL. A Pi 4's Cortex-A72 avoids both.
+ENV_CPU = "EDGESHIP_PI_CPU"
+DEFAULT_CPU = "cortex-a72"
+PI_BOARDS = {"cortex-a72": "Raspberry Pi 4", "cortex-a76": "Raspberry Pi 5"}
 
 DEFAULT_TIMEOUT_S = 1800.0
 
@@ -143,6 +151,14 @@ def qemu_version() -> str:
     out = subprocess.run([check_qemu(), "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version (\S+)", out)
     return m[1] if m else "unknown"
+
+
+def emulated_cpu() -> str:
+    """The QEMU ``-cpu`` model: ``$EDGESHIP_PI_CPU`` (cortex-a76 for a Pi 5) or cortex-a72 (Pi 4)."""
+    cpu = os.environ.get(ENV_CPU) or DEFAULT_CPU
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", cpu):
+        raise InputError(f"bad {ENV_CPU} {cpu!r}: give a QEMU CPU model such as cortex-a72")
+    return cpu
 
 
 # -- the root filesystem -------------------------------------------------------------------
@@ -327,21 +343,37 @@ def _precompile_stdlib(root: Path) -> None:
 # -- wheels --------------------------------------------------------------------------------
 
 
-def _key(requirements: Sequence[str]) -> str:
-    blob = json.dumps([sorted(requirements), WHEEL_PLATFORMS, "cp311"]).encode()
+def _key(requirements: Sequence[str], platforms: Sequence[str] = WHEEL_PLATFORMS,
+         abi: str = "cp311") -> str:
+    blob = json.dumps([sorted(requirements), list(platforms), abi]).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def download_wheels(requirements: Sequence[str], *, refresh: bool = False) -> Path:
-    """A folder with aarch64 cp311 wheels for ``requirements`` and all their dependencies.
+def wheel_platforms(arch: str = "aarch64") -> tuple[str, ...]:
+    """The manylinux tags a Debian 12 (glibc 2.36) device of ``arch`` installs."""
+    if not re.fullmatch(r"[a-z0-9_]+", arch):
+        raise InputError(f"bad CPU architecture {arch!r}")
+    return tuple(p.replace("aarch64", arch) for p in WHEEL_PLATFORMS)
+
+
+def download_wheels(
+    requirements: Sequence[str], *, refresh: bool = False, arch: str = "aarch64",
+    python: str = "3.11",
+) -> Path:
+    """A folder with ``arch`` CPython ``python`` wheels for ``requirements`` and their dependencies.
 
     Downloaded once with the host's pip (binary wheels only, no build on the host) and
     reused offline afterwards; ``wheels.json`` records the requirements and each file's
-    sha256. This folder is what an ``--offline`` deploy ships to a Pi.
+    sha256. This folder is what an ``--offline`` deploy ships to a Pi (aarch64, 3.11 by
+    default: Raspberry Pi OS Bookworm).
     """
     if not requirements:
         raise InputError("no requirements to download wheels for")
-    target = cache_dir() / "wheels" / _key(requirements)
+    if not re.fullmatch(r"3\.\d+", python):
+        raise InputError(f"bad Python version {python!r}: give MAJOR.MINOR, e.g. 3.11")
+    platforms = wheel_platforms(arch)
+    abi = "cp" + python.replace(".", "")
+    target = cache_dir() / "wheels" / _key(requirements, platforms, abi)
     if not refresh and _wheels_ok(target):
         return target
     with _locked("wheels"):
@@ -351,11 +383,11 @@ def download_wheels(requirements: Sequence[str], *, refresh: bool = False) -> Pa
         work = Path(tempfile.mkdtemp(prefix=".dl-", dir=target.parent))
         try:
             start = time.monotonic()
-            console.info(f"downloading aarch64 cp311 wheels: {' '.join(requirements)}")
+            console.info(f"downloading {arch} {abi} wheels: {' '.join(requirements)}")
             argv = [
                 sys.executable, "-m", "pip", "download", "--only-binary=:all:",
-                "--python-version", "3.11", "--implementation", "cp",
-                *(f"--platform={p}" for p in WHEEL_PLATFORMS),
+                "--python-version", python, "--implementation", "cp",
+                *(f"--platform={p}" for p in platforms),
                 "--progress-bar", "off", "--disable-pip-version-check",
                 "--dest", str(work), *requirements,
             ]  # fmt: skip
@@ -368,13 +400,13 @@ def download_wheels(requirements: Sequence[str], *, refresh: bool = False) -> Pa
                         f"pip is not installed for {sys.executable}: python -m ensurepip"
                     )
                 raise EmulatorError(
-                    f"cannot download aarch64 cp311 wheels for {' '.join(requirements)}: "
+                    f"cannot download {arch} {abi} wheels for {' '.join(requirements)}: "
                     f"{reason.strip()}"
                 )
             files = {p.name: _sha256(p) for p in sorted(work.glob("*.whl"))}
             write_json_atomic(work / "wheels.json", {
-                "requirements": list(requirements), "platforms": list(WHEEL_PLATFORMS),
-                "python": "cp311", "files": files,
+                "requirements": list(requirements), "platforms": list(platforms),
+                "python": abi, "files": files,
                 "downloaded": datetime.now(UTC).isoformat(timespec="seconds"),
                 "seconds": round(time.monotonic() - start, 1),
             })
@@ -488,17 +520,20 @@ def run(
     timeout: float | None = DEFAULT_TIMEOUT_S,
     check: bool = True,
     input: str | None = None,
+    cpu: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run an aarch64 program of the emulated Pi (``python3``, a venv's ``bin/python``, ...).
 
     Paths in ``argv`` are host paths (the guest sees the host's files wherever the root
     filesystem has none). ``check`` raises RemoteCommandError with the program's last line.
+    ``cpu`` is QEMU's CPU model (default ``emulated_cpu()``).
     """
     if not argv:
         raise InputError("empty command for the emulated Pi")
     root = rootfs or require_rootfs()
     argv = [str(a) for a in argv]
-    cmd = [check_qemu(), "-L", str(root), _program(argv[0], root, cwd), *argv[1:]]
+    cmd = [check_qemu(), "-cpu", cpu or emulated_cpu(), "-L", str(root),
+           _program(argv[0], root, cwd), *argv[1:]]
     try:
         proc = subprocess.run(
             cmd,
@@ -534,11 +569,21 @@ class EmulatedPi:
     name = "emulated-aarch64"
 
     def __init__(self, home: Path | None = None, *, rootfs: Path | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S):
+                 timeout: float = DEFAULT_TIMEOUT_S, cpu: str | None = None):
         self.rootfs = rootfs or require_rootfs()
         self.home = Path(home) if home is not None else cache_dir() / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
+        self.cpu = cpu or emulated_cpu()
+
+    @property
+    def board(self) -> str:
+        """What the emulated CPU stands for, e.g. ``Raspberry Pi 4 (emulated, QEMU cortex-a72)``.
+
+        A Pi's /proc/device-tree/model names the board; QEMU user mode has none, so the deploy
+        reads this instead (it keeps a TVM build for the other Pi model off this one).
+        """
+        return f"{PI_BOARDS.get(self.cpu, 'aarch64 board')} (emulated, QEMU {self.cpu})"
 
     @property
     def pip_wheel(self) -> str:
@@ -564,7 +609,7 @@ class EmulatedPi:
     ) -> subprocess.CompletedProcess[str]:
         return run(argv, rootfs=self.rootfs, cwd=self.path(cwd) if cwd else self.home,
                    env={"HOME": str(self.home), **(env or {})},
-                   timeout=timeout or self.timeout, check=check, input=input)
+                   timeout=timeout or self.timeout, check=check, input=input, cpu=self.cpu)
 
     def sync(self, local_dir: Path, remote_dir: str, *, delete: bool = True) -> SyncResult:
         """Copy changed files (by sha256) into the device folder, each file atomically."""
@@ -595,3 +640,19 @@ class EmulatedPi:
         with atomic_path(local_path) as tmp:
             shutil.copy2(src, tmp)
         return Path(local_path)
+
+    def precompile(self, remote_dir: str) -> bool:
+        """Byte-compile a device folder (a venv) with this machine's Python, if it is 3.11 too.
+
+        pip under QEMU runs with ``--no-compile`` (compiling there is slow), and without .pyc
+        files every emulated start compiles what it imports: ``import tvm`` took 30 s, 18 s
+        after this (about 3 s of native work for LiteRT + TVM). The .pyc format depends on
+        the Python version only. Returns False when the versions differ (nothing done); a
+        file that does not compile (a stray Python 2 test) is skipped, as pip would.
+        """
+        if sys.version_info[:2] != (3, 11):
+            return False
+        import compileall
+
+        compileall.compile_dir(self.path(remote_dir), quiet=2, workers=0)
+        return True

@@ -1,0 +1,122 @@
+"""``edgeship deploy pi``: parse, call ``edgeship.deploy.deploy_pi``, print."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeship.cli.options import json_option, pass_app
+
+EMULATED_NOTE = "emulated (not device latency)"
+
+
+@click.group()
+def deploy() -> None:
+    """Ship exported models to a device and run them there."""
+
+
+@deploy.command("pi")
+@click.argument("run_ref", metavar="RUN", default="latest")
+@click.option("--host", metavar="USER@HOST",
+              help="The Pi over SSH: USER@HOST or a ~/.ssh/config alias (keys, ProxyJump work).")
+@click.option("--emulated", is_flag=True,
+              help="The emulated aarch64 Pi on this machine (see `edgeship pi emulator setup`); "
+                   "its timings are labelled emulated.")
+@click.option("--variant", default="base", show_default=True, help="Variant name(s), comma-separated.")
+@click.option("--format", "fmt", default="tflite", show_default=True,
+              help="tflite, tvm (a build for the Pi's CPU: --target rpi4/rpi5 at export), onnx, "
+                   "an export folder (tflite-int8), or a comma list.")
+@click.option("--quantize", help="Only exports with this quantization (comma list): float32, int8, ...")
+@click.option("--port", type=int, help="SSH port (default: ~/.ssh/config, else 22).")
+@click.option("--identity", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key file.")
+@click.option("--remote-dir", default="edgeship", show_default=True,
+              help="Folder on the device, relative to the login's home or absolute.")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="Trust the host key on first contact (ssh accept-new); a changed key is always refused.")
+@click.option("--offline", is_flag=True,
+              help="Install from wheels for the device's CPU and Python (aarch64 cp311 on a Pi), "
+                   "downloaded here and shipped in the bundle: no internet needed on the device.")
+@click.option("--bench", is_flag=True, help="Measure there and store the results in RUN/bench/.")
+@click.option("--runs", type=int, default=200, show_default=True, help="--bench: timed calls.")
+@click.option("--warmup", type=int, default=20, show_default=True, help="--bench: discarded calls.")
+@click.option("--threads", default="1", show_default=True, help="--bench: thread counts, comma-separated.")
+@json_option
+@pass_app
+def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, fmt: str,
+       quantize: str | None, port: int | None, identity: Path | None, remote_dir: str,
+       accept_new_host_key: bool, offline: bool, bench: bool, runs: int, warmup: int, threads: str,
+       as_json: bool) -> None:
+    """Deploy RUN's exports to a Raspberry Pi: copy, verify (sha256), install, optionally bench.
+
+    Only changed files are sent; the device gets a venv with the runtime (ai-edge-litert or
+    the TVM runtime) from PyPI, or with --offline from wheels shipped in the bundle.
+
+    \b
+    Examples:
+      edgeship deploy pi latest --host pi@raspberrypi.local --bench
+      edgeship deploy pi latest --host pi@raspberrypi.local --format tflite --quantize int8 --offline
+      edgeship deploy pi latest --host mypi --format tvm --bench      # export --target rpi4 first
+      edgeship deploy pi latest --emulated --bench                    # no Pi: aarch64 under QEMU
+    """
+    from edgeship import console
+    from edgeship.deploy import deploy_pi
+
+    run = app.store.resolve(run_ref)
+    with console.progress("deploy", total=None) as bar:
+        dep = deploy_pi(
+            run, host=host, emulated=emulated, variant=variant, format=fmt, quantize=quantize,
+            remote_dir=remote_dir, offline=offline, bench=bench, threads=threads, runs=runs,
+            warmup=warmup, progress=bar, log=console.info, port=port, identity=identity,
+            accept_new_host_key=accept_new_host_key,
+        )
+    if as_json:
+        console.emit_json(dep.summary())
+        return
+    _print(dep)
+
+
+def _print(dep: Any) -> None:
+    from edgeship import console
+
+    s = dep.sync
+    where = f"{dep.device}:{dep.remote_dir}"
+    console.out.print(
+        f"deployed {len(dep.artifacts)} artifact(s) of {dep.run_id} to {where} in "
+        f"{sum(dep.seconds.values()):.1f} s: sent {len(s.sent)} file(s) "
+        f"({s.bytes_sent / 1024:.1f} KiB), {s.unchanged} unchanged; sha256 verified for "
+        f"{dep.verified_files} files; venv {dep.venv}"
+        + (" [yellow](emulated)[/]" if dep.emulated else "")
+    )
+    if dep.results:
+        _table(dep)
+    else:
+        first = dep.artifacts[0].remote
+        console.out.print(f"run it there:  cd {shlex.quote(dep.bundle_dir)} && PYTHONDONTWRITEBYTECODE=1 "
+                          f"{dep.python} -m edge_runtime bench {shlex.quote(first)}", markup=False)
+
+
+def _table(dep: Any) -> None:
+    from rich.table import Table
+
+    from edgeship import console
+
+    title = f"on {dep.device}: ms per call (invoke alone; e2e with pre/post)"
+    table = Table(title=title + (f" - {EMULATED_NOTE}" if dep.emulated else ""))
+    right = ("thr", "p50", "p90", "p99", "e2e p50", "init ms", "RSS MB")
+    for col in ("artifact", *right):
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
+    for r in dep.results:
+        lat, e2e = r["latency_ms"], r.get("end_to_end_ms") or {}
+        table.add_row(
+            str(r["artifact"]).removeprefix("exports/"), str(r.get("threads") or "-"),
+            f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}",
+            "-" if not e2e else f"{e2e['p50']:.4f}",
+            "-" if r.get("init_ms") is None else f"{r['init_ms']:.1f}",
+            "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}",
+        )
+    console.out.print(table)
+    if dep.bench_files:
+        console.out.print(f"results: {dep.bench_files[0].parent}   report: edgeship report {dep.run_id}")

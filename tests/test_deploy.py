@@ -1,0 +1,384 @@
+"""``edgeship deploy pi``: a real sshd on 127.0.0.1 as the device, and the emulated aarch64 Pi.
+
+The costly parts are made once per module: one exported run (TFLite float32 + int8, and TVM
+for rpi4 when TVM is installed), one venv on the sshd "device" and one on the emulated Pi.
+The sshd device is this machine (x86_64), so it runs the TFLite artifacts; the aarch64 TVM
+build is skipped there, as it would be on any non-aarch64 device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge_runtime.result import validate_result
+from edgeship.deploy import (
+    DeployError,
+    DeviceInfo,
+    DevicePythonError,
+    NoSpaceError,
+    PipInstallError,
+    VerifyError,
+    check_space,
+    deploy,
+    deploy_pi,
+    pip_error,
+    probe,
+)
+from edgeship.errors import MissingDependencyError
+from edgeship.pi import SyncResult, emulator
+from edgeship.pi.ssh import ChangedHostKeyError, SshTarget, UnknownHostKeyError
+from edgeship.runstore import RunDir
+from tests import sshd
+from tests.clihelp import assert_one_line_error, invoke, invoke_json
+
+# A folder name that breaks any unquoted shell use: spaces, ; $() backticks, quotes, glob.
+NASTY = "dev ice; $(touch PWNED) `touch PWNED2` 'q' \"d\" *"
+
+needs_sshd = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
+
+
+def _emulation_missing() -> str | None:
+    try:
+        emulator.check_qemu()
+    except MissingDependencyError as e:
+        return str(e)
+    if emulator.rootfs_info() is None and os.geteuid() != 0:
+        return "no emulated Pi: run `sudo edgeship pi emulator setup`"
+    return None
+
+
+needs_emulation = pytest.mark.skipif(_emulation_missing() is not None, reason=str(_emulation_missing()))
+
+
+# -- shared, module-scoped ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """A copy of the digits run with TFLite float32/int8 and, if TVM is here, TVM for rpi4."""
+    from export.stage import export_run
+
+    dst = tmp_path_factory.mktemp("deploy-runs") / digits_run.path.name
+    shutil.copytree(digits_run.path, dst)
+    run = RunDir(dst)
+    try:
+        export_run(run, formats=["tflite", "tvm"], targets=["rpi4"])
+    except MissingDependencyError:
+        export_run(run, formats=["tflite"])
+    return run
+
+
+def _has_tvm_rpi4(run: RunDir) -> bool:
+    return (run.path / "exports/base/tvm-rpi4/artifact.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[sshd.SshServer]:
+    with sshd.running_sshd(tmp_path_factory.mktemp("sshd")) as s:
+        yield s
+
+
+def _ssh(server: sshd.SshServer, known_hosts: Path) -> dict[str, Any]:
+    """deploy_pi's SSH options for the test server; never ~/.ssh/config."""
+    return {"host": server.host, "port": server.port, "identity": server.client_key,
+            "known_hosts": known_hosts, "ssh_config": Path(os.devnull)}
+
+
+@pytest.fixture()
+def trusted(server: sshd.SshServer, tmp_path: Path) -> dict[str, Any]:
+    kh = tmp_path / "known_hosts"
+    kh.write_text(server.known_hosts_line())
+    return _ssh(server, kh)
+
+
+def _deploy_stages(run: RunDir) -> int:
+    return len(run.stages("deploy"))
+
+
+def _no_pwned(*roots: Path) -> None:
+    for root in roots:
+        assert not list(root.rglob("PWNED*")), root
+    assert not list(Path.home().glob("PWNED*"))
+
+
+# -- a real sshd as the device ------------------------------------------------------------
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_ssh_deploy_verify_bench_and_resend_only_changes(
+    exported: RunDir, trusted: dict[str, Any], tmp_path: Path
+) -> None:
+    remote = tmp_path / NASTY / "pi"  # sshd runs as us on this machine: remote == local disk
+    first = deploy_pi(exported, quantize="float32", remote_dir=str(remote), **trusted)
+    assert first.venv == "installed" and not first.emulated
+    assert [a.rel for a in first.artifacts] == ["exports/base/tflite-float32"]
+    sent = set(first.sync.sent)
+    assert {"requirements.txt", "edgeship-bundle.json", "edge_runtime/timing.py",
+            "artifacts/base/tflite-float32/model.tflite"} <= sent
+    assert first.verified_files == len(sent)
+    model = remote / "bundle/artifacts/base/tflite-float32/model.tflite"
+    assert model.read_bytes() == (exported.path / "exports/base/tflite-float32/model.tflite").read_bytes()
+    assert json.loads((remote / "venv/edgeship-venv.json").read_text())["requirements"]
+
+    # Adding the int8 artifact sends it and the bundle's index, nothing else; the venv stays.
+    second = deploy_pi(exported, quantize="float32,int8", remote_dir=str(remote), bench=True,
+                       threads="1", runs=20, warmup=2, **trusted)
+    assert sorted(second.sync.sent) == ["artifacts/base/tflite-int8/artifact.json",
+                                        "artifacts/base/tflite-int8/model.tflite",
+                                        "edgeship-bundle.json"]
+    assert second.venv == "reused" and second.sync.deleted == []
+    assert len(second.results) == 2
+    for r in second.results:
+        assert validate_result(r) == []
+        assert r["on"] == "pi" and r["device"]["emulated"] is False
+        assert r["device"]["name"] == f"{trusted['host']}:{trusted['port']}"
+        assert r["artifact"] in ("exports/base/tflite-float32", "exports/base/tflite-int8")
+    from benchmarks.store import load_results
+
+    stored = {Path(r["file"]).name for r in load_results(exported, strict=True)}
+    assert {p.name for p in second.bench_files} <= stored
+    assert {p.name for p in second.bench_files} == {"pi-base-tflite-float32-t1.json",
+                                                    "pi-base-tflite-int8-t1.json"}
+    assert exported.last_stage("bench")["params"]["label"].startswith("pi ")
+
+    # Running there wrote no bytecode into the bundle: the same deploy sends nothing.
+    third = deploy_pi(exported, quantize="float32,int8", remote_dir=str(remote), **trusted)
+    assert third.sync.sent == [] and third.sync.deleted == [] and third.venv == "reused"
+    assert _deploy_stages(exported) >= 3
+    _no_pwned(tmp_path)
+
+
+class _Tampering:
+    """An SshTarget whose copy gets damaged on the device right after it arrives."""
+
+    def __init__(self, inner: SshTarget, victim: Path):
+        self._inner, self._victim = inner, victim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def sync(self, local_dir: Path, remote_dir: str, *, delete: bool = True) -> SyncResult:
+        result = self._inner.sync(local_dir, remote_dir, delete=delete)
+        with open(self._victim, "ab") as f:
+            f.write(b"\0")
+        return result
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_damaged_copy_is_a_sha256_mismatch_before_anything_runs(
+    exported: RunDir, trusted: dict[str, Any], tmp_path: Path
+) -> None:
+    remote = tmp_path / "remote"
+    target = SshTarget(trusted["host"], port=trusted["port"], identity=trusted["identity"],
+                       known_hosts=trusted["known_hosts"], ssh_config=trusted["ssh_config"])
+    device = _Tampering(target, remote / "bundle/artifacts/base/tflite-int8/model.tflite")
+    before = _deploy_stages(exported)
+    with pytest.raises(VerifyError) as e:
+        deploy(exported, device, formats="tflite-int8", remote_dir=str(remote))  # type: ignore[arg-type]
+    msg = str(e.value)
+    assert "sha256 mismatch" in msg and "tflite-int8/model.tflite" in msg and "\n" not in msg
+    assert not (remote / "venv").exists()  # verified before installing or running anything
+    assert _deploy_stages(exported) == before
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_failed_pip_install_leaves_no_venv(
+    exported: RunDir, trusted: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "no-wheels"
+    empty.mkdir()
+    (empty / "wheels.json").write_text('{"files": {}}')
+    monkeypatch.setattr(emulator, "download_wheels", lambda *a, **k: empty)
+    remote = tmp_path / "remote"
+    before = _deploy_stages(exported)
+    with pytest.raises(PipInstallError) as e:
+        deploy_pi(exported, format="tflite-int8", remote_dir=str(remote), offline=True, **trusted)
+    msg = str(e.value)
+    assert "pip install on" in msg and "No matching distribution" in msg and "\n" not in msg
+    assert not (remote / "venv").exists()
+    assert (remote / "bundle/requirements.txt").is_file()
+    assert _deploy_stages(exported) == before
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_unknown_and_changed_host_keys_are_refused(exported: RunDir, tmp_path: Path) -> None:
+    before = _deploy_stages(exported)
+    with sshd.running_sshd(tmp_path / "sshd") as server:
+        kh = tmp_path / "known_hosts"
+        with pytest.raises(UnknownHostKeyError, match="--accept-new-host-key"):
+            deploy_pi(exported, remote_dir=str(tmp_path / "r"), **_ssh(server, kh))
+        kh.write_text(server.known_hosts_line())
+        server.rotate_host_key()
+        for accept in (False, True):
+            with pytest.raises(ChangedHostKeyError, match=r"CHANGED.*ssh-keygen .*-R"):
+                deploy_pi(exported, remote_dir=str(tmp_path / "r"), accept_new_host_key=accept,
+                          **_ssh(server, kh))
+    assert not (tmp_path / "r").exists()
+    assert _deploy_stages(exported) == before
+
+
+@pytest.mark.slow
+def test_cli_unreachable_host_and_bad_flags_are_one_line(exported: RunDir) -> None:
+    runs = exported.path.parent
+    result = invoke(runs, "deploy", "pi", exported.id, "--host", "root@127.0.0.1",
+                    "--port", str(sshd.free_port()))
+    assert_one_line_error(result, "cannot reach", "connect timeout 10 s")
+    result = invoke(runs, "deploy", "pi", exported.id, "--emulated", "--host", "pi@pi")
+    assert_one_line_error(result, "--emulated")
+    result = invoke(runs, "deploy", "pi", exported.id)
+    assert_one_line_error(result, "--host USER@HOST", "--emulated")
+    result = invoke(runs, "deploy", "pi", exported.id, "--host", "pi@pi", "--format", "onnx-int8")
+    assert_one_line_error(result, "onnx-int8")  # refused before any connection
+
+
+# -- what the device reports: fast checks with a scripted device ----------------------------
+
+
+class _Scripted:
+    """A device whose one command (the probe) exits ``rc`` printing ``stdout``."""
+
+    name = "pi@test"
+    emulated = False
+
+    def __init__(self, rc: int = 0, stdout: str = ""):
+        self.rc, self.stdout = rc, stdout
+
+    def run(self, argv: Any, **_kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(list(argv), self.rc, self.stdout, "")
+
+
+def _probe_json(**over: Any) -> str:
+    base = {"machine": "aarch64", "python": "3.11.2", "ensurepip": True, "board": None,
+            "dir_state": "new", "free_bytes": 10**10, "venv_stamp": None, "error": None}
+    return json.dumps({**base, **over})
+
+
+def test_probe_names_the_package_to_install() -> None:
+    cases = [
+        (_Scripted(127), "no python3 on pi@test.*apt install python3 python3-venv"),
+        (_Scripted(stdout=_probe_json(ensurepip=False)), "no venv support.*apt install python3-venv"),
+        (_Scripted(stdout=_probe_json(python="3.7.3")), "Python 3.7.3.*3.10"),
+        (_Scripted(stdout=_probe_json(dir_state="foreign")), "not made by edgeship.*--remote-dir"),
+    ]
+    for device, pattern in cases:
+        with pytest.raises((DevicePythonError, DeployError), match=pattern):
+            probe(device, "edgeship")  # type: ignore[arg-type]
+    info = probe(_Scripted(stdout="INFO: noise\n" + _probe_json(board="Raspberry Pi 4 Model B Rev 1.5")),
+                 "edgeship")  # type: ignore[arg-type]
+    assert info.pi_model == "rpi4" and info.python_minor == "3.11"
+
+
+def test_space_and_pip_errors_are_one_line(tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "m.tflite").write_bytes(b"x" * 1000)
+    info = DeviceInfo(machine="aarch64", python="3.11.2", ensurepip=True, board=None,
+                      dir_state="new", free_bytes=50 * 2**20, venv_stamp=None)
+    check_space("pi@test", "edgeship", info, bundle, ["ai-edge-litert==2.3.0"], None, install=False)
+    with pytest.raises(NoSpaceError, match=r"no space left on pi@test: 50 MB free.*about 166 MB"):
+        check_space("pi@test", "edgeship", info, bundle, ["ai-edge-litert==2.3.0"], None, install=True)
+    done = subprocess.CompletedProcess(
+        [], 1, "", "Looking in links: bundle/wheels\nERROR: Could not find a version that satisfies "
+        "the requirement numpy\nERROR: No matching distribution found for numpy\n")
+    assert str(pip_error(done, "pi@test", offline=True)).startswith(
+        "pip install on pi@test failed: ERROR: No matching distribution found for numpy (")
+    full = subprocess.CompletedProcess([], 1, "", "OSError: [Errno 28] No space left on device\n")
+    assert isinstance(pip_error(full, "pi@test", offline=False), NoSpaceError)
+
+
+# -- the emulated Pi: aarch64 Debian 12 with aarch64 wheels --------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulated(exported: RunDir, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One emulated deploy of every Pi artifact (one offline venv), shared by the tests below."""
+    base = tmp_path_factory.mktemp("emulated")
+    pi = emulator.EmulatedPi(home=base / "home")
+    remote = str(base / "pi dir; $(touch PWNED)")
+    fmts = "tflite,tvm" if _has_tvm_rpi4(exported) else "tflite"
+    dep = deploy(exported, pi, formats=fmts, remote_dir=remote)
+    return {"pi": pi, "dep": dep, "remote": remote, "base": base}
+
+
+PARITY = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())  # the bundle: edge_runtime as shipped
+import numpy as np
+from edge_runtime import EdgeModel
+x = np.load(sys.argv[1])["x"]
+print(json.dumps({a: EdgeModel.load(a).predict(x).indices.tolist() for a in sys.argv[2:]}))
+"""
+
+
+@pytest.mark.slow
+@needs_emulation
+def test_emulated_pi_gives_the_hosts_top1_on_the_test_split(
+    exported: RunDir, emulated: dict[str, Any], tmp_path: Path
+) -> None:
+    from edge_runtime import EdgeModel
+
+    pi, dep = emulated["pi"], emulated["dep"]
+    assert dep.emulated and dep.offline and dep.venv == "installed"
+    assert dep.device_info.machine == "aarch64" and dep.device_info.python.startswith("3.11")
+    names = [posixpath.basename(a.remote) for a in dep.artifacts]
+    assert {"tflite-float32", "tflite-int8"} <= set(names)
+    assert ("tvm-rpi4" in names) == _has_tvm_rpi4(exported)
+    script = tmp_path / "parity.py"
+    script.write_text(PARITY)
+    test = exported.path / "data/test_raw.npz"
+    done = pi.run([dep.python, str(script), str(test), *(a.remote for a in dep.artifacts)],
+                  cwd=dep.bundle_dir, env={"PYTHONDONTWRITEBYTECODE": "1"}, timeout=1200)
+    on_pi = json.loads(done.stdout.strip().splitlines()[-1])
+    raw = np.load(test)
+    host = {n: EdgeModel.load(exported.path / "exports/base" / n).predict(raw["x"]).indices
+            for n in ("tflite-float32", "tflite-int8")}
+    for art in dep.artifacts:
+        name = posixpath.basename(art.remote)
+        got = np.asarray(on_pi[art.remote])
+        # The aarch64 TVM library cannot run here: its reference is the same float model in TFLite.
+        want = host.get(name, host["tflite-float32"])
+        assert got.shape == (len(raw["y"]),)
+        assert (got == want).all(), f"{name}: {(got != want).sum()} of {len(got)} top-1 differ"
+    _no_pwned(emulated["base"])
+
+
+@pytest.mark.slow
+@needs_emulation
+def test_cli_emulated_setup_then_deploy_and_bench(exported: RunDir, emulated: dict[str, Any]) -> None:
+    runs = exported.path.parent
+    setup = invoke_json(runs, "pi", "emulator", "setup")
+    assert setup["reused"] is True and setup["machine"] == "aarch64"
+    out = invoke_json(runs, "deploy", "pi", "latest", "--emulated", "--bench", "--format", "tflite",
+                      "--quantize", "int8", "--runs", "10", "--warmup", "2",
+                      "--remote-dir", emulated["remote"])
+    assert out["emulated"] is True and out["venv"] == "reused"  # the shared venv holds TFLite
+    # A new bundle index and requirements; the model and the TFLite wheels are there already.
+    assert {p for p in out["sync"]["sent"] if not p.startswith("wheels/")} == {
+        "edgeship-bundle.json", "requirements.txt"}
+    assert "artifacts/base/tflite-float32/model.tflite" in out["sync"]["deleted"]
+    (r,) = out["results"]
+    assert validate_result(r) == []
+    assert r["on"] == "pi" and r["device"]["emulated"] is True and r["device"]["arch"] == "aarch64"
+    assert "not Raspberry Pi latency" in r["notes"]
+    (path,) = out["bench_files"]
+    assert Path(path).name == "pi-emulated-base-tflite-int8-t1.json"
+    stored = json.loads(Path(path).read_text())
+    assert stored["device"]["emulated"] is True and stored["label"] == "pi emulated"
+    shown = invoke(runs, "deploy", "pi", "latest", "--emulated", "--format", "tflite-int8",
+                   "--remote-dir", emulated["remote"])
+    assert shown.exit_code == 0, shown.stderr
+    assert "sent 0 file(s)" in shown.stdout and "emulated" in shown.stdout
