@@ -8,8 +8,10 @@ the model and data from the run, writes artifact.json, validates the artifact th
 ``edge_runtime`` against the Keras model, and commits or sets it aside as failed.
 
 Formats built from another export name it in ``source``: ``source="onnx"`` (TVM) gets the
-variant's float32 ONNX file as ``request.onnx_path``. A new format is one ``register_format``
-call, and the tests parameterised over ``FORMATS`` then cover it.
+variant's float32 ONNX file as ``request.onnx_path`` (converted on the fly if need be);
+``source="onnx-export"`` (web) gets the variant's validated ONNX export of the same
+quantization, which must exist or be built in the same request. A new format is one
+``register_format`` call, and the tests parameterised over ``FORMATS`` then cover it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class ExportRequest:
     time_budget_s: float | None = None
     cache_dir: Path | None = None  # a folder kept across exports (tuning databases)
     log: Callable[[str], None] | None = None  # progress lines for a person (stderr)
+    # What a self-describing bundle (web) copies in; artifact.json gets the same from the stage.
+    labels: tuple[str, ...] = ()
+    preprocessing: dict[str, Any] | None = None
+    examples: Callable[[], dict[str, Any] | None] | None = None  # raw test split, loaded on demand
+    metadata: dict[str, Any] = field(default_factory=dict)  # run_id, variant, model, dataset
 
 
 @dataclass
@@ -88,9 +95,19 @@ class ExportFormat:
     quantize: tuple[str, ...]  # what it can produce
     default_quantize: tuple[str, ...]  # what it produces when --quantize is not given
     summary: str
-    source: str = "keras"  # "keras" or "onnx"
+    source: str = "keras"  # "keras", "onnx" or "onnx-export" (see the module docstring)
     targets: bool = False  # takes --target; the artifact folder then names the target
     install_hint: str = ""
+    float_suffix: bool = True  # False: float32 artifacts are plain "<name>/" (web), others "<name>-<q>/"
+    validate_as: str | None = None  # run by edge_runtime as this format (web: its model is ONNX)
+    probe: str = ""  # "module:function" -> None if it can be built here, else why not (one line)
+
+    def unavailable_reason(self) -> str | None:
+        """Why this format cannot be built on this machine (a missing non-Python piece), or None."""
+        if not self.probe:
+            return None
+        module, attr = self.probe.split(":")
+        return getattr(importlib.import_module(module), attr)()
 
     def available(self) -> bool:
         """Whether the exporter module is present (not whether its packages import)."""
@@ -124,6 +141,8 @@ class ExportFormat:
         if self.targets:
             name = f"{self.name}-{target_name(target)}"
             return name if quantize == "float32" else f"{name}-{quantize}"
+        if not self.float_suffix:
+            return self.name if quantize == "float32" else f"{self.name}-{quantize}"
         name = f"{self.name}-{quantize}"
         if quantize == "int8" and io == "float32" and self.name == "tflite":
             name += "-fio"
@@ -183,6 +202,18 @@ register_format(ExportFormat(
     source="onnx",
     targets=True,
     install_hint="pip install apache-tvm[all]==0.27.0.post1 apache-tvm-ffi==0.1.14.post0",
+))
+register_format(ExportFormat(
+    name="web",
+    entry="export.web:export_web",
+    quantize=("float32", "int8"),
+    default_quantize=("float32",),
+    summary="static in-browser bundle: page + ONNX export + onnxruntime-web (WebAssembly)",
+    source="onnx-export",
+    install_hint="npm ci --prefix web_demo (node and npm), pip install onnx",
+    float_suffix=False,
+    validate_as="onnx",
+    probe="export.web:unavailable_reason",
 ))
 
 

@@ -155,3 +155,158 @@ def _runtime() -> dict[str, Any]:
     version = _version("onnxruntime")
     return {"name": "onnxruntime", "version": version,
             "requirements": [f"onnxruntime=={version}", "numpy"]}
+
+
+def drop_flatten_transpose(model: Any) -> int:
+    """Remove NCHW->NHWC Transposes that only feed a Flatten into a MatMul/Gemm; returns how many.
+
+    tf2onnx keeps Keras' NHWC flatten order by transposing the last feature map before
+    ``Reshape`` -> ``MatMul``. Permuting the weight's rows instead gives the same function without
+    the Transpose, one kernel launch fewer per call (noticeable in WebAssembly, where every node
+    costs a few microseconds). QDQ graphs are handled: per-tensor Q/DQ pairs between the nodes
+    are elementwise, and a per-channel weight DequantizeLinear keeps its scales when its axis is
+    not the permuted one. Anything else is left as it is. ``model`` is edited in place.
+    """
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    graph = model.graph
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    inits = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    outputs = {o.name for o in graph.output}
+
+    def consumers(name: str) -> list[Any]:
+        return [n for n in graph.node if name in n.input]
+
+    def only_consumer(name: str) -> Any:
+        found = consumers(name)
+        return found[0] if len(found) == 1 and name not in outputs else None
+
+    def skip_qdq(node: Any) -> tuple[Any, list[Any]]:
+        """Follow per-tensor Q -> DQ pairs; the first other node and the pairs passed."""
+        passed = []
+        while node is not None and node.op_type == "QuantizeLinear":
+            dq = only_consumer(node.output[0])
+            if dq is None or dq.op_type != "DequantizeLinear" or not _per_tensor(node, inits):
+                return None, passed
+            passed += [node, dq]
+            node = only_consumer(dq.output[0])
+        return node, passed
+
+    removed = 0
+    for t in list(graph.node):
+        if t.op_type != "Transpose" or _perm(t) != [0, 2, 3, 1]:
+            continue
+        in_shape = shapes.get(t.input[0], [])
+        if len(in_shape) != 4 or min(in_shape[1:]) < 1:
+            continue
+        _, c, h, w = in_shape
+        reshape, qdq1 = skip_qdq(only_consumer(t.output[0]))
+        if reshape is None or reshape.op_type != "Reshape":
+            continue
+        out_shape = shapes.get(reshape.output[0], [])
+        if len(out_shape) != 2 or out_shape[1] != c * h * w:
+            continue
+        mm, _ = skip_qdq(only_consumer(reshape.output[0]))
+        if mm is None or mm.op_type not in ("MatMul", "Gemm") or len(mm.input) < 2:
+            continue
+        if mm.op_type == "Gemm" and _attr(mm, "transA", 0):
+            continue
+        axis = 1 if mm.op_type == "Gemm" and _attr(mm, "transB", 0) else 0
+        weight, dq = mm.input[1], None
+        if weight not in inits and weight in producers and producers[weight].op_type == "DequantizeLinear":
+            dq = producers[weight]
+            weight = dq.input[0]
+        if weight not in inits or len(consumers(weight)) != 1:
+            continue
+        if dq is not None and not _per_tensor(dq, inits) and _attr(dq, "axis", 1) % 2 == axis:
+            continue  # per-channel along the permuted axis: scales would need permuting too
+        if dq is not None and len(consumers(dq.output[0])) != 1:
+            continue
+        w_arr = numpy_helper.to_array(inits[weight])
+        if w_arr.ndim != 2 or w_arr.shape[axis] != c * h * w:
+            continue
+        # Row r of the NHWC flatten is (y, x, ch); after the rewrite row r' is (ch, y, x).
+        order = np.arange(c * h * w).reshape(h, w, c).transpose(2, 0, 1).ravel()
+        inits[weight].CopyFrom(numpy_helper.from_array(np.take(w_arr, order, axis=axis), weight))
+        first = (qdq1 or [reshape])[0]
+        first.input[0] = t.input[0]
+        graph.node.remove(t)
+        stale = {t.output[0], *(n.output[0] for n in qdq1)}
+        for v in [v for v in graph.value_info if v.name in stale]:
+            graph.value_info.remove(v)
+        removed += 1
+    if removed:
+        onnx.checker.check_model(model)
+    return removed
+
+
+def _perm(node: Any) -> list[int]:
+    for a in node.attribute:
+        if a.name == "perm":
+            return list(a.ints)
+    return []
+
+
+def _attr(node: Any, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(a.i)
+    return default
+
+
+def _per_tensor(node: Any, inits: dict[str, Any]) -> bool:
+    """A Q/DQ node whose scale is a scalar (or one element)."""
+    scale = inits.get(node.input[1]) if len(node.input) > 1 else None
+    return scale is not None and int(np.prod(list(scale.dims) or [1])) == 1
+
+
+def qdq_activations_to_uint8(model: Any) -> int:
+    """Re-express int8 activation Q/DQ pairs as uint8 (zero point + 128); returns how many
+    zero points changed, 0 if the graph is not a plain QDQ graph this can handle.
+
+    The quantisation grid is the same (q_u8 = q_s8 + 128, same scale), so the model computes
+    exactly the same values, and onnxruntime's x86 and WebAssembly builds run uint8-activation
+    (U8S8) QDQ graphs faster (MobileNetV2 0.35, native, 1 thread: 0.67 -> 0.42 ms). Weights stay
+    int8. ``model`` is edited in place, and only if every activation pair can be converted.
+    """
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    io = {v.name: v for v in [*graph.input, *graph.output]}
+    zps: set[str] = set()
+    q_outputs: set[str] = set()
+    for n in graph.node:
+        if n.op_type != "QuantizeLinear" or len(n.input) < 3 or n.input[0] in inits:
+            continue
+        zp = inits.get(n.input[2])
+        if zp is None or zp.data_type != TensorProto.INT8:
+            continue
+        zps.add(n.input[2])
+        q_outputs.add(n.output[0])
+    if not zps:
+        return 0
+    for n in graph.node:
+        uses = [name for name in n.input if name in zps]
+        if not uses:
+            continue
+        if n.op_type == "DequantizeLinear" and n.input[0] not in q_outputs:
+            return 0  # an int8 tensor from somewhere else (a weight sharing the zero point?)
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear") or list(n.input).index(uses[0]) != 2:
+            return 0
+    for out in q_outputs:
+        if out in io or any(c.op_type != "DequantizeLinear" for c in graph.node if out in c.input):
+            return 0
+    for name in zps:
+        z = numpy_helper.to_array(inits[name]).astype(np.int16) + 128
+        inits[name].CopyFrom(numpy_helper.from_array(z.astype(np.uint8), name))
+    for v in graph.value_info:
+        if v.name in q_outputs:
+            v.type.tensor_type.elem_type = TensorProto.UINT8
+    onnx.checker.check_model(model)
+    return len(zps)

@@ -10,6 +10,8 @@ reported, never used.
 
 from __future__ import annotations
 
+import csv
+import functools
 import os
 import shutil
 import tempfile
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.artifact import ARTIFACT_FILE
-from edgeship.errors import DataError, InputError, RunError
+from edgeship.errors import DataError, InputError, MissingDependencyError, RunError
 from edgeship.fsutil import read_json
 from edgeship.runstore import RunDir
 from export import (
@@ -146,17 +148,30 @@ def export_run(
             _check_input_shape(model, data["x_test"], model_path)
             reference = np.asarray(model.predict(data["x_test"], batch_size=256, verbose=0), dtype=np.float32)
             onnx_source: Path | None = None
+            onnx_built: dict[str, Path | None] = {}  # ONNX exports made here (None: failed)
             # Keras-built formats first: ONNX-built ones (TVM) reuse the float32 ONNX file.
             for job in sorted(vjobs, key=lambda j: j.fmt.source != "keras"):
                 work = scratch / variant / job.dirname
                 work.mkdir(parents=True)
                 if job.fmt.source == "onnx" and onnx_source is None:
                     onnx_source = _onnx_float(model, scratch / variant / ".onnx-source", say)
+                onnx_path = onnx_source if job.fmt.source == "onnx" else None
+                if job.fmt.source == "onnx-export":
+                    onnx_path = onnx_built.get(job.quantize, _onnx_export_file(run, variant, job.quantize))
+                    if onnx_path is None:
+                        say(f"{variant}: skipping {job.dirname}: its ONNX source failed validation")
+                        shutil.rmtree(work)
+                        continue
                 req = ExportRequest(
                     out_dir=work, quantize=job.quantize, io=job.io or "int8", keras_model=model,
-                    keras_path=model_path, onnx_path=onnx_source if job.fmt.source == "onnx" else None,
+                    keras_path=model_path, onnx_path=onnx_path,
                     representative=rep, qat=qat, target=job.target, trials=trials,
                     time_budget_s=time_budget_s, cache_dir=cache_dir, log=say,
+                    labels=tuple(labels), preprocessing=preprocessing,
+                    examples=functools.partial(load_raw_test, run), metadata={
+                        "run_id": run.id, "variant": variant, "model": model_name,
+                        "dataset": (manifest.get("data") or {}).get("dataset"),
+                    },
                 )
                 say(f"{variant}: exporting {job.dirname}")
                 exported = job.fmt.load()(req)
@@ -175,8 +190,14 @@ def export_run(
                 write_artifact(work, meta)
                 exact = job.quantize == "float32" and not qat
                 if exported.runnable_here:
-                    check, _ = validate_artifact(work, data["x_test"], data["y_test"], reference,
+                    view = work
+                    if job.fmt.validate_as:  # e.g. a web bundle's model, run by native onnxruntime
+                        view = validation_view(work, meta, job.fmt.validate_as, scratch / f".view-{variant}")
+                    check, _ = validate_artifact(view, data["x_test"], data["y_test"], reference,
                                                  exact=exact, config=validation)
+                    if view is not work:
+                        check["validated_as"] = job.fmt.validate_as
+                        shutil.rmtree(view, ignore_errors=True)
                 else:
                     arch = meta["target"].get("arch", "another machine")
                     check = static_validation(exported.checks, f"built for {arch}: runs on the device")
@@ -187,6 +208,8 @@ def export_run(
                 os.replace(work, final)
                 if job.fmt.name == "onnx" and job.quantize == "float32" and check["passed"]:
                     onnx_source = final / exported.file.name
+                if job.fmt.name == "onnx":
+                    onnx_built[job.quantize] = final / exported.file.name if check["passed"] else None
                 for w in check["warnings"]:
                     say(f"{variant}/{job.dirname}: warning: {w}")
                 for f in check["failures"]:
@@ -258,6 +281,13 @@ def plan(
         for f in missing:
             notes.append(f"skipping {f.name}: its exporter is not installed here")
         fmts = [f for f in fmts if f.available()]
+    for f in list(fmts):
+        reason = f.unavailable_reason()
+        if reason and explicit:
+            raise MissingDependencyError(f"cannot export {f.name}: {reason}")
+        if reason:
+            notes.append(f"skipping {f.name}: {reason}")
+            fmts.remove(f)
 
     wanted_q = _names(quantize)
     for q in wanted_q:
@@ -289,7 +319,52 @@ def plan(
         if j.rel in seen:
             raise InputError(f"two exports would share {j.rel}; ask for one target per name")
         seen[j.rel] = j
+    onnx = get_format("onnx")
+    for j in jobs:
+        if j.fmt.source != "onnx-export":
+            continue
+        source_rel = f"exports/{j.variant}/{onnx.dirname(j.quantize)}"
+        if source_rel in seen or _onnx_export_file(run, j.variant, j.quantize) is not None:
+            continue
+        flags = "".join([f" --variant {j.variant}" if j.variant != BASE else "",
+                         f" --quantize {j.quantize}" if j.quantize != "float32" else ""])
+        raise RunError(
+            f"{j.fmt.name} is built from the ONNX export {source_rel}/, which run {run.id} does not have "
+            f"(or it failed validation); make it with `edgeship export {run.id} --format onnx{flags}` "
+            f"(or ask for --format onnx,{j.fmt.name})"
+        )
     return jobs, notes
+
+
+def _onnx_export_file(run: RunDir, variant: str, quantize: str) -> Path | None:
+    """The model file of the variant's passing ONNX export of ``quantize``, or None."""
+    folder = run.path / "exports" / variant / get_format("onnx").dirname(quantize)
+    meta_path = folder / ARTIFACT_FILE
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = read_json(meta_path)
+    except (OSError, ValueError):
+        return None
+    model = folder / str(meta.get("file", ""))
+    passed = bool((meta.get("validation") or {}).get("passed"))
+    return model if passed and model.is_file() and meta.get("format") == "onnx" else None
+
+
+def validation_view(folder: Path, meta: dict[str, Any], fmt: str, dst: Path) -> Path:
+    """A folder edge_runtime can load: ``folder``'s model file (hard-linked) under an artifact.json
+    saying ``format: fmt``. For formats whose model another runtime also runs natively (a web
+    bundle's ONNX model, run by onnxruntime)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    name = str(meta["file"])
+    try:
+        os.link(folder / name, dst / name)
+    except OSError:
+        shutil.copyfile(folder / name, dst / name)
+    write_artifact(dst, {**meta, "format": fmt})
+    return dst
 
 
 def _model_path(run: RunDir, manifest: dict[str, Any], variant: str) -> Path:
@@ -326,6 +401,49 @@ def _load_splits(run: RunDir) -> dict[str, np.ndarray]:
     if len(data["x_test"]) == 0:
         raise DataError(f"{path} has an empty test split; nothing to validate exports on")
     return data
+
+
+def load_raw_test(run: RunDir) -> dict[str, Any] | None:
+    """The test split before preprocessing (data/test_raw.npz or .csv), as the page takes it.
+
+    ``{"x": images (N, H, W, C) float32 | rows (lists in preprocessing column order, numbers as
+    float or None, categories as str), "y": int64 class indices, "source": relative path}``;
+    None if the run has neither file.
+    """
+    data = run.manifest.get("data") or {}
+    labels = [str(v) for v in data.get("labels") or []]
+    npz = run.path / "data" / "test_raw.npz"
+    if npz.is_file():
+        with np.load(npz, allow_pickle=False) as f:
+            return {"x": f["x"].astype(np.float32, copy=False), "y": f["y"].astype(np.int64),
+                    "source": "data/test_raw.npz"}
+    path = run.path / "data" / "test_raw.csv"
+    if not path.is_file():
+        return None
+    columns = (data.get("preprocessing") or {}).get("columns") or []
+    index = {label: i for i, label in enumerate(labels)}
+    xs: list[list[Any]] = []
+    ys: list[int] = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            values: list[Any] = []
+            for col in columns:
+                v = row.get(col["name"])
+                if v is None or v == "":
+                    values.append(None)
+                elif col.get("type") == "numeric":
+                    try:
+                        values.append(float(v))
+                    except ValueError:
+                        values.append(None)
+                else:
+                    values.append(v)
+            xs.append(values)
+            label = row.get("__label__")
+            if label not in index:
+                raise RunError(f"{path} has label {label!r}, not one of the run's labels; retrain the run")
+            ys.append(index[label])
+    return {"x": xs, "y": np.asarray(ys, dtype=np.int64), "source": "data/test_raw.csv"}
 
 
 def _data_facts(run: RunDir, manifest: dict[str, Any]) -> tuple[list[str], dict[str, Any] | None, str | None]:

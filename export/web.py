@@ -7,10 +7,16 @@ from a CDN. The manifest carries what the page needs to turn a raw input into th
 input (the preprocessing spec of docs/contracts.md) plus the sha256 of every file, so a
 damaged copy is detected in the page rather than mispredicting. The folder is built in a
 temporary sibling and renamed into place: a reader never sees half a bundle.
+
+``export_web`` is the export stage's entry for ``--format web``: it takes the variant's validated
+ONNX export (float32 or int8 QDQ), applies the rewrites that help onnxruntime-web
+(``prepare_web_model``), and bundles it with the raw test split as examples. The stage then
+validates the bundle's model with native onnxruntime through ``edge_runtime``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
@@ -21,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeship import __version__
-from edgeship.errors import InputError, MissingDependencyError
-from edgeship.fsutil import replace_tree, sha256_file, write_json_atomic
+from edgeship.errors import InputError, MissingDependencyError, RunError
+from edgeship.fsutil import replace_tree, sha256_file, write_text_atomic
+from export import ExportedModel, ExportError, ExportRequest, get_format
 
 WEB_DEMO_DIR = Path(__file__).resolve().parents[1] / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")
@@ -35,6 +42,146 @@ INPUT_DTYPES = {"float32", "int8", "uint8"}
 OUTPUT_KINDS = {"probabilities", "logits"}
 MAX_IR_VERSION = 13  # onnxruntime-web 1.30.0 refuses newer: "max supported IR version: 13"
 NPM_HINT = "run `npm ci --prefix web_demo` in the edgeship checkout (needs node and npm)"
+# Examples embedded in bundle.json: the whole test split of small datasets, a sample of big images.
+MAX_EXAMPLES = 1000
+MAX_EXAMPLE_VALUES = 300_000
+
+
+def unavailable_reason(web_demo_dir: str | Path | None = None) -> str | None:
+    """Why ``--format web`` cannot be built here (onnxruntime-web or onnx missing), or None."""
+    try:
+        ort_web_dist(web_demo_dir)
+    except MissingDependencyError as e:
+        return str(e)
+    if importlib.util.find_spec("onnx") is None:
+        return "the Python package onnx is missing; pip install onnx"
+    return None
+
+
+def export_web(req: ExportRequest) -> ExportedModel:
+    """The variant's ONNX export (``req.onnx_path``), made browser-friendly and bundled in
+    ``req.out_dir``; the stage writes artifact.json beside bundle.json and validates the model."""
+    from export.onnx import _io
+
+    src = Path(req.onnx_path) if req.onnx_path is not None else None
+    if src is None or not src.is_file():
+        raise ExportError("the web bundle is built from the variant's ONNX export; none was found "
+                          "(export --format onnx first)")
+    if not req.preprocessing:
+        raise ExportError("the web bundle needs the run's preprocessing spec (manifest data.preprocessing)")
+    out = Path(req.out_dir)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-model-", dir=out.parent))
+    try:
+        import onnx
+
+        model_path = work / MODEL_FILE
+        notes = prepare_web_model(src, model_path)
+        proto = onnx.load(str(model_path), load_external_data=False)
+        inputs = [_io(v) for v in proto.graph.input]
+        outputs = [_io(v) for v in proto.graph.output]
+        raw = req.examples() if req.examples is not None else None
+        examples, shown = _sample_examples(raw, req.preprocessing)
+        metadata = {**req.metadata, "quantize": req.quantize,
+                    "examples": shown, "web": notes}
+        manifest = build_web_bundle(
+            model_path, out, req.labels, req.preprocessing, inputs, examples, metadata=metadata
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    runtime = manifest["runtime"]
+    return ExportedModel(
+        file=out / MODEL_FILE,
+        runtime={"name": runtime["name"], "version": runtime["version"], "backend": runtime["backend"],
+                 "requirements": [], "npm": [f"{ORT_PACKAGE}@{runtime['version']}"]},
+        inputs=inputs,
+        outputs=outputs,
+        extra={
+            "bundle": {"manifest": MANIFEST, "files": manifest["files"],
+                       "bytes": sum(f["bytes"] for f in manifest["files"].values())},
+            "web": notes,
+            "examples": shown,
+        },
+    )
+
+
+def bundle_dir(run: Any, variant: str = "base", quantize: str | None = None) -> Path:
+    """The folder of a run's web bundle for ``variant``: ``exports/<variant>/web`` (float32),
+    else ``web-int8``; ``quantize`` picks one. A missing bundle is an error naming the command
+    that makes it (and the ONNX export it needs, when that is missing too)."""
+    exports = Path(run.path) / "exports" / variant
+    names = [_bundle_name(quantize)] if quantize else [_bundle_name("float32"), _bundle_name("int8")]
+    for name in names:
+        if (exports / name / "index.html").is_file() and (exports / name / MANIFEST).is_file():
+            return exports / name
+    known = ["base", *(run.manifest.get("variants") or {})]
+    if variant not in known:
+        raise InputError(f"run {run.id} has no variant '{variant}'; its variants: {', '.join(known)}")
+    failed = [n for n in names if (exports / f"{n}.failed").is_dir()]
+    q = quantize or "float32"
+    flags = f" --variant {variant}" if variant != "base" else ""
+    flags += f" --quantize {q}" if q != "float32" else ""
+    has_onnx = (exports / get_format("onnx").dirname(q) / "model.onnx").is_file()
+    fmt = "web" if has_onnx else "onnx,web"
+    why = (f"its last web export failed validation (exports/{variant}/{failed[0]}.failed/)" if failed
+           else f"it has no exports/{variant}/{names[0]}/")
+    raise RunError(f"run {run.id} has no web bundle for variant '{variant}': {why}; "
+                   f"make it with `edgeship export {run.id} --format {fmt}{flags}`")
+
+
+def _bundle_name(quantize: str) -> str:
+    return get_format("web").dirname(quantize)
+
+
+def prepare_web_model(src: str | Path, dst: str | Path) -> dict[str, Any]:
+    """Copy the ONNX model ``src`` to ``dst`` with the rewrites onnxruntime-web gains from.
+
+    Only function-preserving rewrites (validated again afterwards): int8 activation Q/DQ pairs
+    become uint8 ones on the same grid (``qdq_activations_to_uint8``: onnxruntime's x86 and
+    WebAssembly builds run uint8-activation QDQ graphs faster), the NCHW->NHWC Transpose before a
+    Flatten/MatMul is folded into the weights (``drop_flatten_transpose``), and the IR version is
+    capped at what onnxruntime-web 1.30 reads. Returns what was done, for the record.
+    """
+    import onnx
+
+    from export.onnx import drop_flatten_transpose, qdq_activations_to_uint8
+
+    src, dst = Path(src), Path(dst)
+    model = onnx.load(str(src))
+    notes: dict[str, Any] = {"source_sha256": sha256_file(src), "rewrites": []}
+    changed = qdq_activations_to_uint8(model)
+    if changed:
+        notes["rewrites"].append(f"qdq_activations_to_uint8: {changed} activation zero points int8 -> uint8")
+    removed = drop_flatten_transpose(model)
+    if removed:
+        notes["rewrites"].append(f"drop_flatten_transpose: {removed} Transpose folded into MatMul weights")
+    if model.ir_version > MAX_IR_VERSION:
+        notes["rewrites"].append(f"ir_version {model.ir_version} -> {MAX_IR_VERSION}")
+        model.ir_version = MAX_IR_VERSION
+    notes["ir_version"] = int(model.ir_version)
+    onnx.save(model, str(dst))
+    return notes
+
+
+def _sample_examples(
+    raw: Mapping[str, Any] | None, prep: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The first examples of the raw test split that fit the budget, and what was kept."""
+    if raw is None or raw.get("x") is None or len(raw["x"]) == 0:
+        return None, None
+    xs, ys = raw["x"], raw.get("y")
+    per = 1
+    if prep.get("kind") == "image":
+        per = int(prep["height"]) * int(prep["width"]) * int(prep["channels"])
+    n = min(len(xs), MAX_EXAMPLES, max(1, MAX_EXAMPLE_VALUES // per))
+    x = xs[:n]
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and dtype.kind == "f":
+        import numpy as np
+
+        if np.array_equal(x, np.round(x)):  # integral intensities (digits 0..16): half the JSON
+            x = x.astype(np.int64)
+    y = ys[:n] if ys is not None else None
+    return {"x": x, "y": y}, {"count": n, "of": len(xs), "source": raw.get("source")}
 
 
 def ort_web_dist(web_demo_dir: str | Path | None = None) -> tuple[Path, str]:
@@ -141,7 +288,8 @@ def build_web_bundle(
             "edgeship_version": __version__,
         }
         _check_json(manifest)
-        write_json_atomic(tmp / MANIFEST, manifest)
+        # Compact: the examples are most of it, and indented they triple its size.
+        write_text_atomic(tmp / MANIFEST, json.dumps(manifest, separators=(",", ":"), allow_nan=False) + "\n")
         tmp.chmod(0o755)
         replace_tree(tmp, out)
     except BaseException:
@@ -295,4 +443,15 @@ def _check_json(manifest: Mapping[str, Any]) -> None:
         raise InputError(f"bundle.json cannot hold a value given to build_web_bundle: {e}") from e
 
 
-__all__ = ["MANIFEST", "MODEL_FILE", "ORT_FILES", "PAGE_FILES", "build_web_bundle", "ort_web_dist"]
+__all__ = [
+    "MANIFEST",
+    "MODEL_FILE",
+    "ORT_FILES",
+    "PAGE_FILES",
+    "build_web_bundle",
+    "bundle_dir",
+    "export_web",
+    "ort_web_dist",
+    "prepare_web_model",
+    "unavailable_reason",
+]

@@ -1,0 +1,283 @@
+"""The browser end to end: ``edgeship export --format web``, ``edgeship demo``, ``bench --on browser``.
+
+The digits run comes from conftest (``edgeship train``); everything runs in a private copy of
+it, in real headless Chromium against native onnxruntime.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgeship.errors import MissingDependencyError
+from edgeship.fsutil import sha256_file
+from edgeship.runstore import RunDir
+from tests.clihelp import assert_one_line_error, invoke, invoke_json
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _browser_or_skip() -> None:
+    pytest.importorskip("playwright.sync_api")
+    from benchmarks.browser import find_chromium
+    from export.web import unavailable_reason
+
+    try:
+        find_chromium()
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+def _copy(run: RunDir, root: Path) -> RunDir:
+    dst = root / run.path.name
+    shutil.copytree(run.path, dst)
+    return RunDir(dst)
+
+
+@pytest.fixture(scope="module")
+def web_run(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
+    """The digits run with ONNX and web exports, float32 and int8, made through the CLI."""
+    _browser_or_skip()
+    run = _copy(digits_run, tmp_path_factory.mktemp("web-runs"))
+    doc = invoke_json(run.path.parent, "export", run.id, "--format", "onnx,web", "--quantize", "float32,int8")
+    assert [a["dir"].rsplit("/", 1)[-1] for a in doc["artifacts"]] == [
+        "onnx-float32", "onnx-int8", "web", "web-int8"]
+    assert all(a["validation"]["passed"] for a in doc["artifacts"])
+    return run
+
+
+# ---------------------------------------------------------------- export --format web
+
+
+def test_export_web_bundle_is_validated_and_complete(web_run: RunDir) -> None:
+    folder = web_run.path / "exports/base/web"
+    meta = json.loads((folder / "artifact.json").read_text())
+    bundle = json.loads((folder / "bundle.json").read_text())
+    test_raw = np.load(web_run.path / "data/test_raw.npz")
+    # Validated like every export: the bundle's own model file, run natively through edge_runtime.
+    v = meta["validation"]
+    assert meta["format"] == "web" and meta["quantize"] == "float32"
+    assert v["passed"] and v["validated_as"] == "onnx" and v["criterion"] == "max_abs_diff"
+    assert v["top1_agreement"] == 1.0 and v["samples"] == len(test_raw["y"])
+    assert meta["sha256"] == sha256_file(folder / "model.onnx")
+    # Every file of the bundle is listed with its sha256, in bundle.json and artifact.json.
+    for name, entry in bundle["files"].items():
+        assert sha256_file(folder / name) == entry["sha256"], name
+    assert meta["bundle"]["files"] == bundle["files"]
+    assert set(bundle["files"]) >= {"index.html", "app.js", "model.onnx", "ort-wasm-simd-threaded.wasm"}
+    # The raw test split rides along for the page's example picker.
+    assert bundle["examples"]["x"] == test_raw["x"].astype(int).tolist()
+    assert bundle["examples"]["y"] == test_raw["y"].tolist()
+    assert bundle["preprocessing"] == web_run.manifest["data"]["preprocessing"]
+    # The browser-friendly rewrite happened and onnxruntime-web can read the IR.
+    assert meta["web"]["rewrites"][0].startswith("drop_flatten_transpose: 1")
+    assert meta["web"]["ir_version"] <= 13
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node]
+    assert "Transpose" not in ops
+    int8 = json.loads((web_run.path / "exports/base/web-int8/artifact.json").read_text())
+    assert int8["quantize"] == "int8" and int8["validation"]["passed"]
+    assert int8["validation"]["criterion"] == "accuracy_drop"
+    assert int8["web"]["source_sha256"] == sha256_file(web_run.path / "exports/base/onnx-int8/model.onnx")
+    assert int8["web"]["rewrites"][0].startswith("qdq_activations_to_uint8")  # same grid, exact
+    onnx_int8 = json.loads((web_run.path / "exports/base/onnx-int8/artifact.json").read_text())["validation"]
+    for key in ("accuracy", "top1_agreement"):
+        assert int8["validation"][key] == onnx_int8[key]
+    stage = web_run.last_stage("export")
+    assert "exports/base/web/bundle.json" in {o["path"] for o in stage["outputs"]}
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    ([], "--format onnx`"),
+    (["--quantize", "int8"], "--format onnx --quantize int8`"),
+])
+def test_export_web_without_an_onnx_export_names_the_command(
+    digits_run: RunDir, tmp_path: Path, args: list[str], needle: str
+) -> None:
+    run = _copy(digits_run, tmp_path)
+    before = (run.path / "manifest.json").read_text()
+    result = invoke(tmp_path, "export", run.id, "--format", "web", *args)
+    assert_one_line_error(result, "ONNX export", f"edgeship export {run.id}", needle)
+    assert (run.path / "manifest.json").read_text() == before
+    assert not (run.path / "exports").exists()
+
+
+# ---------------------------------------------------------------- edgeship demo
+
+
+def _start_demo(runs_dir: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeship", "--runs-dir", str(runs_dir), "demo", *args, "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    text = ""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            break
+        text += line
+        try:
+            return proc, json.loads(text)
+        except ValueError:
+            continue
+    proc.kill()
+    raise AssertionError(f"edgeship demo printed no address: {text!r} {proc.stderr.read()!r}")  # type: ignore[union-attr]
+
+
+def test_demo_serves_the_bundle_and_stops_on_ctrl_c(web_run: RunDir) -> None:
+    proc, info = _start_demo(web_run.path.parent, web_run.id, "--port", "0")
+    try:
+        assert info["bundle"].endswith("exports/base/web") and info["url"].startswith("http://127.0.0.1:")
+        conn = http.client.HTTPConnection("127.0.0.1", info["port"], timeout=10)
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        page = r.read().decode()
+        assert r.status == 200 and "edgeship" in page
+        assert r.getheader("Cross-Origin-Embedder-Policy") == "require-corp"
+        conn.request("GET", "/bundle.json")
+        r = conn.getresponse()
+        assert r.status == 200 and json.loads(r.read())["metadata"]["run_id"] == web_run.id
+        conn.request("GET", "/../manifest.json")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 404  # nothing outside the bundle, not even the run's manifest
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=15)
+    assert code == 0, proc.stderr.read()  # type: ignore[union-attr]
+    with socket.socket() as s:  # the port was released (REUSEADDR only skips TIME_WAIT, not a listener)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", info["port"]))
+
+
+def test_demo_port_in_use_suggests_another(web_run: RunDir) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = invoke(web_run.path.parent, "demo", web_run.id, "--port", str(port))
+    line = assert_one_line_error(result, f"port {port} on 127.0.0.1 is in use", "try --port ")
+    suggested = int(line.split("try --port ")[1].split()[0])
+    assert suggested != port
+
+
+def test_demo_without_a_bundle_names_the_command(digits_run: RunDir, tmp_path: Path) -> None:
+    run = _copy(digits_run, tmp_path)
+    result = invoke(tmp_path, "demo", run.id)
+    assert_one_line_error(result, "no web bundle", f"edgeship export {run.id} --format onnx,web")
+
+
+# ---------------------------------------------------------------- bench --on browser
+
+
+def test_bench_browser_is_schema_valid_isolated_and_matches_native(web_run: RunDir) -> None:
+    from benchmarks.browser import bench_browser
+    from edge_runtime.result import validate_result
+
+    class Bar:
+        def __init__(self) -> None:
+            self.steps: list[str] = []
+
+        def update(self, advance: int = 1, status: str = "") -> None:
+            self.steps.append(status)
+
+    bar = Bar()
+    results = bench_browser(web_run, threads=(1, 2), runs=30, warmup=3, progress=bar)
+    assert [(r["artifact"], r["threads"]) for r in results] == [
+        ("exports/base/web", 1), ("exports/base/web", 2), ("exports/base/web-int8", 1),
+        ("exports/base/web-int8", 2)]
+    assert len(bar.steps) == 4
+    for r in results:
+        native_acc = json.loads((web_run.path / r["artifact"] / "artifact.json").read_text())[
+            "validation"]["accuracy"]
+        assert validate_result(r) == []
+        assert r["on"] == "browser" and r["backend"] == "onnxruntime-web" and r["format"] == "web"
+        assert r["backend_version"] == "1.30.0" and r["execution_provider"] == "CPUExecutionProvider"
+        assert r["cross_origin_isolated"] is True and r["simd"] is True
+        assert r["browser_version"].split(".")[0].isdigit()
+        assert r["runs"] == 30 and len(r["samples_ms"]) == 30 and r["end_to_end_ms"]["p50"] > 0
+        assert r["init_ms"] > 0 and r["first_ms"] > 0
+        ev = r["evaluation"]
+        assert ev["samples"] == len(np.load(web_run.path / "data/test_raw.npz")["y"])
+        assert ev["top1_agreement"] == 1.0  # the page's preprocessing and WebAssembly agree with native
+        assert r["accuracy"] == ev["native_accuracy"] == pytest.approx(native_acc)
+    assert [r["threads_requested"] for r in results] == [1, 2, 1, 2]
+
+
+def test_bench_on_browser_through_the_cli_stores_results(web_run: RunDir) -> None:
+    from benchmarks.store import load_results
+
+    doc = invoke_json(web_run.path.parent, "bench", web_run.id, "--on", "browser", "--threads", "2",
+                      "--runs", "20", "--warmup", "2")
+    assert {r["artifact"] for r in doc["results"]} == {"exports/base/web", "exports/base/web-int8"}
+    stored = [r for r in load_results(web_run) if r["on"] == "browser"]
+    assert len(stored) == 2 and all(r["threads"] == 2 and r["cross_origin_isolated"] for r in stored)
+    assert web_run.last_stage("bench")["params"]["on"] == ["browser"]
+
+
+def test_bench_browser_names_the_package_when_chromium_is_missing(web_run: RunDir, tmp_path: Path) -> None:
+    from benchmarks.browser import bench_browser
+
+    with pytest.raises(MissingDependencyError, match=r"Debian package `chromium`"):
+        bench_browser(web_run, chromium=tmp_path / "no-chromium", threads=1, runs=1)
+
+
+def test_screenshot_of_the_exported_demo(web_run: RunDir, tmp_path: Path) -> None:
+    """The page a person sees: a test example picked, its top-3, the environment; saved as a PNG."""
+    from benchmarks.browser import BrowserDriver
+
+    with BrowserDriver(web_run.path / "exports/base/web") as driver:
+        demo = driver.open(threads=2)
+        page = demo.page
+        page.select_option("#examples", "0")
+        page.wait_for_function("document.querySelectorAll('#top3 li').length === 3", timeout=10_000)
+        assert "true label" in page.inner_text("#result-meta")
+        assert "yes" in page.inner_text("#env")  # cross-origin isolated / SIMD shown
+        shot = demo.screenshot(tmp_path / "edgeship-demo.png")
+        demo.close()
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("EDGESHIP_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["EDGESHIP_SCREENSHOT_DIR"]) / shot.name)
+
+
+def test_tabular_run_bundles_its_raw_rows_and_matches_native(tabular_run: RunDir, tmp_path: Path) -> None:
+    """A table: raw CSV rows ride in bundle.json, and the page's own preprocessing agrees with native."""
+    _browser_or_skip()
+    import csv
+
+    from benchmarks.browser import bench_browser
+
+    run = _copy(tabular_run, tmp_path)
+    doc = invoke_json(tmp_path, "export", run.id, "--format", "onnx,web")
+    assert all(a["validation"]["passed"] for a in doc["artifacts"])
+    bundle = json.loads((run.path / "exports/base/web/bundle.json").read_text())
+    with open(run.path / "data/test_raw.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = [c["name"] for c in bundle["preprocessing"]["columns"]]
+    assert len(bundle["examples"]["x"]) == len(rows)
+    assert bundle["examples"]["x"][0] == [float(rows[0][c]) for c in columns]
+    labels = bundle["labels"]
+    assert [labels[i] for i in bundle["examples"]["y"]] == [r["__label__"] for r in rows]
+    (r,) = bench_browser(run, threads=1, runs=10, warmup=1)
+    assert r["evaluation"]["top1_agreement"] == 1.0 and r["evaluation"]["samples"] == len(rows)
+    assert r["accuracy"] == pytest.approx(r["evaluation"]["native_accuracy"])
