@@ -36,13 +36,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=1, help="classes to show per input (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    b = sub.add_parser("bench", help="Time invoke and end-to-end prediction on synthetic raw inputs.")
+    b = sub.add_parser("bench", help="Time invoke and end-to-end prediction on synthetic raw inputs; "
+                                     "--json prints one result in the schema of edge_runtime/result.py.")
     b.add_argument("artifact", help="export folder (holds artifact.json and the model file)")
     b.add_argument("--runs", type=int, default=200, help="timed runs (default 200)")
     b.add_argument("--warmup", type=int, default=20, help="discarded warm-up runs (default 20)")
     b.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
     b.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     b.add_argument("--no-e2e", action="store_true", help="skip the end-to-end timing")
+    b.add_argument("--on", choices=("host", "pi"), default=None,
+                   help="where this runs, recorded as the result's 'on' (default: $EDGESHIP_DEVICE, "
+                        "else pi on a Raspberry Pi board, else host)")
+    b.add_argument("--no-samples", action="store_true",
+                   help="leave the raw timings (samples_ms) out of the JSON")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -176,13 +182,15 @@ def _bench(args: argparse.Namespace) -> int:
     from edge_runtime.timing import benchmark
 
     result = benchmark(args.artifact, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                       batch=args.batch, end_to_end=not args.no_e2e)
+                       batch=args.batch, end_to_end=not args.no_e2e, on=args.on,
+                       keep_samples=not args.no_samples)
     if args.json:
         print(json.dumps(result))
         return 0
     lat = result["latency_ms"]
     dev = result["device"]
-    print(f"{result['format']} {result['quantize']} via {result['backend']} {result['backend_version']}"
+    print(f"[{result['on']}] {result['format']} {result['quantize']} via {result['backend']}"
+          f" {result['backend_version']}"
           f" on {dev['cpu_model']} ({dev['arch']}, {dev['cores']} cores"
           f"{', EMULATED' if dev['emulated'] else ''}); threads={result['threads'] or 'default'}"
           f" batch={result['batch']} runs={result['runs']} warmup={result['warmup']}")

@@ -10,6 +10,10 @@ Method (comparable with TFLite's ``benchmark_model`` and ``onnxruntime_perf_test
 * "invoke" times only the runtime's own call; "end to end" times ``EdgeModel.predict`` on raw
   input (preprocess + quantise + invoke + dequantise + argmax/labels).
 
+Where (``on`` in the result, see ``device_kind``): an explicit ``on=`` argument, else
+``$EDGESHIP_DEVICE`` (host, pi or browser), else "pi" when ``/proc/device-tree/model`` names a
+Raspberry Pi, else "host". ``$EDGESHIP_EMULATED=1`` marks the device facts ``emulated``.
+
 Statistics: ``std`` is the population standard deviation (ddof=0); percentiles use linear
 interpolation between closest ranks, ``rank = p/100 * (n-1)``, the default method of
 ``numpy.percentile``.
@@ -29,10 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
+from edge_runtime.result import ON_CHOICES, SCHEMA_VERSION
 
 PERCENTILES = (50, 90, 95, 99)
 PERCENTILE_METHOD = "linear interpolation, rank = p/100*(n-1) (numpy.percentile default)"
 EMULATED_ENV = "EDGESHIP_EMULATED"
+DEVICE_ENV = "EDGESHIP_DEVICE"
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -88,7 +94,17 @@ def time_calls(fn: Callable[[], Any], runs: int, warmup: int) -> list[int]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (``getrusage``; KiB on Linux, bytes on macOS)."""
+    """Peak resident memory of this process so far, in MiB.
+
+    Linux: ``VmHWM`` of /proc/self/status, the peak of this program's own address space.
+    ``getrusage``'s ``ru_maxrss`` is not used there because Linux carries it across ``exec``: a
+    benchmark started from a large process (a training run holding TensorFlow) would report
+    that process's peak. Elsewhere ``ru_maxrss`` (KiB, bytes on macOS).
+    """
+    status = _read("/proc/self/status") or ""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 3)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024, 3)
 
@@ -148,6 +164,19 @@ def device_facts() -> dict[str, Any]:
     }
 
 
+def device_kind(on: str | None = None) -> str:
+    """``host``, ``pi`` or ``browser`` for the result's ``on``; see the module docstring."""
+    kind = on or os.environ.get(DEVICE_ENV) or None
+    if kind is None:
+        board = _read("/proc/device-tree/model") or ""
+        kind = "pi" if "raspberry pi" in board.lower() else "host"
+    kind = kind.strip().lower()
+    if kind not in ON_CHOICES:
+        raise InputError(f"device kind must be one of {', '.join(ON_CHOICES)}, got {kind!r} "
+                         f"(from --on or ${DEVICE_ENV})")
+    return kind
+
+
 def benchmark(
     artifact: str | Path,
     runs: int = 200,
@@ -156,10 +185,13 @@ def benchmark(
     batch: int = 1,
     raw: Any = None,
     end_to_end: bool = True,
+    on: str | None = None,
+    keep_samples: bool = True,
 ) -> dict[str, Any]:
-    """Load an artifact and time it; see the module docstring for the method.
+    """Load an artifact and time it; a result in the schema of ``edge_runtime.result``.
 
     ``raw`` is a raw input batch to time with; by default one is synthesised from the spec.
+    ``keep_samples`` stores the raw invoke timings (``samples_ms``) for distribution plots.
     """
     from edge_runtime.model import EdgeModel
 
@@ -169,6 +201,7 @@ def benchmark(
         raise InputError(f"warmup must be 0 or more, got {warmup}")
     if batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}")
+    kind = device_kind(on)
     t0 = time.perf_counter_ns()
     model = EdgeModel.load(artifact, threads=threads)
     init_ms = (time.perf_counter_ns() - t0) / 1e6
@@ -185,6 +218,8 @@ def benchmark(
     first_ms = (time.perf_counter_ns() - t1) / 1e6
     samples = time_calls(invoke, runs, warmup)
     result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "on": kind,
         "artifact": str(model.path),
         "run_id": model.artifact.get("run_id"),
         "model": model.artifact.get("model"),
@@ -207,7 +242,10 @@ def benchmark(
         "accuracy": (model.artifact.get("validation") or {}).get("accuracy"),
         "device": device_facts(),
         "percentile_method": PERCENTILE_METHOD,
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if keep_samples:
+        result["samples_ms"] = [round(s / 1e6, 6) for s in samples]
     if end_to_end:
         e2e = time_calls(lambda: model.predict(raw), runs, warmup)
         result["end_to_end_ms"] = summarize_ms(e2e)

@@ -14,26 +14,44 @@ from edgeship.console import emit_json, out, progress
 @click.option("--dataset", default="digits", show_default=True, help="The dataset to train on.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--epochs", type=int, default=60, show_default=True, help="Training epochs (upper bound).")
+@click.option("--tvm-trials", type=int, default=32, show_default=True,
+              help="MetaSchedule trials for the host TVM build (0: untuned).")
+@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per benchmark.")
+@click.option("--browser/--no-browser", default=True, show_default=True,
+              help="Export the web bundle and benchmark it in headless Chromium.")
+@click.option("--pi", help="Also deploy to and benchmark on a Pi: USER@HOST, or 'emulated'.")
 @json_option
 @pass_app
-def run(app: Any, dataset: str, seed: int, epochs: int, as_json: bool) -> None:
-    """Run the whole chain on the built-in default: train, compress, and every later stage.
+def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: int, browser: bool,
+        pi: str | None, as_json: bool) -> None:
+    """Run the whole chain: train, compress, export, benchmark, report.
 
     \b
     Example:
       edgeship run
+      edgeship run --pi emulated          # adds an emulated aarch64 Pi (labelled as emulated)
+      edgeship run --pi pi@raspberrypi.local
       edgeship --runs-dir /tmp/runs run --json
     """
     from edgeship.cli.compress import print_variants
     from edgeship.cli.train import print_train_summary, train_summary
     from edgeship.pipeline import PipelineConfig, run_pipeline
 
-    result = run_pipeline(app.store, PipelineConfig(dataset=dataset, seed=seed, epochs=epochs), progress)
+    cfg = PipelineConfig(dataset=dataset, seed=seed, epochs=epochs, tvm_trials=tvm_trials,
+                         bench_runs=runs, browser=browser, pi=pi)
+    result = run_pipeline(app.store, cfg, progress)
     trained = train_summary(result.train)
     if as_json:
         emit_json({"run_id": result.run.id, "run_dir": str(result.run.path), "train": trained,
-                   "variants": result.variants})
+                   "variants": result.variants, "artifacts": result.artifacts,
+                   "bench": result.bench, "report": result.report, "skipped": result.skipped})
         return
     print_train_summary(trained)
     print_variants(result.run, result.variants, None)
-    out.print(f"\nnext: [bold]edgeship show {result.run.id}[/]")
+    from benchmarks.report import build_report
+    from edgeship.cli.report import print_report
+
+    print_report(build_report(result.run), result.report)
+    for line in result.skipped:
+        out.print(f"[yellow]skipped:[/] {line}")
+    out.print(f"next: edgeship show {result.run.id}   |   edgeship demo {result.run.id}")

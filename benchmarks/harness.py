@@ -1,0 +1,227 @@
+"""What every benchmark driver shares: choosing artifacts, the driver registry, storing.
+
+Drivers are registered by device name and imported only when asked for (the browser driver
+pulls in Playwright, the Pi driver SSH), each a function
+``(run, **options) -> list[dict]`` returning results in the schema of ``edge_runtime.result``.
+``bench_run`` calls one and stores what it returns with ``benchmarks.store.save_results``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgeship.errors import EdgeshipError, InputError, RunError
+from edgeship.runstore import RunDir
+
+# device -> ("module:function", what to do when it is missing)
+DRIVERS: dict[str, tuple[str, str]] = {
+    "host": ("benchmarks.host:bench_host", "reinstall edgeship"),
+    "browser": ("benchmarks.browser:bench_browser",
+                "the browser driver is not installed in this checkout"),
+    "pi": ("edgeship.deploy:bench_pi", "the Raspberry Pi driver is not installed in this checkout"),
+}
+HOST_FORMATS = ("tflite", "onnx", "tvm")
+
+
+class Progress(Protocol):
+    """What drivers report to: ``edgeship.console.progress`` yields one."""
+
+    def update(self, advance: int = 1, status: str = "") -> None: ...
+
+
+class DriverUnavailableError(EdgeshipError):
+    """``--on X`` names a device whose driver is missing or cannot be imported."""
+
+
+def get_driver(on: str) -> Callable[..., list[dict[str, Any]]]:
+    """The driver function for a device name, imported now; a one-line error if it is missing."""
+    if on not in DRIVERS:
+        raise InputError(f"unknown device '{on}'; choose from {', '.join(DRIVERS)}")
+    entry, hint = DRIVERS[on]
+    module_name, attr = entry.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise DriverUnavailableError(f"benchmarking --on {on} needs {entry}, which is missing: {hint}") \
+                from e
+        raise DriverUnavailableError(
+            f"benchmarking --on {on}: {module_name} cannot be imported (no module {e.name!r}); "
+            f"pip install {e.name}") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise DriverUnavailableError(
+            f"benchmarking --on {on} needs {entry}, which {module_name} does not define yet: {hint}")
+    return fn
+
+
+def parse_threads(value: str | Sequence[int] | int) -> tuple[int, ...]:
+    """'1,2' / [1, 2] / 1 -> (1, 2), each a positive integer."""
+    if isinstance(value, int):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        items = [p.strip() for p in value.split(",") if p.strip()]
+    else:
+        items = list(value)
+    out: list[int] = []
+    for item in items:
+        try:
+            n = int(item)
+        except (TypeError, ValueError):
+            raise InputError(f"threads '{item}' is not a number; use e.g. --threads 1,2") from None
+        if n < 1:
+            raise InputError(f"threads must be 1 or more, got {n}")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise InputError("no thread counts given; use e.g. --threads 1,2")
+    return tuple(out)
+
+
+def check_counts(runs: int, warmup: int) -> None:
+    """Refuse before anything loads: ``--runs 0`` would give a result without a latency."""
+    if runs < 1:
+        raise InputError(f"--runs must be at least 1, got {runs}")
+    if warmup < 0:
+        raise InputError(f"--warmup must be 0 or more, got {warmup}")
+
+
+def _names(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
+    return [s.strip() for s in items if s.strip()]
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One export that can be benchmarked: its folder and artifact.json."""
+
+    dir: Path
+    rel: str  # relative to the run: exports/<variant>/<name>
+    variant: str
+    meta: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.dir.name
+
+    @property
+    def format(self) -> str:
+        return str(self.meta.get("format"))
+
+
+def select_artifacts(
+    run: RunDir,
+    variants: str | Sequence[str] = "all",
+    formats: str | Sequence[str] = "all",
+    *,
+    runnable_here: bool = True,
+    allowed_formats: Sequence[str] = HOST_FORMATS,
+    log: Callable[[str], None] | None = None,
+) -> list[Artifact]:
+    """Passing exports of a run matching ``variants`` and ``formats``.
+
+    ``formats`` entries match a format (``tflite``) or an artifact folder (``tflite-int8``).
+    Failed exports (``*.failed/``) never count; with ``runnable_here`` builds for another CPU
+    architecture (aarch64 TVM libraries on x86) are skipped and noted through ``log``.
+    """
+    from export.stage import list_artifacts
+
+    say = log or (lambda _m: None)
+    all_metas = list_artifacts(run, include_failed=True)
+    if not all_metas:
+        raise RunError(f"run {run.id} has no exports; make them with `edgeship export {run.id}`")
+    known_variants = sorted({str(m.get("variant") or Path(m["dir"]).parent.name) for m in all_metas})
+    want_v = _names(variants) or ["all"]
+    if "all" not in want_v:
+        unknown = [v for v in want_v if v not in known_variants]
+        if unknown:
+            raise InputError(f"no exports of variant '{unknown[0]}' in run {run.id}; "
+                             f"exported variants: {', '.join(known_variants)} (or all)")
+    want_f = _names(formats) or ["all"]
+    out: list[Artifact] = []
+    matched_formats: set[str] = set()
+    for meta in all_metas:
+        folder = run.path / meta["dir"]
+        variant = str(meta.get("variant") or folder.parent.name)
+        if "all" not in want_v and variant not in want_v:
+            continue
+        name = folder.name.removesuffix(".failed")
+        fmt = str(meta.get("format"))
+        hits = [f for f in want_f if f in ("all", fmt, name)]
+        if not hits:
+            continue
+        matched_formats.update(hits)
+        if meta.get("failed"):
+            say(f"skipping {meta['dir']}: it failed export validation")
+            continue
+        if fmt not in allowed_formats:
+            if "all" not in hits:
+                say(f"skipping {meta['dir']}: format {fmt} is not measured here")
+            continue
+        arch = (meta.get("target") or {}).get("arch")
+        if runnable_here and arch not in (None, "any", host_arch()):
+            say(f"skipping {meta['dir']}: built for {arch}, this machine is {host_arch()} "
+                "(benchmark it with --on pi)")
+            continue
+        out.append(Artifact(dir=folder, rel=meta["dir"], variant=variant, meta=meta))
+    unmatched = [f for f in want_f if f != "all" and f not in matched_formats]
+    if unmatched:
+        names = sorted({Path(m["dir"]).name.removesuffix(".failed") for m in all_metas})
+        raise InputError(f"no export matches --format {unmatched[0]}; this run has "
+                         f"{', '.join(names)} (a format, a folder name, or all)")
+    if not out:
+        raise RunError(f"run {run.id} has no passing export to benchmark here "
+                       f"(variants {', '.join(want_v)}, formats {', '.join(want_f)})")
+    return out
+
+
+def bench_run(
+    run: RunDir,
+    on: str = "host",
+    *,
+    label: str | None = None,
+    save: bool = True,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Run the driver for ``on`` with ``options``, store its results, return them.
+
+    Results a driver already stored itself (same file, same content) are not stored twice.
+    """
+    driver = get_driver(on)
+    results = driver(run, **options)
+    if not isinstance(results, list) or not results:
+        raise EdgeshipError(f"the {on} driver returned no results; nothing was measured")
+    if save and not already_saved(run, results):
+        from benchmarks.store import save_results
+
+        save_results(run, results, label=label or on)
+    return results
+
+
+def already_saved(run: RunDir, results: list[dict[str, Any]]) -> bool:
+    """True when every result is in ``bench/`` already with the same measurements."""
+    from edge_runtime.result import result_name
+    from edgeship.fsutil import read_json
+
+    for r in results:
+        path = run.path / "bench" / (result_name(r) + ".json")
+        try:
+            stored = read_json(path)
+        except (OSError, ValueError):
+            return False
+        keys = ("latency_ms", "measured_at", "init_ms", "first_ms")
+        if any(stored.get(k) != r.get(k) for k in keys):
+            return False
+    return True
