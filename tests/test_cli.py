@@ -78,12 +78,23 @@ def test_runs_and_show_list_what_was_made(digits_run) -> None:
 
 
 @pytest.mark.slow
-def test_edgeship_run_trains_and_compresses_the_default(tmp_path: Path) -> None:
-    out = invoke_json(tmp_path / "runs", "run", "--epochs", "10")
+def test_edgeship_run_does_the_whole_chain(tmp_path: Path) -> None:
+    """The main job end to end: train, compress, export, bench on host and browser, report."""
+    out = invoke_json(tmp_path / "runs", "run", "--epochs", "10", "--tvm-trials", "0", "--runs", "20")
     assert out["train"]["dataset"] == "digits" and out["train"]["test_accuracy"] > 0.85
-    names = [v["name"] for v in out["variants"]]
-    assert names == ["prune75-pqat", "distill25-int8"]
+    assert [v["name"] for v in out["variants"]] == ["prune75-pqat", "distill25-int8"]
     assert all(v["deploy_form"] == "int8" for v in out["variants"])
+    made = {(a["variant"], Path(a["dir"]).name) for a in out["artifacts"]}
+    for variant in ("base", "prune75-pqat", "distill25-int8"):
+        for name in ("tflite-float32", "tflite-int8", "onnx-float32", "tvm-host", "tvm-rpi4", "web"):
+            assert (variant, name) in made
+    assert all(a["validation"]["passed"] for a in out["artifacts"])
+    where = {r["on"] for r in out["bench"]}
+    assert where == {"host", "browser"}
+    backends = {r["backend"] for r in out["bench"]}
+    assert {"ai-edge-litert", "onnxruntime", "apache-tvm", "onnxruntime-web"} <= backends
+    html = Path(out["report"]["html"]).read_text()
+    assert "browser" in html and "tflite-int8" in html and "tvm-host" in html
 
 
 BAD_INPUTS = [
