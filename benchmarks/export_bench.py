@@ -1,7 +1,8 @@
 """Export benchmark: the reference models in every format, sizes, export times and TVM's gain.
 
     python -m benchmarks.export_bench [--models digits,mobilenet] [--trials-digits 200]
-        [--trials-mobilenet 600] [--time-budget-min 6] [--threads 1] [--cache-dir DIR]
+        [--minutes-digits 4] [--trials-mobilenet 600] [--minutes-mobilenet 9] [--threads 1]
+        [--cache-dir DIR] [--json FILE]
 
 Builds the digits CNN (trained a few epochs on scikit-learn's digits) and MobileNetV2
 (alpha 0.35, 96x96x3, random weights), exports each to TFLite float32 and int8
@@ -130,7 +131,10 @@ def tvm_call(path: Path, x: np.ndarray) -> Any:
     import tvm
     from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    from export import captured_stderr
+
+    with captured_stderr():  # "Scope Loaded:" per library
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
     main, arg = vm["main"], tvm.runtime.tensor(x)
     return lambda: main(arg)
 
@@ -205,12 +209,15 @@ def print_report(r: ModelReport, threads: int, runs: int, rounds: int) -> dict[s
     ratio_u = r.latency_ms["tvm-tuned"] / r.latency_ms["tvm-untuned"]
     ratio_t = r.latency_ms["tvm-tuned"] / r.latency_ms["tflite-float32"]
     minutes = (t.get("tune_s") or 0) / 60
-    budget = (f"{t.get('trials_run')} of {t.get('trials_requested')} trials measured over "
-              f"{t.get('tasks')} tasks (<= {t.get('max_trials_per_task')} each), tuning "
-              f"{minutes:.1f} min" + (", stopped by the time budget" if t.get("stopped_early") else "")
+    limit = f"{t['time_budget_s'] / 60:g} min" if t.get("time_budget_s") else "no time limit"
+    budget = (f"{t.get('trials_requested')} trials, {limit}; used {t.get('trials_run')} trials over "
+              f"{t.get('tasks')} tasks (<= {t.get('max_trials_per_task')} each) in {minutes:.1f} min "
+              f"(of which {t.get('setup_s') or 0:.0f} s start-up)"
+              + (", stopped by the time budget" if t.get("stopped_early") else "")
               + (", reused from cache" if t.get("cache_hit") else ""))
-    console.print(f"  budget: {budget}; {threads} thread(s); latency = median of {rounds} "
-                  f"interleaved rounds x {runs} calls")
+    console.print(f"  tuning budget: {budget}")
+    console.print(f"  {threads} thread(s) for both runtimes; latency = median of {rounds} interleaved "
+                  f"rounds of {runs} calls")
     console.print(f"  TVM tuned / untuned      = {ratio_u:.3f}  (target <= {UNTUNED_TARGET}: "
                   f"{'met' if ratio_u <= UNTUNED_TARGET else 'NOT met'})")
     console.print(f"  TVM tuned / TFLite f32   = {ratio_t:.3f}  (target <= {TFLITE_TARGET}: "
@@ -226,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="digits,mobilenet", help="comma list: digits, mobilenet")
     p.add_argument("--trials-digits", type=int, default=200, help="MetaSchedule trials, digits CNN")
+    p.add_argument("--minutes-digits", type=float, default=4, help="tuning time budget, digits CNN")
     p.add_argument("--trials-mobilenet", type=int, default=600, help="MetaSchedule trials, MobileNetV2")
-    p.add_argument("--time-budget-min", type=float, default=None,
-                   help="stop tuning each model after this many minutes")
+    p.add_argument("--minutes-mobilenet", type=float, default=9, help="tuning time budget, MobileNetV2")
     p.add_argument("--threads", type=int, default=1, help="threads for TFLite and TVM (both)")
     p.add_argument("--epochs", type=int, default=5, help="digits CNN training epochs")
     p.add_argument("--runs", type=int, default=200, help="timed calls per round")
@@ -245,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(models) - {"digits", "mobilenet"}
     if unknown:
         raise SystemExit(f"unknown model(s) {', '.join(sorted(unknown))}; choose digits, mobilenet")
-    budget_s = args.time_budget_min * 60 if args.time_budget_min else None
     results = []
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="export-bench-") as tmp:
@@ -253,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in models:
             if name == "digits":
                 model, rep = digits_cnn(args.epochs, args.seed)
-                trials, label = args.trials_digits, "digits CNN (sklearn digits)"
+                trials, minutes = args.trials_digits, args.minutes_digits
+                label = f"digits CNN (sklearn digits, {args.epochs} epochs)"
             else:
                 model, rep = mobilenet(args.seed)
-                trials, label = args.trials_mobilenet, "MobileNetV2 alpha 0.35 (random weights)"
+                trials, minutes = args.trials_mobilenet, args.minutes_mobilenet
+                label = "MobileNetV2 alpha 0.35 (keras.applications, random weights)"
+            budget_s = minutes * 60 if minutes and minutes > 0 else None
             r = bench_model(label, model, rep, Path(tmp) / name, trials, budget_s, args.threads,
                             cache, args.runs, args.rounds)
             results.append(print_report(r, args.threads, args.runs, args.rounds))

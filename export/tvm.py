@@ -49,7 +49,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -319,7 +319,7 @@ def build_tvm(
             untuned_ms = _time_vm(vm_u, x, timing_runs)
             if trials:
                 key_dir = _cache_dir(cache_dir) / _cache_key(model_hash, spec)
-                tuning, tuned_mod = _tuned_module(mod, spec, key_dir, model_hash, trials,
+                tuning, tuned_mod = _tuned_module(mod, onnx_path, spec, key_dir, model_hash, trials,
                                                   time_budget_s, progress)
                 t0 = time.perf_counter()
                 tuned = tvm.compile(tuned_mod, target=tvm_target)
@@ -534,7 +534,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _tuned_module(
-    mod: Any, spec: TargetSpec, folder: Path, model_hash: str, trials: int,
+    mod: Any, onnx_path: Path, spec: TargetSpec, folder: Path, model_hash: str, trials: int,
     time_budget_s: float | None, progress: Progress | None,
 ) -> tuple[dict[str, Any], Any]:
     """Tune what the cache lacks, then apply the database; returns (tuning facts, module)."""
@@ -553,7 +553,7 @@ def _tuned_module(
                                    "max_trials_per_task": None, "setup_s": None}
         if need:
             with _progress_sink(progress, need) as report:
-                outcome = _run_tuning(mod, spec, folder, need, time_budget_s, report)
+                outcome = _tune_in_child(onnx_path, spec, folder, need, time_budget_s, report)
             # A finished session covers the whole request even when tasks ran out of candidates
             # first; one cut short by the budget covers only what it measured.
             done = outcome["trials_run"] if outcome["stopped_early"] else need
@@ -610,19 +610,79 @@ def _progress_sink(progress: Progress | None, total: int) -> Iterator[Progress]:
 # ---------------------------------------------------------------- MetaSchedule
 
 
-class _Budget:
-    """Shared by the builder wrapper and the measure callback: trials, batches, deadline."""
+def _tune_in_child(
+    onnx_path: Path, spec: TargetSpec, folder: Path, trials: int, time_budget_s: float | None,
+    report: Progress,
+) -> dict[str, Any]:
+    """``_run_tuning`` in a fresh Python (``python -m export.tvm``), for two reasons: MetaSchedule's
+    first use imports TVM's tensor intrinsics, whose TVMScript parsing calls
+    ``inspect.getmodule`` ~34,000 times, each scanning ``sys.modules``: 23 s of CPU in a bare
+    process, 71 s beside TensorFlow's 4,000 modules (any process that trained or converted);
+    and a crash in tuning (apache-tvm-ffi 0.1.15 segfaults there) must not take the export
+    with it. Progress comes back as JSON lines on the child's stdout."""
+    import subprocess
+    import sys
 
-    def __init__(self, total: int, time_budget_s: float | None, report: Progress):
+    job = {"onnx": str(onnx_path), "target": spec.tvm, "name": spec.name, "folder": str(folder),
+           "trials": trials, "deadline": None if time_budget_s is None else time.time() + time_budget_s}
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])  # the folder holding the export package
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    outcome = None
+    with subprocess.Popen([sys.executable, "-m", "export.tvm", "--tune", json.dumps(job)],
+                          stdout=subprocess.PIPE, env=env, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            msg = json.loads(line)
+            if "progress" in msg:
+                report(*msg["progress"])
+            else:
+                outcome = msg.get("outcome")
+        code = child.wait()
+    if code != 0 or outcome is None:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise EdgeshipError(f"TVM tuning {how} (its messages are above); check apache-tvm-ffi is "
+                            "0.1.14.post0 (0.1.15 segfaults in tuning), or export with trials 0")
+    return outcome
+
+
+def _child_main(argv: list[str]) -> int:
+    """The tuning child: reads the job, tunes, writes JSON lines on the original stdout."""
+    import sys
+
+    if len(argv) != 2 or argv[0] != "--tune":
+        print("usage: python -m export.tvm --tune JOB_JSON (internal: build_tvm runs it)", file=sys.stderr)
+        return 2
+    job = json.loads(argv[1])
+    channel = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed (TVM's own logs) goes to stderr, not into the channel
+    sys.stdout = sys.stderr
+
+    def report(done: int, total: int, status: str) -> None:
+        channel.write(json.dumps({"progress": [done, total, status]}) + "\n")
+
+    spec = replace(resolve_target(job["target"]), name=job["name"])
+    mod, _, _ = _import_onnx(_load_onnx(Path(job["onnx"])))
+    outcome = _run_tuning(mod, spec, Path(job["folder"]), job["trials"], job["deadline"], report)
+    channel.write(json.dumps({"outcome": outcome}) + "\n")
+    channel.close()
+    return 0
+
+
+class _Budget:
+    """Shared by the builder wrapper and the measure callback: trials, batches, deadline
+    (wall-clock seconds since the epoch, so it can be set in one process and kept in another)."""
+
+    def __init__(self, total: int, deadline: float | None, report: Progress):
         self.total, self.report = total, report
-        self.start = time.monotonic()
-        self.deadline = None if time_budget_s is None else self.start + time_budget_s
+        self.start = time.time()
+        self.deadline = deadline
         self.built = self.joined = self.trials = 0
         self.stopped = False
         self.setup_s: float | None = None  # until the first build: MetaSchedule's imports, search
 
     def expired(self) -> bool:
-        return self.deadline is not None and time.monotonic() >= self.deadline
+        return self.deadline is not None and time.time() >= self.deadline
 
 
 def _make_build_worker() -> Callable[[Any, Any], str]:
@@ -649,8 +709,7 @@ XGB_WARMUP = 100  # measured samples before MetaSchedule's XGBoost model is trus
 
 
 def _run_tuning(
-    mod: Any, spec: TargetSpec, folder: Path, trials: int, time_budget_s: float | None,
-    report: Progress,
+    mod: Any, spec: TargetSpec, folder: Path, trials: int, deadline: float | None, report: Progress,
 ) -> dict[str, Any]:
     """MetaSchedule on the tasks ``static_shape_tuning_pipeline`` would tune, heaviest first.
 
@@ -687,8 +746,12 @@ def _run_tuning(
     population = min(512, max(128, 8 * batch))
     strategy = ms.search_strategy.EvolutionarySearch(
         population_size=population, genetic_num_iters=4 if population >= 512 else 2)
-    budget = _Budget(trials, time_budget_s, report)
+    budget = _Budget(trials, deadline, report)
     report(0, trials, f"{n_tasks} tasks, up to {cap} trials each")
+    if budget.expired():  # before MetaSchedule's slow first import
+        report(0, trials, "stopped: time budget")
+        return {"trials_run": 0, "stopped_early": True, "tasks": n_tasks, "max_trials_per_task": cap,
+                "setup_s": None}
 
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)  # its console handler prints INFO tables on stdout
@@ -773,7 +836,7 @@ def _budget_builder(pool: Any, budget: _Budget) -> Any:
     class BudgetBuilder(PyBuilder):
         def build(self, build_inputs: list[Any]) -> list[Any]:
             if budget.setup_s is None:
-                budget.setup_s = round(time.monotonic() - budget.start, 1)
+                budget.setup_s = round(time.time() - budget.start, 1)
             if budget.expired():
                 if budget.joined == budget.built:
                     budget.stopped = True
@@ -791,7 +854,7 @@ def _budget_builder(pool: Any, budget: _Budget) -> Any:
             if build_inputs:
                 budget.trials += len(build_inputs)
                 budget.report(min(budget.trials, budget.total), budget.total,
-                              f"{time.monotonic() - budget.start:.0f} s")
+                              f"{time.time() - budget.start:.0f} s")
             return results
 
     return BudgetBuilder()
@@ -862,3 +925,9 @@ def export_artifact(req: Any) -> Any:
 
 
 _ELF_NAMES = {"x86_64": "x86-64", "aarch64": "AArch64"}
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child_main(sys.argv[1:]))
