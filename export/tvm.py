@@ -23,7 +23,9 @@ tensor intrinsic (CUDA, ROCm, Hexagon...; ~25 s of CPU), so every build hits the
 Here builder workers live for the whole session and skip that import; tasks are tuned
 heaviest first (FLOPs x weight) in groups of four, so a short budget goes to the kernels
 that matter and the time budget is checked between batches and groups; progress is reported
-after each batch. The first tuning in a process still pays that import once (~25 s of CPU).
+after each batch. Tuning runs in a child Python (``python -m export.tvm --tune``): the one
+import MetaSchedule itself needs costs ~25 s of CPU alone but ~70 s beside TensorFlow (see
+``_tune_in_child``), and a crash in tuning must not take the export down with it.
 
 The database lives in ``<cache>/<model hash>-<target name>-<hash of target + TVM>/``, the model
 hash being Relax's structural hash of the imported graph and weights (tf2onnx names nodes
