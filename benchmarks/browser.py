@@ -16,16 +16,14 @@ import math
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
-from benchmarks.harness import Progress
 from edgeship.errors import EdgeshipError, MissingDependencyError
-from edgeship.runstore import RunDir
 from edgeship.webserver import BundleServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -292,12 +290,20 @@ class BrowserDriver:
         self, threads: int | None = None, opt: str | None = None, wait: bool = True
     ) -> DemoPage:
         """A new page with ``?threads=N`` (and ``?opt=LEVEL``); waits for the model by default."""
+        assert self.server is not None, "use BrowserDriver as a context manager"
+        return self.open_url(self.server.url, threads, opt, wait)
+
+    def open_url(
+        self, base: str, threads: int | None = None, opt: str | None = None, wait: bool = True
+    ) -> DemoPage:
+        """A page of another bundle's server in this browser (one browser, many bundles)."""
         if self._browser is None:
             raise RuntimeError("use BrowserDriver as a context manager")
         page = self._browser.new_page(
             viewport={"width": self.viewport[0], "height": self.viewport[1]}
         )
-        url = self.url(threads, opt)
+        query = {k: v for k, v in {"threads": threads, "opt": opt}.items() if v is not None}
+        url = base + (f"?{urlencode(query)}" if query else "")
         demo = DemoPage(page, url, self.browser_version)
         response = page.goto(url, wait_until="domcontentloaded", timeout=self.timeout_s * 1000)
         if response is not None and not response.ok:
@@ -395,179 +401,12 @@ def browser_unavailable_reason(chromium: str | os.PathLike[str] | None = None) -
     return unavailable_reason()
 
 
-# ---------------------------------------------------------------- the --on browser driver
-
-
-def bench_browser(
-    run: RunDir,
-    *,
-    variants: str | Sequence[str] = "all",
-    formats: str | Sequence[str] = "all",
-    threads: str | Sequence[int] | int = (1, 2),
-    runs: int = 200,
-    warmup: int = 20,
-    progress: Progress | None = None,
-    log: Callable[[str], None] | None = None,
-    evaluate: bool = True,
-    chromium: str | os.PathLike[str] | None = None,
-    timeout_s: float = 120.0,
-) -> list[dict[str, Any]]:
-    """Every passing web bundle of ``run`` in headless Chromium, one schema result per thread count.
-
-    Timing happens inside the page (``performance.now()`` around ``session.run``, batch 1, after
-    ``warmup`` discarded calls); each thread count gets a fresh page, since onnxruntime-web fixes
-    its threads when WebAssembly starts. With ``evaluate`` the whole raw test split also runs in
-    the page (the page's own preprocessing), giving ``accuracy`` and ``top1_agreement`` with
-    native onnxruntime (through ``edge_runtime``) on the same model file. Results are returned,
-    not stored (``benchmarks.harness.bench_run`` stores them).
-    """
-    from benchmarks.harness import check_counts, parse_threads, select_artifacts
-    from edge_runtime.result import require_valid
-    from edge_runtime.timing import device_facts
-    from export.stage import list_artifacts, load_raw_test
-    from export.web import bundle_dir
-
-    check_counts(runs, warmup)
-    counts = parse_threads(threads)
-    say = log or (lambda _m: None)
-    executable = find_chromium(chromium)  # first: a missing browser names its Debian package
-    _sync_playwright()
-    if not any(m.get("format") == "web" and not m.get("failed") for m in list_artifacts(run)):
-        bundle_dir(run, "base")  # raises, naming the export command that makes a bundle
-    artifacts = select_artifacts(run, variants, formats, allowed_formats=("web",), log=say)
-    test = load_raw_test(run) if evaluate else None
-    if evaluate and test is None:
-        say(f"run {run.id} has no raw test split (data/test_raw.*): accuracy comes from export validation")
-    device = device_facts()
-    results: list[dict[str, Any]] = []
-    for art in artifacts:
-        native = _native(art.dir, art.meta, test) if test is not None else None
-        with BrowserDriver(art.dir, chromium=executable, timeout_s=timeout_s) as driver:
-            for n in counts:
-                page = driver.open(threads=n)
-                try:
-                    bench = page.benchmark(warmup, runs, end_to_end=True)
-                    env = page.env()
-                    ev = page.evaluate(test["x"], test["y"]) if test is not None else None
-                finally:
-                    page.close()
-                if env["threads"] != n or not env["cross_origin_isolated"]:
-                    say(f"{art.rel}: asked for {n} threads, the page ran {env['threads']} "
-                        f"(cross-origin isolated: {env['cross_origin_isolated']})")
-                r = _result(run, art.rel, art.variant, art.meta, n, warmup, runs, bench, env, device,
-                            ev, native, test)
-                results.append(require_valid(r))
-                if progress is not None:
-                    progress.update(1, f"{art.variant}/{art.name} t{env['threads']} "
-                                       f"p50 {r['latency_ms']['p50']:.4f} ms")
-    return results
-
-
-def _native(folder: Path, meta: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
-    """Top-1 of native onnxruntime on the bundle's model file and the raw test split."""
-    import tempfile
-
-    import numpy as np
-
-    from edge_runtime import EdgeModel
-    from export.stage import validation_view
-
-    with tempfile.TemporaryDirectory(prefix="edgeship-native-") as tmp:
-        view = validation_view(folder, meta, "onnx", Path(tmp) / "view")
-        model = EdgeModel.load(view)
-        pred = model.predict(test["x"])
-        indices = np.asarray(pred.indices, dtype=np.int64)
-        version = model.backend.version
-    y = np.asarray(test["y"], dtype=np.int64)
-    return {"predictions": indices, "accuracy": float((indices == y).mean()) if len(y) else None,
-            "backend_version": version}
-
-
-def _summary(values: dict[str, Any]) -> dict[str, float]:
-    from edge_runtime.result import LATENCY_KEYS
-
-    return {k: round(float(values[k]), 6) for k in LATENCY_KEYS}
-
-
-def _result(
-    run: RunDir, rel: str, variant: str, meta: dict[str, Any], requested: int, warmup: int, runs: int,
-    bench: dict[str, Any], env: dict[str, Any], device: dict[str, Any], ev: dict[str, Any] | None,
-    native: dict[str, Any] | None, test: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """One page measurement in the schema of ``edge_runtime.result`` (plus the browser's facts)."""
-    import time
-
-    import numpy as np
-
-    from edge_runtime.result import SCHEMA_VERSION
-    from edge_runtime.timing import PERCENTILE_METHOD
-
-    evaluation = None
-    accuracy = (meta.get("validation") or {}).get("accuracy")
-    if ev is not None and test is not None:
-        accuracy = ev["accuracy"]
-        evaluation = {"samples": ev["n"], "source": test.get("source"), "accuracy": ev["accuracy"],
-                      "native_accuracy": None, "top1_agreement": None, "native": None}
-        if native is not None:
-            agree = np.asarray(ev["predictions"], dtype=np.int64) == native["predictions"]
-            evaluation.update(native_accuracy=native["accuracy"],
-                              top1_agreement=float(agree.mean()) if len(agree) else None,
-                              native=f"onnxruntime {native['backend_version']} (edge_runtime)")
-    lat = _summary(bench["summary"])
-    notes = []
-    res = env.get("timer_resolution_ms")
-    if res and lat["p50"] < 20 * res:
-        notes.append(f"performance.now() steps are {res * 1000:.0f} us here: latencies this small are coarse")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "on": "browser",
-        "run_id": run.id,
-        "model": meta.get("model"),
-        "variant": variant,
-        "artifact": rel,
-        "format": "web",
-        "quantize": meta.get("quantize"),
-        "target": meta.get("target"),
-        "backend": BACKEND,
-        "backend_version": env.get("ort_version"),
-        "execution_provider": env.get("execution_provider"),
-        "threads": env["threads"],
-        "threads_requested": requested,
-        "batch": 1,
-        "warmup": warmup,
-        "runs": runs,
-        "latency_ms": lat,
-        "end_to_end_ms": _summary(bench["end_to_end_summary"]) if bench.get("end_to_end_summary") else None,
-        "samples_ms": [round(float(v), 6) for v in bench["latencies_ms"]],
-        "init_ms": None if env.get("init_ms") is None else round(float(env["init_ms"]), 3),
-        "first_ms": None if env.get("first_ms") is None else round(float(env["first_ms"]), 3),
-        "peak_rss_mb": None,  # the browser's processes are not ours to measure
-        "bytes": meta.get("bytes"),
-        "accuracy": accuracy,
-        "top1_agreement": (evaluation or {}).get("top1_agreement"),
-        "evaluation": evaluation,
-        "browser": env.get("browser", "chromium"),
-        "browser_version": env.get("browser_version"),
-        "user_agent": env.get("user_agent"),
-        "simd": env.get("simd"),
-        "cross_origin_isolated": env.get("cross_origin_isolated"),
-        "graph_optimization_level": env.get("graph_optimization_level"),
-        "timer_resolution_ms": res,
-        "options": bench.get("options"),
-        "device": device,
-        "percentile_method": PERCENTILE_METHOD,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "notes": notes,
-    }
-
-
 __all__ = [
     "BACKEND",
     "CHROMIUM_ARGS",
     "BrowserDriver",
     "BrowserPageError",
     "DemoPage",
-    "bench_browser",
     "browser_unavailable_reason",
     "find_chromium",
     "open_demo",

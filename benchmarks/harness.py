@@ -21,7 +21,7 @@ from edgeship.runstore import RunDir
 # device -> ("module:function", what to do when it is missing)
 DRIVERS: dict[str, tuple[str, str]] = {
     "host": ("benchmarks.host:bench_host", "reinstall edgeship"),
-    "browser": ("benchmarks.browser:bench_browser",
+    "browser": ("benchmarks.browser_bench:bench_browser",
                 "the browser driver is not installed in this checkout"),
     "pi": ("edgeship.deploy:bench_pi", "the Raspberry Pi driver is not installed in this checkout"),
 }
@@ -83,8 +83,10 @@ def parse_threads(value: str | Sequence[int] | int) -> tuple[int, ...]:
     return tuple(out)
 
 
-def check_counts(runs: int, warmup: int) -> None:
+def check_counts(runs: int, warmup: int, rounds: int = 1) -> None:
     """Refuse before anything loads: ``--runs 0`` would give a result without a latency."""
+    if rounds < 1:
+        raise InputError(f"--rounds must be at least 1, got {rounds}")
     if runs < 1:
         raise InputError(f"--runs must be at least 1, got {runs}")
     if warmup < 0:

@@ -1,10 +1,9 @@
-"""The host driver: every passing export of a run, timed on this machine.
+"""The host driver: every passing export of a run, measured on this machine in one session.
 
-Each (artifact, thread count) is measured in a fresh ``python -m edge_runtime bench`` process,
-exactly what a device runs. That keeps measurements independent: ``peak_rss_mb`` is the peak
-of one model and its runtime (not of everything benchmarked before it), TVM's thread pool gets
-its thread count (it reads ``TVM_NUM_THREADS`` once per process), and one runtime's threads
-cannot linger into another's timings.
+The session is ``python -m edge_runtime bench A B ... --threads 1,2 --rounds R --test FILE``, a
+fresh process running exactly what a device runs (``edge_runtime.rounds``): every artifact and
+thread count once per round, accuracy on the test split through the timed runtime. The child
+reports progress on stderr, one line per measurement, which drives the progress bar here.
 """
 
 from __future__ import annotations
@@ -13,20 +12,24 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.evaluation import finish_evaluation, write_run_testset
 from benchmarks.harness import Progress, check_counts, parse_threads, select_artifacts
 from edge_runtime.result import require_valid
 from edgeship.errors import EdgeshipError
 from edgeship.runstore import RunDir
 
-TIMEOUT_S = 900  # one artifact at one thread count; a MobileNet with 200 runs takes seconds
+TIMEOUT_S = 900  # per configuration: a MobileNet with 5 rounds of 200 samples takes seconds
+DEFAULT_ROUNDS = 5
 
 
 class HostBenchError(EdgeshipError):
-    """``python -m edge_runtime bench`` failed for an artifact; the message is its error line."""
+    """``python -m edge_runtime bench`` failed; the message is its error line."""
 
 
 def bench_host(
@@ -37,45 +40,103 @@ def bench_host(
     threads: str | Sequence[int] | int = (1, 2),
     runs: int = 200,
     warmup: int = 20,
+    rounds: int = DEFAULT_ROUNDS,
+    evaluate: bool = True,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Time every selected export at every thread count; one schema result each (not stored).
+    """Measure every selected export at every thread count; one schema result each (not stored).
 
-    An artifact whose runtime fails is reported through ``log`` and left out; if every one
-    fails the first error is raised.
+    An artifact whose runtime fails to load is reported through ``log`` and left out; if every one
+    fails, the error is raised.
     """
-    check_counts(runs, warmup)
+    check_counts(runs, warmup, rounds)
     thread_counts = parse_threads(threads)
     say = log or (lambda _m: None)
     artifacts = select_artifacts(run, variants, formats, log=say)
-    results: list[dict[str, Any]] = []
-    errors: list[HostBenchError] = []
-    for art in artifacts:
-        for t in thread_counts:
-            status = f"{art.variant}/{art.name} t{t}"
-            try:
-                r = bench_artifact(art.dir, runs=runs, warmup=warmup, threads=t)
-            except HostBenchError as e:
-                errors.append(e)
-                say(f"{art.rel} threads {t}: {e}")
-                status += " failed"
-            else:
-                r["artifact"] = art.rel
-                r["run_id"] = r.get("run_id") or run.id
-                results.append(require_valid(r))
-                status += f" p50 {r['latency_ms']['p50']:.4f} ms"
-            if progress is not None:
-                progress.update(1, status)
-    if not results and errors:
-        raise errors[0]
+    by_dir = {str(a.dir.resolve()): a for a in artifacts}
+    with tempfile.TemporaryDirectory(prefix="edgeship-bench-") as tmp:
+        test = write_run_testset(run, Path(tmp)) if evaluate else None
+        if evaluate and test is None:
+            say(f"run {run.id} has no raw test split: accuracy comes from export validation")
+        raw = run_session([a.dir for a in artifacts], thread_counts, rounds=rounds, runs=runs,
+                          warmup=warmup, test=test, progress=progress, log=say)
+    results = []
+    for r in raw:
+        art = by_dir[str(Path(r["artifact"]).resolve())]
+        r["artifact"] = art.rel
+        r["run_id"] = r.get("run_id") or run.id
+        if r.get("accuracy") is None:
+            r["accuracy"] = (art.meta.get("validation") or {}).get("accuracy")
+            r["accuracy_source"] = None if r["accuracy"] is None else "export validation"
+        results.append(require_valid(finish_evaluation(run, r)))
     return results
 
 
 def plan_size(run: RunDir, variants: str | Sequence[str] = "all", formats: str | Sequence[str] = "all",
-              threads: str | Sequence[int] | int = (1, 2)) -> int:
+              threads: str | Sequence[int] | int = (1, 2), rounds: int = DEFAULT_ROUNDS) -> int:
     """How many measurements ``bench_host`` will make (for a progress bar's total)."""
-    return len(select_artifacts(run, variants, formats)) * len(parse_threads(threads))
+    return len(select_artifacts(run, variants, formats)) * len(parse_threads(threads)) * rounds
+
+
+def run_session(
+    folders: Sequence[Path],
+    threads: Sequence[int | None],
+    *,
+    rounds: int = DEFAULT_ROUNDS,
+    runs: int = 200,
+    warmup: int = 20,
+    test: Path | None = None,
+    end_to_end: bool = True,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
+    timeout_s: float | None = None,
+) -> list[dict[str, Any]]:
+    """One ``python -m edge_runtime bench`` session over ``folders``; its results, unvalidated."""
+    counts = [t for t in threads if t]
+    cmd = [sys.executable, "-m", "edge_runtime", "bench", *map(str, folders), "--rounds", str(rounds),
+           "--runs", str(runs), "--warmup", str(warmup), "--json", "--on", "host", "--progress"]
+    if counts:
+        cmd += ["--threads", ",".join(map(str, counts))]
+    if test is not None:
+        cmd += ["--test", str(test)]
+    if not end_to_end:
+        cmd.append("--no-e2e")
+    limit = timeout_s or TIMEOUT_S * max(1, len(folders) * max(1, len(counts)))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_device_env())
+    errors: list[str] = []
+    reader = threading.Thread(target=_follow, args=(proc.stderr, progress, log, errors), daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired as e:
+        proc.kill()
+        proc.communicate()
+        raise HostBenchError(f"the benchmark session took over {limit:.0f} s; lower --runs or --rounds") \
+            from e
+    reader.join(timeout=5)
+    results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not results:
+        msg = errors[-1] if errors else f"exit code {proc.returncode}"
+        raise HostBenchError(f"benchmarking on this machine failed: {msg}")
+    return results
+
+
+def _follow(stream: Any, progress: Progress | None, log: Callable[[str], None] | None,
+            errors: list[str]) -> None:
+    """Progress lines advance the bar; ``error:``/``warning:`` lines are kept and logged."""
+    for line in stream:
+        line = line.rstrip("\n")
+        if line.startswith("progress ") and progress is not None:
+            status = line.split(" ", 2)[2] if line.count(" ") >= 2 else ""
+            progress.update(1, status)
+        elif line.startswith(("error: ", "warning: ")):
+            text = line.split(": ", 1)[1]
+            if line.startswith("error: "):
+                errors.append(text)
+            if log is not None:
+                log(text)
 
 
 def bench_artifact(
@@ -84,30 +145,13 @@ def bench_artifact(
     runs: int = 200,
     warmup: int = 20,
     threads: int | None = None,
+    rounds: int = 1,
     end_to_end: bool = True,
     timeout_s: float = TIMEOUT_S,
 ) -> dict[str, Any]:
-    """One artifact folder timed in a fresh ``python -m edge_runtime bench --json`` process."""
-    cmd = [sys.executable, "-m", "edge_runtime", "bench", str(folder), "--runs", str(runs),
-           "--warmup", str(warmup), "--json", "--on", "host"]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    if not end_to_end:
-        cmd.append("--no-e2e")
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_device_env(),
-                              check=False)
-    except subprocess.TimeoutExpired as e:
-        raise HostBenchError(f"timing {folder} took over {timeout_s:.0f} s; lower --runs") from e
-    if done.returncode != 0:
-        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
-        errs = [ln.removeprefix("error: ") for ln in lines if ln.startswith("error: ")]
-        msg = errs[-1] if errs else (lines[-1] if lines else f"exit code {done.returncode}")
-        raise HostBenchError(f"{folder}: {msg}")
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError) as e:
-        raise HostBenchError(f"{folder}: edge_runtime bench printed no JSON result") from e
+    """One artifact folder measured in a fresh session process (scripts and suites use this)."""
+    return run_session([Path(folder)], [threads], rounds=rounds, runs=runs, warmup=warmup,
+                       end_to_end=end_to_end, timeout_s=timeout_s)[0]
 
 
 def _device_env() -> dict[str, str]:

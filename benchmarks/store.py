@@ -12,7 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.result import ResultSchemaError, is_emulated, require_valid, result_name, validate_result
+from edge_runtime.result import (
+    ResultSchemaError,
+    is_emulated,
+    require_valid,
+    result_name,
+    upgrade_result,
+    validate_result,
+)
 from edgeship.errors import InputError, RunError
 from edgeship.fsutil import read_json, write_json_atomic
 from edgeship.runstore import RunDir
@@ -42,6 +49,7 @@ def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> l
     existing = run.path / BENCH_DIR
     params = {"label": label, "results": sorted(names),
               "on": sorted({r["on"] for r in results}),
+              "devices": sorted({str(r.get("device_id")) for r in results}),
               "emulated": any(is_emulated(r) for r in results)}
     with run.stage("bench", params) as st:
         out = st.output_dir(BENCH_DIR)
@@ -61,7 +69,8 @@ def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> l
 def load_results(run: RunDir, *, strict: bool = False) -> list[dict[str, Any]]:
     """Every stored result in ``bench/`` (file name order), each with ``file`` added.
 
-    An unreadable or invalid file is skipped (``strict=False``), since a report should still show
+    Results of an older schema are upgraded (``edge_runtime.result.upgrade_result``). An
+    unreadable or invalid file is skipped (``strict=False``), since a report should still show
     the rest, or raises ``RunError`` naming it (``strict=True``).
     """
     folder = run.path / BENCH_DIR
@@ -75,6 +84,8 @@ def load_results(run: RunDir, *, strict: bool = False) -> list[dict[str, Any]]:
             if strict:
                 raise RunError(f"{path} is not readable JSON ({e}); re-run `edgeship bench`") from e
             continue
+        if isinstance(data, dict):
+            data = upgrade_result(data)
         problems = validate_result(data)
         if problems:
             if strict:

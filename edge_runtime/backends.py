@@ -169,7 +169,7 @@ class TvmBackend:
 
     def __init__(self, model: Path, meta: dict[str, Any], threads: int | None):
         if threads:  # read when TVM's thread pool starts: set before the first import
-            os.environ["TVM_NUM_THREADS"] = str(threads)
+            os.environ.setdefault("TVM_NUM_THREADS", str(threads))
         try:
             import tvm
             from tvm import relax
@@ -204,6 +204,13 @@ class TvmBackend:
     def invoker(self, x: np.ndarray) -> Callable[[], Any]:
         main, t = self._main, self._tvm.runtime.tensor(np.ascontiguousarray(x))
         return lambda: main(t)
+
+    def activate(self, threads: int | None) -> None:
+        """Resize TVM's per-process thread pool, so one session can time several thread counts."""
+        if threads:
+            configure = self._tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
+            if configure is not None:
+                configure(1, int(threads))  # 1: TVM's "big cores" affinity mode
 
 
 BACKENDS: dict[str, type] = {"tflite": TFLiteBackend, "onnx": OnnxBackend, "tvm": TvmBackend}

@@ -36,20 +36,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=1, help="classes to show per input (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
-    b = sub.add_parser("bench", help="Time invoke and end-to-end prediction on synthetic raw inputs; "
-                                     "--json prints one result in the schema of edge_runtime/result.py.")
-    b.add_argument("artifact", help="export folder (holds artifact.json and the model file)")
-    b.add_argument("--runs", type=int, default=200, help="timed runs (default 200)")
-    b.add_argument("--warmup", type=int, default=20, help="discarded warm-up runs (default 20)")
-    b.add_argument("--threads", type=int, default=None, help="runtime threads (default: runtime's choice)")
-    b.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    b = sub.add_parser("bench", help="Time artifacts in interleaved rounds on synthetic raw inputs; "
+                                     "--json prints one result per line in the schema of "
+                                     "edge_runtime/result.py.")
+    b.add_argument("artifacts", nargs="+", metavar="artifact",
+                   help="export folder(s) (each holds artifact.json and the model file)")
+    b.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    b.add_argument("--runs", type=int, default=200, help="timed samples per round (default 200)")
+    b.add_argument("--warmup", type=int, default=20, help="discarded warm-up calls per round (default 20)")
+    b.add_argument("--threads", default=None,
+                   help="runtime threads, comma-separated, e.g. 1,2 (default: runtime's choice)")
+    b.add_argument("--test", default=None, metavar="FILE",
+                   help="a test split (.npz or .json, see edge_runtime/testset.py): measure accuracy here")
     b.add_argument("--no-e2e", action="store_true", help="skip the end-to-end timing")
     b.add_argument("--on", choices=("host", "pi"), default=None,
                    help="where this runs, recorded as the result's 'on' (default: $EDGESHIP_DEVICE, "
                         "else pi on a Raspberry Pi board, else host)")
     b.add_argument("--no-samples", action="store_true",
                    help="leave the raw timings (samples_ms) out of the JSON")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--progress", action="store_true",
+                   help="print one 'progress DONE/TOTAL STATUS' line per measurement on stderr")
+    b.add_argument("--json", action="store_true", help="print one JSON object per result, one per line")
     return parser
 
 
@@ -178,28 +185,63 @@ def read_image(path: Path, spec: dict[str, Any]) -> np.ndarray:
 # ---------------------------------------------------------------- bench
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from edge_runtime.timing import benchmark
+def _parse_threads(text: str | None) -> list[int | None]:
+    if text is None or not text.strip():
+        return [None]
+    out: list[int | None] = []
+    for part in text.split(","):
+        try:
+            n = int(part)
+        except ValueError:
+            raise InputError(f"--threads takes numbers like 1,2; got {part!r}") from None
+        if n < 1:
+            raise InputError(f"--threads must be 1 or more, got {n}")
+        if n not in out:
+            out.append(n)
+    return out
 
-    result = benchmark(args.artifact, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                       batch=args.batch, end_to_end=not args.no_e2e, on=args.on,
-                       keep_samples=not args.no_samples)
-    if args.json:
-        print(json.dumps(result))
-        return 0
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge_runtime.rounds import apply_threads_env, bench_session
+    from edge_runtime.testset import read_testset
+
+    threads = _parse_threads(args.threads)
+    apply_threads_env(threads)
+    test = read_testset(args.test) if args.test else None
+
+    def progress(done: int, total: int, status: str) -> None:
+        print(f"progress {done}/{total} {status}", file=sys.stderr, flush=True)
+
+    results = bench_session(args.artifacts, threads, rounds=args.rounds, runs=args.runs,
+                            warmup=args.warmup, on=args.on, test=test, end_to_end=not args.no_e2e,
+                            keep_samples=not args.no_samples,
+                            progress=progress if args.progress else None,
+                            on_error=lambda msg: print(f"warning: {msg}", file=sys.stderr, flush=True))
+    for result in results:
+        if args.json:
+            print(json.dumps(result), flush=True)
+        else:
+            _print_result(result)
+    return 0
+
+
+def _print_result(result: dict[str, Any]) -> None:
     lat = result["latency_ms"]
     dev = result["device"]
-    print(f"[{result['on']}] {result['format']} {result['quantize']} via {result['backend']}"
-          f" {result['backend_version']}"
-          f" on {dev['cpu_model']} ({dev['arch']}, {dev['cores']} cores"
+    ci = result["p50_ci_ms"]
+    print(f"[{result['device_id']}] {result['format']} {result['quantize']} via {result['backend']}"
+          f" {result['backend_version']} on {dev['cpu_model']} ({dev['arch']}, {dev['cores']} cores"
           f"{', EMULATED' if dev['emulated'] else ''}); threads={result['threads'] or 'default'}"
-          f" batch={result['batch']} runs={result['runs']} warmup={result['warmup']}")
-    print(f"invoke      p50 {lat['p50']:.4f} ms  p90 {lat['p90']:.4f}  p99 {lat['p99']:.4f}"
-          f"  mean {lat['mean']:.4f} +- {lat['std']:.4f}  min {lat['min']:.4f}  max {lat['max']:.4f}")
+          f" rounds={result['rounds']} runs={result['runs']} k={result['calls_per_sample']}")
+    interval = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else " (one round: no interval)"
+    print(f"  invoke      p50 {lat['p50']:.4f} ms{interval}  p90 {lat['p90']:.4f}"
+          f"  mean {lat['mean']:.4f} +- {lat['std']:.4f}")
+    tail = result.get("tail_ms")
+    if tail:
+        print(f"  tail        p99 {tail['p99']:.4f} ms  max {tail['max']:.4f} ({tail['label']})")
     if result["end_to_end_ms"]:
         e2e = result["end_to_end_ms"]
-        print(f"end to end  p50 {e2e['p50']:.4f} ms  p90 {e2e['p90']:.4f}  p99 {e2e['p99']:.4f}"
-              f"  mean {e2e['mean']:.4f} +- {e2e['std']:.4f}")
-    print(f"init {result['init_ms']:.1f} ms  first {result['first_ms']:.3f} ms  "
-          f"peak RSS {result['peak_rss_mb']:.1f} MB  model {result['bytes']} bytes")
-    return 0
+        print(f"  end to end  p50 {e2e['p50']:.4f} ms  p90 {e2e['p90']:.4f}  p99 {e2e['p99']:.4f}")
+    acc = "" if result["accuracy"] is None else f"  accuracy {result['accuracy']:.4f} (measured here)"
+    print(f"  init {result['init_ms']:.1f} ms  first {result['first_ms']:.3f} ms  "
+          f"peak RSS {result['peak_rss_mb']:.1f} MB  model {result['bytes']} bytes{acc}")

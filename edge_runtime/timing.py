@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import InputError
-from edge_runtime.result import ON_CHOICES, SCHEMA_VERSION
+from edge_runtime.result import ON_CHOICES
 
 PERCENTILES = (50, 90, 95, 99)
 PERCENTILE_METHOD = "linear interpolation, rank = p/100*(n-1) (numpy.percentile default)"
@@ -144,6 +144,20 @@ def os_name() -> str:
     return f"{platform.system()} {platform.release()}".strip()
 
 
+def machine_id() -> str | None:
+    """A short digest of the OS's machine id: tells apart two devices of the same host name.
+
+    Only a digest is recorded, since the id itself is meant to stay on the machine.
+    """
+    import hashlib
+
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        text = _read(path)
+        if text:
+            return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return None
+
+
 def device_facts() -> dict[str, Any]:
     """What the numbers were measured on; ``emulated`` comes from $EDGESHIP_EMULATED=1."""
     try:
@@ -151,6 +165,8 @@ def device_facts() -> dict[str, Any]:
     except (AttributeError, OSError):
         usable = os.cpu_count()
     return {
+        "hostname": platform.node() or None,
+        "machine_id": machine_id(),
         "cpu_model": cpu_model(),
         "board": _read("/proc/device-tree/model"),
         "cores": os.cpu_count(),
@@ -182,72 +198,18 @@ def benchmark(
     runs: int = 200,
     warmup: int = 20,
     threads: int | None = None,
-    batch: int = 1,
     raw: Any = None,
     end_to_end: bool = True,
     on: str | None = None,
     keep_samples: bool = True,
+    rounds: int = 1,
 ) -> dict[str, Any]:
-    """Load an artifact and time it; a result in the schema of ``edge_runtime.result``.
+    """One artifact at one thread count: ``edge_runtime.rounds.bench_session`` for a single config.
 
-    ``raw`` is a raw input batch to time with; by default one is synthesised from the spec.
-    ``keep_samples`` stores the raw invoke timings (``samples_ms``) for distribution plots.
+    ``raw`` is accepted for compatibility and ignored: inputs are synthesised from the spec.
     """
-    from edge_runtime.model import EdgeModel
+    from edge_runtime.rounds import bench_session
 
-    if runs < 1:
-        raise InputError(f"runs must be at least 1, got {runs}")
-    if warmup < 0:
-        raise InputError(f"warmup must be 0 or more, got {warmup}")
-    if batch < 1:
-        raise InputError(f"batch must be at least 1, got {batch}")
-    kind = device_kind(on)
-    t0 = time.perf_counter_ns()
-    model = EdgeModel.load(artifact, threads=threads)
-    init_ms = (time.perf_counter_ns() - t0) / 1e6
-    fixed = model.input_shape[0]
-    if fixed > 0:
-        batch = fixed
-    if raw is None:
-        raw = model.example_raw(batch)
-    x = model.preprocess(raw)
-    q = model.prepare(x)
-    invoke = model.backend.invoker(q)
-    t1 = time.perf_counter_ns()
-    invoke()
-    first_ms = (time.perf_counter_ns() - t1) / 1e6
-    samples = time_calls(invoke, runs, warmup)
-    result: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "on": kind,
-        "artifact": str(model.path),
-        "run_id": model.artifact.get("run_id"),
-        "model": model.artifact.get("model"),
-        "variant": model.artifact.get("variant"),
-        "format": model.format,
-        "quantize": model.quantize,
-        "target": model.artifact.get("target"),
-        "backend": model.backend.name,
-        "backend_version": model.backend.version,
-        "threads": threads,
-        "batch": len(q),
-        "warmup": warmup,
-        "runs": runs,
-        "latency_ms": summarize_ms(samples),
-        "end_to_end_ms": None,
-        "init_ms": round(init_ms, 3),
-        "first_ms": round(first_ms, 3),
-        "peak_rss_mb": None,
-        "bytes": model.artifact.get("bytes"),
-        "accuracy": (model.artifact.get("validation") or {}).get("accuracy"),
-        "device": device_facts(),
-        "percentile_method": PERCENTILE_METHOD,
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if keep_samples:
-        result["samples_ms"] = [round(s / 1e6, 6) for s in samples]
-    if end_to_end:
-        e2e = time_calls(lambda: model.predict(raw), runs, warmup)
-        result["end_to_end_ms"] = summarize_ms(e2e)
-    result["peak_rss_mb"] = peak_rss_mb()
-    return result
+    del raw
+    return bench_session([artifact], [threads], rounds=rounds, runs=runs, warmup=warmup, on=on,
+                         end_to_end=end_to_end, keep_samples=keep_samples)[0]

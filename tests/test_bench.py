@@ -50,9 +50,22 @@ def fake_result(**over: Any) -> dict[str, Any]:
         "end_to_end_ms": None, "init_ms": 10.0, "first_ms": 1.0, "peak_rss_mb": 50.0, "bytes": 1000,
         "accuracy": 0.97, "samples_ms": [0.1, 0.2, 0.3, 0.4, 0.5],
         "device": {"cpu_model": "x", "cores": 2, "arch": "x86_64", "os": "Debian", "python": "3.11",
-                   "governor": None, "emulated": False},
+                   "governor": None, "emulated": False, "hostname": "box", "machine_id": "abc"},
+        "device_id": "host-box-000000", "rounds": 5, "p50_ci_ms": [0.28, 0.33], "calls_per_sample": 1,
+        "clock_step_ms": 6e-05, "accuracy_source": "device",
     }
     r.update(over)
+    p50 = r["latency_ms"].get("p50") if isinstance(r.get("latency_ms"), dict) else None
+    if "p50_ci_ms" not in over and isinstance(p50, float) and p50 == p50:
+        r["p50_ci_ms"] = [round(p50 * 0.95, 6), round(p50 * 1.05, 6)]
+    return r
+
+
+def v1_result(**over: Any) -> dict[str, Any]:
+    """A result as schema 1 wrote it: no rounds, no interval, no device id."""
+    r = fake_result(schema_version=1, **over)
+    for k in ("device_id", "rounds", "p50_ci_ms", "calls_per_sample", "clock_step_ms", "accuracy_source"):
+        r.pop(k)
     return r
 
 
@@ -73,7 +86,13 @@ def test_a_valid_result_has_no_problems() -> None:
 
 @pytest.mark.parametrize(("change", "needle"), [
     ({"on": "cloud"}, "on must be one of host, browser, pi"),
-    ({"schema_version": 2}, "schema_version must be 1"),
+    ({"schema_version": 3}, "schema_version must be one of (1, 2)"),
+    ({"rounds": 0}, "rounds must be an integer >= 1"),
+    ({"p50_ci_ms": [0.4, 0.2]}, "p50_ci_ms must be [lo, hi]"),
+    ({"p50_ci_ms": [0.31, 0.4]}, "p50 (0.3) lies outside its interval"),
+    ({"calls_per_sample": 0}, "calls_per_sample must be an integer >= 1"),
+    ({"clock_step_ms": 0}, "clock_step_ms must be a number > 0"),
+    ({"accuracy_source": "guess"}, "accuracy_source must be one of"),
     ({"format": "coreml"}, "format must be one of"),
     ({"threads": 0}, "threads must be an integer >= 1 or null"),
     ({"runs": 0}, "runs must be an integer >= 1"),
@@ -89,7 +108,7 @@ def test_a_valid_result_has_no_problems() -> None:
 def test_each_schema_problem_is_named(change: dict[str, Any], needle: str) -> None:
     problems = validate_result(fake_result(**change))
     assert any(needle in p for p in problems), problems
-    with pytest.raises(ResultSchemaError, match="does not follow schema 1"):
+    with pytest.raises(ResultSchemaError, match="does not follow schema 2"):
         require_valid(fake_result(**change))
 
 
@@ -100,12 +119,45 @@ def test_missing_fields_and_non_objects() -> None:
     assert validate_result([1]) == ["a result must be a JSON object, got list"]
 
 
-def test_result_names_are_stable_and_separate_emulation() -> None:
-    assert result_name(fake_result()) == "host-base-tflite-int8-t1"
+def test_result_names_are_stable_and_carry_the_device_id() -> None:
+    assert result_name(fake_result()) == "host-box-000000-base-tflite-int8-t1"
     assert result_name(fake_result(threads=None, artifact="/abs/exports/pruned/onnx-float32",
-                                   variant="pruned")) == "host-pruned-onnx-float32-tauto"
-    emu = fake_result(on="pi", device={**fake_result()["device"], "emulated": True})
-    assert result_name(emu) == "pi-emulated-base-tflite-int8-t1"
+                                   variant="pruned")) == "host-box-000000-pruned-onnx-float32-tauto"
+    emu = v1_result(on="pi", device={**fake_result()["device"], "emulated": True})
+    assert result_name(emu) == "pi-emulated-base-tflite-int8-t1"  # schema 1: no device id
+
+
+def test_two_pis_with_one_host_name_get_two_ids_and_two_files(tmp_path: Path) -> None:
+    from edge_runtime.result import device_id
+
+    facts = {**fake_result()["device"], "hostname": "raspberrypi", "board": "Raspberry Pi 4 Model B"}
+    a = device_id("pi", {**facts, "machine_id": "111111111111"})
+    b = device_id("pi", {**facts, "machine_id": "222222222222"})
+    emulated = device_id("pi", {**facts, "machine_id": "111111111111", "emulated": True})
+    assert a != b and a.startswith("pi-raspberrypi-") and emulated.startswith("pi-emulated-raspberrypi-")
+    assert a == device_id("pi", {**facts, "machine_id": "111111111111"})  # stable
+    run = empty_run(tmp_path)
+    first = fake_result(on="pi", device_id=a, device={**facts, "machine_id": "111111111111"})
+    second = fake_result(on="pi", device_id=b, device={**facts, "machine_id": "222222222222"})
+    save_results(run, [first], label="pi a")
+    save_results(run, [second], label="pi b")  # a second Pi: the first's file stays
+    stored = load_results(run, strict=True)
+    assert sorted(r["device_id"] for r in stored) == sorted([a, b])
+
+
+def test_a_schema_1_result_is_read_and_upgraded(tmp_path: Path) -> None:
+    from edge_runtime.result import upgrade_result
+
+    old = v1_result()
+    assert validate_result(old) == []
+    up = upgrade_result(old)
+    assert up["rounds"] == 1 and up["p50_ci_ms"] is None and up["accuracy_source"] == "export validation"
+    assert up["device_id"].startswith("host-box-") and validate_result(up) == []
+    run = empty_run(tmp_path)
+    (run.path / "bench").mkdir()
+    (run.path / "bench" / "host-base-tflite-int8-t1.json").write_text(json.dumps(old))
+    (loaded,) = load_results(run, strict=True)
+    assert loaded["rounds"] == 1 and loaded["p50_ci_ms"] is None
 
 
 def test_device_kind_from_argument_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -134,14 +186,14 @@ def test_save_replaces_same_name_and_keeps_others(tmp_path: Path) -> None:
     one = fake_result()
     two = fake_result(threads=2, latency_ms={**one["latency_ms"], "p50": 0.35})
     paths = save_results(run, [one, two], label="host")
-    assert [p.name for p in paths] == ["host-base-tflite-int8-t1.json", "host-base-tflite-int8-t2.json"]
+    assert [p.name for p in paths] == ["host-box-000000-base-tflite-int8-t1.json", "host-box-000000-base-tflite-int8-t2.json"]
     again = fake_result(latency_ms={**one["latency_ms"], "p50": 0.2})
     save_results(run, [again], label="host again")
     loaded = {Path(r["file"]).name: r for r in load_results(run)}
     assert set(loaded) == {p.name for p in paths}
-    assert loaded["host-base-tflite-int8-t1.json"]["latency_ms"]["p50"] == 0.2
-    assert loaded["host-base-tflite-int8-t1.json"]["label"] == "host again"
-    assert loaded["host-base-tflite-int8-t2.json"]["label"] == "host"
+    assert loaded["host-box-000000-base-tflite-int8-t1.json"]["latency_ms"]["p50"] == 0.2
+    assert loaded["host-box-000000-base-tflite-int8-t1.json"]["label"] == "host again"
+    assert loaded["host-box-000000-base-tflite-int8-t2.json"]["label"] == "host"
     stages = run.stages("bench")
     assert len(stages) == 2 and stages[1]["params"]["label"] == "host again"
     assert stages[0]["metrics"]["results"] == 2
@@ -151,7 +203,7 @@ def test_invalid_or_duplicate_results_write_nothing(tmp_path: Path) -> None:
     run = empty_run(tmp_path)
     with pytest.raises(EdgeshipInputError, match=r"host/base/exports/base/tflite-int8 does not follow.*runs"):
         save_results(run, [fake_result(), fake_result(runs=0, threads=3)], label="host")
-    with pytest.raises(EdgeshipInputError, match="two results would share bench/host-base-tflite-int8-t1"):
+    with pytest.raises(EdgeshipInputError, match="two results would share bench/host-box-000000-base-tflite-int8-t1"):
         save_results(run, [fake_result(), fake_result()], label="host")
     with pytest.raises(EdgeshipInputError, match="no benchmark results"):
         save_results(run, [], label="host")
@@ -207,13 +259,15 @@ def test_pi_options_pass_through_and_results_are_stored(monkeypatch: pytest.Monk
     assert RECORDED["format"] == "tflite-int8" and RECORDED["variant"] == "all" and callable(RECORDED["log"])
     assert RECORDED["threads"] == (1, 4) and RECORDED["runs"] == 7 and RECORDED["warmup"] == 20
     names = sorted(p.name for p in (run.path / "bench").iterdir())
-    assert names == ["pi-emulated-base-tflite-int8-t1.json", "pi-emulated-base-tflite-int8-t4.json"]
+    assert names == ["host-box-000000-base-tflite-int8-t1.json", "host-box-000000-base-tflite-int8-t4.json"]
+    assert RECORDED["rounds"] == 5
     assert run.stages("bench")[-1]["params"]["label"] == "pi emulated"
 
 
 @pytest.mark.parametrize(("args", "needles"), [
-    (["--runs", "0"], ["--runs must be at least 1, got 0"]),
-    (["--warmup", "-1"], ["--warmup must be 0 or more"]),
+    (["--runs", "0"], ["--runs", "0 is not in the range x>=1"]),
+    (["--warmup", "-1"], ["--warmup", "-1 is not in the range x>=0"]),
+    (["--rounds", "0"], ["--rounds", "0 is not in the range x>=1"]),
     (["--threads", "0"], ["threads must be 1 or more"]),
     (["--emulated"], ["--emulated goes with --on pi"]),
     ([], ["has no exports", "edgeship export"]),
@@ -268,16 +322,18 @@ def test_bench_host_gives_valid_results_for_every_backend(exported: RunDir) -> N
             seen.append(status)
 
     results = bench_host(exported, formats="tflite-int8,onnx-float32,tvm", threads=(1, 2), runs=20,
-                         warmup=2, progress=Bar())
+                         warmup=2, rounds=2, progress=Bar())
     ours = peak_rss_mb()  # this process holds TensorFlow: far bigger than one runtime
-    assert len(results) == len(seen) == 6
+    assert len(results) == 6 and len(seen) == 12  # two rounds of six
+    assert all(r["rounds"] == 2 and r["p50_ci_ms"] for r in results)
+    assert all(r["accuracy_source"] == "device" for r in results)
     assert {(r["format"], r["threads"]) for r in results} == {
         (f, t) for f in ("tflite", "onnx", "tvm") for t in (1, 2)}
     for r in results:
         assert validate_result(r) == [], r["artifact"]
         assert r["on"] == "host" and r["device"]["emulated"] is False and r["runs"] == 20
         assert r["artifact"].startswith("exports/base/") and r["run_id"] == exported.id
-        assert len(r["samples_ms"]) == 20 and r["end_to_end_ms"]["p50"] > 0
+        assert len(r["samples_ms"]) == 40 and r["end_to_end_ms"]["p50"] > 0
         assert 0 < r["peak_rss_mb"] < ours, "peak RSS must be the measuring process's own, not ours"
         assert r["init_ms"] > 0 and 0 < r["accuracy"] <= 1
     assert {r["backend"] for r in results} == {"ai-edge-litert", "onnxruntime", "apache-tvm"}
@@ -309,7 +365,10 @@ def test_cli_bench_stores_and_prints_results(run_copy: RunDir) -> None:
                       "1", "--runs", "20", "--warmup", "2")
     assert len(out["results"]) == 2 and all(validate_result(r) == [] for r in out["results"])
     files = sorted(p.name for p in (run_copy.path / "bench").iterdir())
-    assert files == ["host-base-tflite-float32-t1.json", "host-base-tflite-int8-t1.json"]
+    device = out["results"][0]["device_id"]
+    assert files == [f"{device}-base-tflite-float32-t1.json", f"{device}-base-tflite-int8-t1.json"]
+    assert all(r["rounds"] == 5 and r["p50_ci_ms"] and r["accuracy_source"] == "device"
+               and r["top1_agreement"] is not None for r in out["results"])
     table = invoke(runs, "bench", run_copy.id, "--format", "onnx-float32", "--threads", "1", "--runs", "20")
     assert table.exit_code == 0 and "onnx-float32" in table.stdout and "p50" in table.stdout
     assert len(list((run_copy.path / "bench").iterdir())) == 3
@@ -356,4 +415,5 @@ def test_device_bench_on_a_copied_artifact_without_tensorflow(exported: RunDir, 
     r = json.loads(done.stdout.strip().splitlines()[-1])
     assert validate_result(r) == []
     assert r["on"] == "pi" and r["device"]["emulated"] is True and r["artifact"].endswith("digits-int8")
-    assert result_name(r) == "pi-emulated-base-digits-int8-t1"
+    assert result_name(r) == f"{r['device_id']}-base-digits-int8-t1"
+    assert r["device_id"].startswith("pi-emulated-")

@@ -312,14 +312,37 @@ def test_cli_bench_json(artifacts: dict, capsys: pytest.CaptureFixture) -> None:
     assert r["end_to_end_ms"]["p50"] >= r["latency_ms"]["p50"]
     assert r["runs"] == 20 and r["warmup"] == 2 and r["threads"] == 1 and r["backend"] == "ai-edge-litert"
     assert r["init_ms"] > 0 and r["first_ms"] > 0 and r["peak_rss_mb"] > 0 and r["bytes"] > 0
-    assert r["accuracy"] is not None and r["device"]["emulated"] is False
+    assert r["device"]["emulated"] is False and r["rounds"] == 5 and r["p50_ci_ms"] is not None
+    assert r["accuracy"] is None and r["accuracy_source"] is None  # no --test: nothing measured here
+
+
+@pytest.mark.slow
+def test_cli_bench_measures_accuracy_on_the_given_test_split(artifacts: dict, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    from edge_runtime.testset import write_testset
+
+    folder = _dir(artifacts, "digits", "tflite-int8")
+    meta = json.loads((folder / "artifact.json").read_text())
+    model = EdgeModel.load(folder)
+    raw = model.example_raw(40, seed=3)
+    truth = model.predict(raw).indices
+    test = write_testset(tmp_path / "test", raw, truth, "made up")
+    code, out, _ = _cli(capsys, "bench", str(folder), "--runs", "10", "--warmup", "1", "--rounds", "2",
+                        "--threads", "1,2", "--test", str(test), "--json")
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["threads"] for r in rows] == [1, 2] and meta["format"] == "tflite"
+    assert all(r["accuracy"] == 1.0 and r["accuracy_source"] == "device" for r in rows)
+    assert rows[0]["evaluation"]["samples"] == 40 and len(rows[0]["evaluation"]["predictions"]) == 40
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "needle"), [
     (["bench", "{empty}"], "has no artifact.json"),
     (["bench", "{art}", "--runs", "0"], "runs must be at least 1, got 0"),
-    (["bench", "{art}", "--threads", "0"], "threads must be a positive integer"),
+    (["bench", "{art}", "--threads", "0"], "--threads must be 1 or more"),
+    (["bench", "{art}", "--rounds", "0"], "rounds must be at least 1, got 0"),
+    (["bench", "{art}", "--test", "{txt}"], "use .npz or .json"),
     (["predict", "{art}", "{txt}"], "use .npy, .csv"),
     (["predict", "{art}", "{missing}"], "does not exist"),
     (["predict", "{art}", "{csv}"], "needs a tabular model"),

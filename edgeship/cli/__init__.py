@@ -80,6 +80,9 @@ class LazyGroup(click.Group):
         """The one error boundary: library errors become one line and exit code 2."""
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:  # a bad option value: one line, with where to look
+            command = f"{e.ctx.command_path} --help" if e.ctx else "--help"
+            raise CommandError(f"{e.format_message()} (see {command})") from e
         except (EdgeshipError, EdgeRuntimeError) as e:
             if _debug(ctx):
                 raise

@@ -9,8 +9,6 @@ import click
 from edgeship.cli.options import json_option, pass_app
 from edgeship.errors import InputError
 
-EMULATED_NOTE = "emulated (not device latency)"
-
 
 @click.command()
 @click.argument("run_ref", metavar="RUN", default="latest")
@@ -20,8 +18,12 @@ EMULATED_NOTE = "emulated (not device latency)"
               help="A format (tflite, onnx, tvm, web), an export folder (tflite-int8), a comma list, or all.")
 @click.option("--on", "on", type=click.Choice(["host", "browser", "pi"]), default="host", show_default=True,
               help="Where to measure: this machine, headless Chromium, or a Raspberry Pi over SSH.")
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed calls per measurement.")
-@click.option("--warmup", type=int, default=20, show_default=True, help="Discarded warm-up calls.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Interleaved rounds: every artifact and thread count once per round.")
+@click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Timed samples per round.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Discarded warm-up calls per round.")
 @click.option("--threads", default="1,2", show_default=True, help="Thread counts, comma-separated.")
 @click.option("--host", "ssh_host", metavar="USER@HOST", help="--on pi: the Pi to measure on.")
 @click.option("--emulated", is_flag=True,
@@ -32,13 +34,14 @@ EMULATED_NOTE = "emulated (not device latency)"
               help="--on pi: trust the Pi's host key on first contact (ssh accept-new).")
 @json_option
 @pass_app
-def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, runs: int, warmup: int,
+def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: int, runs: int, warmup: int,
           threads: str, ssh_host: str | None, emulated: bool, port: int | None, identity: str | None,
           accept_new_host_key: bool, as_json: bool) -> None:
     """Measure every passing export of RUN; results go to RUN/bench/ in one schema.
 
-    Each measurement times the runtime's invoke alone and end to end (preprocessing and
-    postprocessing included), after discarded warm-up calls.
+    Every artifact and thread count is measured once per round, in an order that changes each
+    round; a result reports the median of its rounds' p50s with a 95 % interval, the tail from
+    single-call samples, and the accuracy measured on the device itself.
 
     \b
     Examples:
@@ -49,10 +52,10 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, runs: in
       edgeship bench latest --on pi --emulated
       edgeship bench latest --json > results.json
     """
-    from benchmarks.harness import bench_run, check_counts, parse_threads
+    from benchmarks.harness import bench_run, check_counts, get_driver, parse_threads
     from edgeship import console
 
-    check_counts(runs, warmup)
+    check_counts(runs, warmup, rounds)
     thread_counts = parse_threads(threads)
     pi_only = {"--host": ssh_host, "--emulated": emulated, "--port": port, "--identity": identity,
                "--accept-new-host-key": accept_new_host_key}
@@ -60,16 +63,20 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, runs: in
     if on != "pi" and misplaced:
         raise InputError(f"{misplaced[0]} goes with --on pi, not --on {on}")
     run = app.store.resolve(run_ref)
-    options: dict[str, Any] = {"threads": thread_counts, "runs": runs, "warmup": warmup}
+    get_driver(on)  # a missing driver is named before anything is planned
+    options: dict[str, Any] = {"threads": thread_counts, "runs": runs, "warmup": warmup, "rounds": rounds}
     total: int | None = None
     label = on
     if on == "host":
         from benchmarks.host import plan_size
 
         options.update(variants=variants, formats=formats, log=console.warn)
-        total = plan_size(run, variants, formats, thread_counts)
+        total = plan_size(run, variants, formats, thread_counts, rounds)
     elif on == "browser":
+        from benchmarks.browser_bench import plan_size as browser_plan
+
         options.update(variants=variants, formats=formats, log=console.warn)
+        total = browser_plan(run, variants, formats, thread_counts, rounds)
     else:
         options.update(host=ssh_host, emulated=emulated, variant=variants, format=formats, port=port,
                        identity=identity, accept_new_host_key=accept_new_host_key, log=console.warn)
@@ -83,25 +90,32 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, runs: in
 
 
 def _table(run: Any, results: list[dict[str, Any]]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from edgeship import console
 
-    table = Table(title=f"benchmarks of {run.id}: ms per call (invoke alone; e2e with pre/post)")
-    right = ("thr", "p50", "p90", "p99", "e2e p50", "init ms", "RSS MB", "KiB", "acc")
-    for col in ("on", "variant", "artifact", *right):
-        table.add_column(col, justify="right" if col in right else "left", no_wrap=col == "artifact")
-    for r in sorted(results, key=lambda r: (r["on"], r["latency_ms"]["p50"])):
+    table = Table(title=f"benchmarks of {run.id}: ms per call, median of rounds [95 % interval]")
+    right = ("thr", "p50 [95 % interval]", "p99 tail", "e2e p50", "KiB", "acc")
+    for col in ("device", "variant", "artifact", *right):
+        table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
+    for r in sorted(results, key=lambda r: (r.get("device_id") or r["on"], r["latency_ms"]["p50"])):
         lat, e2e = r["latency_ms"], r.get("end_to_end_ms") or {}
-        where = r["on"] + (f" [yellow]{EMULATED_NOTE}[/]" if r["device"].get("emulated") else "")
+        ci = r.get("p50_ci_ms")
+        p50 = f"{lat['p50']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else " [1 round]")
+        tail = (r.get("tail_ms") or {}).get("p99", lat["p99"])
+        where = escape(str(r.get("device_id") or r["on"]))
+        if r["device"].get("emulated"):
+            where += " [yellow](emulated)[/]"
+        acc = "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
+        if r.get("accuracy") is not None and r.get("accuracy_source") != "device":
+            acc += "*"
         table.add_row(
-            where, str(r.get("variant")), str(r["artifact"]).rsplit("/", 1)[-1],
-            str(r.get("threads") or "-"), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
-            f"{lat['p99']:.4f}", "-" if not e2e else f"{e2e['p50']:.4f}",
-            "-" if r.get("init_ms") is None else f"{r['init_ms']:.1f}",
-            "-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}",
-            "-" if not r.get("bytes") else f"{r['bytes'] / 1024:.1f}",
-            "-" if r.get("accuracy") is None else f"{r['accuracy']:.4f}",
+            where, escape(str(r.get("variant"))), escape(str(r["artifact"]).rsplit("/", 1)[-1]),
+            str(r.get("threads") or "-"), p50, f"{tail:.4f}", "-" if not e2e else f"{e2e['p50']:.4f}",
+            "-" if not r.get("bytes") else f"{r['bytes'] / 1024:.1f}", acc,
         )
     console.out.print(table)
+    if any(r.get("accuracy") is not None and r.get("accuracy_source") != "device" for r in results):
+        console.out.print("* accuracy from the export's host validation, not measured on this device")
     console.out.print(f"results: {run.path / 'bench'}   report: edgeship report {run.id}")

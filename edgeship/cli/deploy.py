@@ -40,14 +40,19 @@ def deploy() -> None:
               help="Install from wheels for the device's CPU and Python (aarch64 cp311 on a Pi), "
                    "downloaded here and shipped in the bundle: no internet needed on the device.")
 @click.option("--bench", is_flag=True, help="Measure there and store the results in RUN/bench/.")
-@click.option("--runs", type=int, default=200, show_default=True, help="--bench: timed calls.")
-@click.option("--warmup", type=int, default=20, show_default=True, help="--bench: discarded calls.")
+@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="--bench: interleaved rounds.")
+@click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True,
+              help="--bench: timed samples per round.")
+@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+              help="--bench: discarded calls per round.")
 @click.option("--threads", default="1", show_default=True, help="--bench: thread counts, comma-separated.")
 @json_option
 @pass_app
 def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, fmt: str,
        quantize: str | None, port: int | None, identity: Path | None, remote_dir: str,
-       accept_new_host_key: bool, offline: bool, bench: bool, runs: int, warmup: int, threads: str,
+       accept_new_host_key: bool, offline: bool, bench: bool, rounds: int, runs: int, warmup: int,
+       threads: str,
        as_json: bool) -> None:
     """Deploy RUN's exports to a Raspberry Pi: copy, verify (sha256), install, optionally bench.
 
@@ -68,7 +73,7 @@ def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, f
     with console.progress("deploy", total=None) as bar:
         dep = deploy_pi(
             run, host=host, emulated=emulated, variant=variant, format=fmt, quantize=quantize,
-            remote_dir=remote_dir, offline=offline, bench=bench, threads=threads, runs=runs,
+            remote_dir=remote_dir, offline=offline, bench=bench, threads=threads, rounds=rounds, runs=runs,
             warmup=warmup, progress=bar, log=console.info, port=port, identity=identity,
             accept_new_host_key=accept_new_host_key,
         )
