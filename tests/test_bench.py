@@ -186,7 +186,8 @@ def test_save_replaces_same_name_and_keeps_others(tmp_path: Path) -> None:
     one = fake_result()
     two = fake_result(threads=2, latency_ms={**one["latency_ms"], "p50": 0.35})
     paths = save_results(run, [one, two], label="host")
-    assert [p.name for p in paths] == ["host-box-000000-base-tflite-int8-t1.json", "host-box-000000-base-tflite-int8-t2.json"]
+    assert [p.name for p in paths] == ["host-box-000000-base-tflite-int8-t1.json",
+                                       "host-box-000000-base-tflite-int8-t2.json"]
     again = fake_result(latency_ms={**one["latency_ms"], "p50": 0.2})
     save_results(run, [again], label="host again")
     loaded = {Path(r["file"]).name: r for r in load_results(run)}
@@ -203,7 +204,8 @@ def test_invalid_or_duplicate_results_write_nothing(tmp_path: Path) -> None:
     run = empty_run(tmp_path)
     with pytest.raises(EdgeshipInputError, match=r"host/base/exports/base/tflite-int8 does not follow.*runs"):
         save_results(run, [fake_result(), fake_result(runs=0, threads=3)], label="host")
-    with pytest.raises(EdgeshipInputError, match="two results would share bench/host-box-000000-base-tflite-int8-t1"):
+    with pytest.raises(EdgeshipInputError,
+                       match="two results would share bench/host-box-000000-base-tflite-int8-t1"):
         save_results(run, [fake_result(), fake_result()], label="host")
     with pytest.raises(EdgeshipInputError, match="no benchmark results"):
         save_results(run, [], label="host")

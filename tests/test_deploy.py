@@ -136,7 +136,7 @@ def test_ssh_deploy_verify_bench_and_resend_only_changes(
                        threads="1", runs=20, warmup=2, **trusted)
     assert sorted(second.sync.sent) == ["artifacts/base/tflite-int8/artifact.json",
                                         "artifacts/base/tflite-int8/model.tflite",
-                                        "edgeship-bundle.json"]
+                                        "edgeship-bundle.json"]  # the test split is unchanged
     assert second.venv == "reused" and second.sync.deleted == []
     assert len(second.results) == 2
     for r in second.results:
@@ -144,12 +144,15 @@ def test_ssh_deploy_verify_bench_and_resend_only_changes(
         assert r["on"] == "pi" and r["device"]["emulated"] is False
         assert r["device"]["name"] == f"{trusted['host']}:{trusted['port']}"
         assert r["artifact"] in ("exports/base/tflite-float32", "exports/base/tflite-int8")
+        assert r["accuracy_source"] == "device" and r["evaluation"]["samples"] > 0
     from benchmarks.store import load_results
 
     stored = {Path(r["file"]).name for r in load_results(exported, strict=True)}
     assert {p.name for p in second.bench_files} <= stored
-    assert {p.name for p in second.bench_files} == {"pi-base-tflite-float32-t1.json",
-                                                    "pi-base-tflite-int8-t1.json"}
+    did = second.results[0]["device_id"]
+    assert did.startswith("pi-") and {r["device_id"] for r in second.results} == {did}
+    assert {p.name for p in second.bench_files} == {f"{did}-base-tflite-float32-t1.json",
+                                                    f"{did}-base-tflite-int8-t1.json"}
     assert exported.last_stage("bench")["params"]["label"].startswith("pi ")
 
     # Running there wrote no bytecode into the bundle: the same deploy sends nothing.
@@ -373,9 +376,15 @@ def test_cli_emulated_setup_then_deploy_and_bench(exported: RunDir, emulated: di
     (r,) = out["results"]
     assert validate_result(r) == []
     assert r["on"] == "pi" and r["device"]["emulated"] is True and r["device"]["arch"] == "aarch64"
-    assert "not Raspberry Pi latency" in r["notes"]
+    assert any("not Raspberry Pi latency" in n for n in r["notes"])
+    # Accuracy measured there, on the whole test split, through the runtime that was timed.
+    n_test = len(np.load(exported.path / "data/test_raw.npz")["y"])
+    assert r["accuracy_source"] == "device" and r["evaluation"]["samples"] == n_test
+    assert r["top1_agreement"] is not None and r["top1_agreement"] >= 0.95
+    assert r["rounds"] == 5 and r["p50_ci_ms"] is not None
     (path,) = out["bench_files"]
-    assert Path(path).name == "pi-emulated-base-tflite-int8-t1.json"
+    assert r["device_id"].startswith("pi-emulated-")
+    assert Path(path).name == f"{r['device_id']}-base-tflite-int8-t1.json"
     stored = json.loads(Path(path).read_text())
     assert stored["device"]["emulated"] is True and stored["label"] == "pi emulated"
     shown = invoke(runs, "deploy", "pi", "latest", "--emulated", "--format", "tflite-int8",

@@ -41,17 +41,23 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
                          bench_runs=runs, browser=browser, pi=pi)
     result = run_pipeline(app.store, cfg, progress)
     trained = train_summary(result.train)
+    from benchmarks.report import recommendations
+
+    # "Ship this" per device, from this run's results (default accuracy budget, as in report.md).
+    recs = recommendations(result.bench) if result.bench else []
     if as_json:
         emit_json({"run_id": result.run.id, "run_dir": str(result.run.path), "train": trained,
                    "variants": result.variants, "artifacts": result.artifacts,
-                   "bench": result.bench, "report": result.report, "skipped": result.skipped})
+                   "bench": result.bench, "recommendations": recs, "report": result.report,
+                   "skipped": result.skipped})
         return
     print_train_summary(trained)
     print_variants(result.run, result.variants, None)
-    from benchmarks.report import build_report
+    from benchmarks.report import build_report, print_ship_lines
     from edgeship.cli.report import print_report
 
     print_report(build_report(result.run), result.report)
     for line in result.skipped:
         out.print(f"[yellow]skipped:[/] {line}")
+    print_ship_lines(recs, out)
     out.print(f"next: edgeship show {result.run.id}   |   edgeship demo {result.run.id}")

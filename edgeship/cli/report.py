@@ -9,6 +9,24 @@ import click
 
 from edgeship.cli.options import pass_app
 
+DEFAULT_ACCURACY_BUDGET = 1.0  # percentage points; benchmarks.report.DEFAULT_ACCURACY_BUDGET
+
+
+def accuracy_budget_option(f: Any) -> Any:
+    """``--accuracy-budget POINTS``: a finite number >= 0, else one line and exit code 2."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: str) -> float:
+        from benchmarks.report import check_budget
+
+        return check_budget(value)  # InputError: the CLI's one-line error, exit 2
+
+    return click.option(
+        "--accuracy-budget", "accuracy_budget", metavar="POINTS", default=str(DEFAULT_ACCURACY_BUDGET),
+        show_default=True, callback=check,
+        help="Ship this: the fastest artifact within this many accuracy percentage points "
+             "(>= 0) of the best accuracy measured on each device.",
+    )(f)
+
 
 @click.command()
 @click.argument("run_ref", metavar="RUN", default="latest")
@@ -16,9 +34,11 @@ from edgeship.cli.options import pass_app
               default="table", show_default=True,
               help="What to print on stdout (report.md and report.html are always written).",
 )
+@accuracy_budget_option
 @pass_app
-def report(app: Any, run_ref: str, fmt: str) -> None:
-    """Summarise RUN's benchmarks: per device, sorted by p50, with verdicts and flags.
+def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
+    """Summarise RUN's benchmarks: "ship this" per device, then per device id the results sorted
+    by p50 with their 95 % intervals, verdicts and flags (only where intervals separate).
 
     Writes RUN/report.md and a self-contained RUN/report.html (latency distributions, a
     size/accuracy/latency Pareto plot, the compression table, environment facts).
@@ -26,13 +46,14 @@ def report(app: Any, run_ref: str, fmt: str) -> None:
     \b
     Examples:
       edgeship report latest
+      edgeship report latest --accuracy-budget 0.5
       edgeship report latest --format csv > latency.csv
-      edgeship report latest --format json | jq '.devices[].verdicts'
+      edgeship report latest --format json | jq '.recommendations[].line'
     """
     from benchmarks.report import build_report, render_csv, render_json, render_markdown, write_report
 
     run = app.store.resolve(run_ref)
-    rep = build_report(run)
+    rep = build_report(run, accuracy_budget)
     files = write_report(run, rep)
     if fmt == "table":
         print_report(rep, files)
@@ -47,30 +68,7 @@ def report(app: Any, run_ref: str, fmt: str) -> None:
 
 
 def print_report(rep: Any, files: dict[str, Any]) -> None:
-    from rich.table import Table
+    """The terminal report (see ``benchmarks.report.terminal``) on stdout."""
+    from benchmarks.report import print_report as show
 
-    from benchmarks.report import EMULATED
-    from edgeship.console import out
-
-    for d in rep.devices:
-        title = d.title if not d.emulated else d.title.replace(EMULATED, f"[yellow]{EMULATED}[/]")
-        t = Table(title=title, title_justify="left")
-        cols = ("variant", "artifact", "thr", "p50 ms", "p90 ms", "p99 ms", "e2e p50", "RSS MB", "size",
-                "accuracy", "flag")
-        for c in cols:
-            t.add_column(c, justify="left" if c in ("variant", "artifact", "flag") else "right",
-                         no_wrap=c != "flag")
-        for r in d.rows:
-            lat = r.latency
-            t.add_row(r.variant, r.artifact, str(r.threads or "-"), f"{lat['p50']:.4f}", f"{lat['p90']:.4f}",
-                      f"{lat['p99']:.4f}", "-" if r.e2e_p50 is None else f"{r.e2e_p50:.4f}",
-                      "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}",
-                      "-" if not r.bytes else f"{r.bytes / 1024:.1f} KiB",
-                      "-" if r.accuracy is None else f"{r.accuracy:.2%}",
-                      "[red]" + "; ".join(r.flags) + "[/]" if r.flags else "")
-        out.print(t)
-        for v in d.verdicts:
-            style = "red" if "FLAGGED" in v else "bold"
-            out.print(f"  [{style}]-[/] {v}", highlight=False)
-        out.print()
-    out.print(f"report: {files['html']}\n        {files['md']}")
+    show(rep, files)

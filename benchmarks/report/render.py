@@ -1,0 +1,181 @@
+"""Render a ``Report`` as text: the method statement, Markdown, CSV, JSON; write the files."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.report.build import build_report
+from benchmarks.report.fmt import delta_pt, fact, interval, num, pct, sig, size
+from benchmarks.report.model import Report, Row
+from edgeship.fsutil import write_text_atomic
+from edgeship.runstore import RunDir
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+OUTPUT_FORMATS = ("table", "md", "html", "json", "csv")
+
+METHOD = (
+    "Every configuration (artifact and thread count) is measured in interleaved rounds: each one "
+    "once per round, in a rotated order, so a disturbance on the machine touches all of them alike. "
+    "Within a round: inputs built and bound before timing, warm-up calls discarded, the garbage "
+    "collector paused, a monotonic clock around each sample. A sample is the mean of k back-to-back "
+    "calls, k calibrated so that one sample lasts at least 100 steps of the measured clock (each "
+    "result records k and the clock step). p50 is the median of the rounds' p50s, with a 95 % "
+    "interval (its method, from the results, below). A verdict (faster, slower, a flag) is drawn only "
+    "when two intervals do not overlap; overlapping intervals read 'no measurable difference', and a "
+    "result of one round (or an old schema 1 result) has no interval and gets no verdict. The p99 "
+    "column is the tail of single-call samples, since a mean of k calls hides a slow call. Accuracy is "
+    "measured on the device, by running the test split through the runtime the latency came from; "
+    "each result says where its accuracy was measured. 'invoke' is the runtime's call alone; 'e2e' "
+    "adds preprocessing, quantization and postprocessing. Percentiles interpolate linearly "
+    "(numpy's default).")
+
+
+def ci_methods(rep: Report) -> dict[str, int]:
+    """Each interval method the results state (``ci_method``), with how many results used it."""
+    return dict(Counter(r.ci_method or "not stated" for r in rep.rows).most_common())
+
+
+def method_text(rep: Report) -> str:
+    """``METHOD`` plus what these results state: interval methods, k, clock steps."""
+    methods = "; ".join(f"{m} ({n} result{'s' if n != 1 else ''})" for m, n in ci_methods(rep).items())
+    ks = sorted({r.calls_per_sample for r in rep.rows})
+    steps = sorted({r.clock_step_ms for r in rep.rows if r.clock_step_ms})
+    step_text = ", ".join(f"{sig(s * 1000)} us" for s in steps) if steps else "not measured"
+    return (f"{METHOD} Interval: {methods}. Calls per sample (k): {', '.join(map(str, ks))}; "
+            f"clock step: {step_text}.")
+
+
+def budget_heading(rep: Report) -> str:
+    return (f"Ship this: per device, the lowest p50 among the artifacts within "
+            f"{float(rep.accuracy_budget)} accuracy points of the best accuracy measured there")
+
+
+TABLE_COLUMNS = ("variant", "artifact", "backend", "threads", "rounds", "p50 ms", "p50 95% interval",
+                 "p90 ms", "p99 ms (1-call)", "mean ± std", "k", "e2e p50", "init ms", "first ms",
+                 "RSS MB", "size", "accuracy", "accuracy from", "flag")
+
+
+def p99_cell(r: Row) -> str:
+    value, single = r.p99
+    return f"{value:.4f}" + ("" if single else "*")
+
+
+def cells(r: Row) -> list[str]:
+    lat = r.latency
+    return [r.variant, r.artifact, f"{r.backend} {r.backend_version}", str(r.threads or "-"), str(r.rounds),
+            f"{lat['p50']:.4f}", interval(r.ci, 4) if r.ci else "-", f"{lat['p90']:.4f}", p99_cell(r),
+            f"{lat['mean']:.4f} ± {lat['std']:.4f}", str(r.calls_per_sample), num(r.e2e_p50),
+            num(r.init_ms, "{:.1f}"), num(r.first_ms, "{:.3f}"), num(r.peak_rss_mb, "{:.0f}"),
+            size(r.bytes), pct(r.accuracy), r.accuracy_source or "-", "; ".join(r.flags)]
+
+
+P99_NOTE = "p99 (1-call): single-call samples; * marks a p99 over k-call means (no single-call tail)."
+
+COMPRESSION_COLUMNS = ("variant", "parent", "passes", "test accuracy", "change", "sparsity", "params",
+                       "nonzero", "TFLite bytes", "gzip bytes", "deploy form")
+
+
+def compression_cells(c: dict[str, Any]) -> list[str]:
+    return [c["variant"], c.get("parent") or "-", c.get("passes") or "-",
+            pct(c.get("test_accuracy")), delta_pt(c.get("accuracy_delta")), pct(c.get("sparsity")),
+            num(c.get("params"), "{:,}"), num(c.get("nonzero_params"), "{:,}"),
+            num(c.get("tflite_bytes"), "{:,}"), num(c.get("tflite_gzip_bytes"), "{:,}"),
+            str(c.get("deploy_form") or "-")]
+
+
+FACT_KEYS = ("device_id", "hostname", "cpu_model", "board", "browser", "cores", "usable_cores", "arch", "os",
+             "kernel", "python", "governor", "emulated", "backends", "rounds", "runs", "warmup",
+             "calls_per_sample", "clock_step_ms", "accuracy_source", "measured")
+
+
+def environment_facts(env: dict[str, Any]) -> list[tuple[str, str]]:
+    pk = env.get("packages") or {}
+    return [("edgeship", str(env.get("edgeship_version"))), ("python", str(env.get("python"))),
+            ("platform", str(env.get("platform"))), *((str(k), str(v)) for k, v in pk.items())]
+
+
+def render_markdown(rep: Report) -> str:
+    """report.md: the same facts as the HTML without plots."""
+    def table(cols: Iterable[str], rows: Iterable[list[str]]) -> list[str]:
+        cols = list(cols)
+        out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+        return out
+
+    lines = [f"# Benchmark report: {rep.run_id}", "", f"## {budget_heading(rep)}", ""]
+    lines += [f"- {rec['line']}" for rec in rep.recommendations] + [""]
+    lines += ["## Method", "", method_text(rep), "",
+              "Plots (latency distributions, size/accuracy/latency): see report.html.", ""]
+    for d in rep.devices:
+        lines += [f"## {d.title}", ""]
+        if d.note:
+            lines += [f"**{d.note}**", ""]
+        lines += [f"- {v}" for v in d.verdicts] + [""]
+        lines += [*table(TABLE_COLUMNS, (cells(r) for r in d.rows)), "", P99_NOTE, ""]
+    lines += ["## Compression", ""]
+    lines += [*table(COMPRESSION_COLUMNS, (compression_cells(c) for c in rep.compression)), ""]
+    lines += ["## Environment", ""]
+    for d in rep.devices:
+        lines += [f"### {d.title}", ""]
+        lines += table(("fact", "value"), ([k, fact(d.facts.get(k))] for k in FACT_KEYS if k in d.facts))
+        lines += [""]
+    if rep.environment:
+        lines += ["### The run (training and export)", ""]
+        lines += [*table(("fact", "value"), (list(f) for f in environment_facts(rep.environment))), ""]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ("device", "device_id", "on", "emulated", "variant", "artifact", "format", "quantize", "backend",
+              "backend_version", "threads", "rounds", "runs", "warmup", "calls_per_sample", "clock_step_ms",
+              "p50", "p50_ci_lo", "p50_ci_hi", "p90", "p95", "p99", "mean", "std", "min", "max",
+              "tail_p99", "tail_max", "e2e_p50", "init_ms", "first_ms", "peak_rss_mb", "bytes", "accuracy",
+              "accuracy_source", "top1_agreement", "ci_method", "codes", "flags", "file")
+
+
+def csv_row(r: Row) -> dict[str, Any]:
+    lat, tail = r.latency, r.tail or {}
+    return {
+        "device": r.device, "device_id": r.device_id, "on": r.on, "emulated": r.emulated,
+        "variant": r.variant, "artifact": r.artifact, "format": r.format, "quantize": r.quantize,
+        "backend": r.backend, "backend_version": r.backend_version, "threads": r.threads,
+        "rounds": r.rounds, "runs": r.runs, "warmup": r.warmup, "calls_per_sample": r.calls_per_sample,
+        "clock_step_ms": r.clock_step_ms,
+        **{k: lat[k] for k in ("p50", "p90", "p95", "p99", "mean", "std", "min", "max")},
+        "p50_ci_lo": r.ci[0] if r.ci else None, "p50_ci_hi": r.ci[1] if r.ci else None,
+        "tail_p99": tail.get("p99"), "tail_max": tail.get("max"), "e2e_p50": r.e2e_p50,
+        "init_ms": r.init_ms, "first_ms": r.first_ms, "peak_rss_mb": r.peak_rss_mb, "bytes": r.bytes,
+        "accuracy": r.accuracy, "accuracy_source": r.accuracy_source, "top1_agreement": r.top1_agreement,
+        "ci_method": r.ci_method, "codes": "".join(r.codes), "flags": "; ".join(r.flags), "file": r.file,
+    }
+
+
+def render_csv(rep: Report) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_FIELDS), lineterminator="\n")
+    w.writeheader()
+    for r in rep.rows:
+        w.writerow(csv_row(r))
+    return buf.getvalue()
+
+
+def render_json(rep: Report) -> str:
+    """The report as one JSON object; ``recommendations`` comes first."""
+    return json.dumps(rep.as_dict(), indent=2)
+
+
+def write_report(run: RunDir, report: Report | None = None) -> dict[str, Path]:
+    """Build (unless given) and write ``report.md`` and ``report.html`` atomically; their paths."""
+    from benchmarks.report.page import render_html  # page renders with this module's cells
+
+    rep = report or build_report(run)
+    md, page = run.path / REPORT_MD, run.path / REPORT_HTML
+    write_text_atomic(md, render_markdown(rep) + "\n")
+    write_text_atomic(page, render_html(rep))
+    return {"md": md, "html": page}

@@ -1,0 +1,144 @@
+"""Do the numbers repeat? ``edgeship bench`` twice on one run, side by side, per device.
+
+    python -m benchmarks.stability [RUN] [--on host,browser] [--rounds 5] [--runs 200]
+
+For every result of the first session it finds the same configuration (device, artifact,
+threads) in the second and prints whether their 95 % p50 intervals overlap, and the spread of
+p50 across rounds (slowest round p50 / fastest) in each. Per device it prints the "ship this"
+recommendation of both sessions, whether they agree, and the recommended artifact's p50 against
+the fastest measured on that device within the accuracy budget. Nothing is stored in the run.
+
+Targets (issue 10): the same recommendation in both sessions on the host and in the browser;
+>= 90 % of intervals overlap; the recommended p50 <= 1.0x the fastest within the budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from edgeship.errors import EdgeshipError
+
+Key = tuple[str, str, Any]
+
+
+def _key(r: dict[str, Any]) -> Key:
+    return (str(r["device_id"]), str(r["artifact"]), r.get("threads"))
+
+
+def _spread(r: dict[str, Any]) -> float:
+    p50s = [v for v in r.get("round_p50_ms") or [] if v > 0]
+    return max(p50s) / min(p50s) if p50s else 1.0
+
+
+def _overlap(a: dict[str, Any], b: dict[str, Any]) -> bool | None:
+    from edge_runtime.stats import intervals_overlap
+
+    return intervals_overlap(a.get("p50_ci_ms"), b.get("p50_ci_ms"))
+
+
+def _fastest_within_budget(results: list[dict[str, Any]], device: str, budget: float) -> float:
+    rows = [r for r in results if r["device_id"] == device]
+    accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    if accs:
+        floor = max(accs) - budget / 100
+        rows = [r for r in rows if r.get("accuracy") is not None and r["accuracy"] >= floor]
+    return min(r["latency_ms"]["p50"] for r in rows)
+
+
+def compare_sessions(
+    first: list[dict[str, Any]], second: list[dict[str, Any]], budget: float = 1.0
+) -> dict[str, Any]:
+    """The stability figures of two sessions' results (see the module docstring)."""
+    from benchmarks.report import recommendations
+
+    by_key = {_key(r): r for r in second}
+    pairs = []
+    for a in first:
+        b = by_key.get(_key(a))
+        if b is not None:
+            pairs.append({"key": _key(a), "p50": (a["latency_ms"]["p50"], b["latency_ms"]["p50"]),
+                          "overlap": _overlap(a, b), "spread": (_spread(a), _spread(b))})
+    recs_a = {r["device_id"]: r for r in recommendations(first, budget)}
+    recs_b = {r["device_id"]: r for r in recommendations(second, budget)}
+    devices = []
+    for device, ra in recs_a.items():
+        rb = recs_b.get(device)
+        pick_a = (ra["name"], ra["threads"])
+        pick_b = None if rb is None else (rb["name"], rb["threads"])
+        devices.append({
+            "device": device, "first": pick_a, "second": pick_b, "same": pick_a == pick_b,
+            "ratio_first": ra["p50_ms"] / _fastest_within_budget(first, device, budget),
+            "ratio_second": None if rb is None
+            else rb["p50_ms"] / _fastest_within_budget(second, device, budget),
+        })
+    judged = [p for p in pairs if p["overlap"] is not None]
+    spreads = [s for p in pairs for s in p["spread"]]
+    return {
+        "pairs": pairs, "devices": devices,
+        "overlap_fraction": sum(p["overlap"] for p in judged) / len(judged) if judged else None,
+        "spread_median": statistics.median(spreads) if spreads else None,
+        "spread_max": max(spreads) if spreads else None,
+    }
+
+
+def _print(on: str, stats: dict[str, Any], seconds: tuple[float, float]) -> None:
+    print(f"\n== {on}: two sessions, {seconds[0]:.0f} s and {seconds[1]:.0f} s")
+    print(f"{'device / artifact / threads':64} {'p50 first':>10} {'p50 second':>10} {'overlap':>8} "
+          f"{'spread 1':>8} {'spread 2':>8}")
+    for p in stats["pairs"]:
+        device, artifact, threads = p["key"]
+        name = f"{device} {artifact.rsplit('/', 2)[-2]}/{artifact.rsplit('/', 1)[-1]} t{threads}"
+        overlap = {True: "yes", False: "NO", None: "-"}[p["overlap"]]
+        print(f"{name[:64]:64} {p['p50'][0]:10.4f} {p['p50'][1]:10.4f} {overlap:>8} "
+              f"{p['spread'][0]:7.2f}x {p['spread'][1]:7.2f}x")
+    for d in stats["devices"]:
+        same = "same" if d["same"] else "DIFFERENT"
+        print(f"ship this on {d['device']}: first {d['first'][0]} t{d['first'][1]}, second "
+              f"{d['second'][0] if d['second'] else '-'} t{d['second'][1] if d['second'] else '-'} ({same}); "
+              f"recommended p50 / fastest within budget: {d['ratio_first']:.2f}x, "
+              f"{d['ratio_second'] if d['ratio_second'] is None else round(d['ratio_second'], 2)}x")
+    frac = stats["overlap_fraction"]
+    print(f"intervals overlapping: {'-' if frac is None else f'{frac:.0%}'} of {len(stats['pairs'])} "
+          f"(target >= 90 %); p50 spread across rounds: median {stats['spread_median']:.2f}x, "
+          f"max {stats['spread_max']:.2f}x")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.stability",
+                                     description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("run", nargs="?", default="latest", help="run id, path or 'latest' (default)")
+    parser.add_argument("--runs-dir", default=None, help="where runs live (default ./runs)")
+    parser.add_argument("--on", default="host,browser", help="devices, comma-separated")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--accuracy-budget", type=float, default=1.0)
+    args = parser.parse_args(argv)
+    from benchmarks.harness import bench_run
+    from edgeship.runstore import RunStore
+
+    try:
+        run = RunStore(args.runs_dir).resolve(args.run)
+        print(f"run {run.id}: rounds {args.rounds}, {args.runs} samples per round, threads {args.threads}")
+        for on in [s.strip() for s in args.on.split(",") if s.strip()]:
+            sessions, seconds = [], []
+            for _ in range(2):
+                t0 = time.monotonic()
+                sessions.append(bench_run(run, on, save=False, threads=args.threads, runs=args.runs,
+                                          rounds=args.rounds))
+                seconds.append(time.monotonic() - t0)
+            _print(on, compare_sessions(sessions[0], sessions[1], args.accuracy_budget),
+                   (seconds[0], seconds[1]))
+    except EdgeshipError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
