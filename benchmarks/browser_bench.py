@@ -23,6 +23,7 @@ from edgeship.runstore import RunDir
 from edgeship.webserver import BundleServer
 
 CALIBRATION_CALLS = 50  # back-to-back calls whose mean tells k how long one call takes
+CALIBRATION_WARMUP = 100  # a fresh page's first calls are slow (JIT, thread start): not the call time
 
 
 @dataclass
@@ -149,7 +150,7 @@ def _calibrate(page: DemoPage, env: dict[str, Any]) -> int:
     """k for this page: its timer step against the mean of many back-to-back calls."""
     from edge_runtime.sampling import calls_per_sample
 
-    probe = page.benchmark(20, 3, calls_per_sample=CALIBRATION_CALLS)
+    probe = page.benchmark(CALIBRATION_WARMUP, 5, calls_per_sample=CALIBRATION_CALLS)
     call_ms = min(probe["latencies_ms"])  # the least disturbed: k errs on the side of more calls
     return calls_per_sample(env.get("timer_resolution_ms"), call_ms)
 

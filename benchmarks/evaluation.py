@@ -50,7 +50,9 @@ def finish_evaluation(run: RunDir, result: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(evaluation, dict):
         result.setdefault("top1_agreement", None)
         return result
+    evaluation = dict(evaluation)  # configurations of one artifact may share one evaluation
     predictions = evaluation.pop("predictions", None)
+    result["evaluation"] = evaluation
     reference = reference_top1(run, str(result.get("variant") or "base"))
     agreement = None
     if predictions is not None and reference is not None and len(reference) == len(predictions):
