@@ -13,15 +13,17 @@ from typing import Any
 
 import numpy as np
 
+from training.calibration import Calibration
 from training.evaluation import accuracy
 from training.keras_env import quiet_native_stderr, tf
 
-# How many train rows calibrate post-training int8 (the converter's representative dataset).
-CALIBRATION_ROWS = 256
-
 
 def tflite_bytes(model: Any, mode: str, calibration: np.ndarray | None = None) -> bytes:
-    """Convert with TFLiteConverter: float32, float16, dynamic, int8 (PTQ) or qat (already fake-quant)."""
+    """Convert with TFLiteConverter: float32, float16, dynamic, int8 (PTQ) or qat (already fake-quant).
+
+    int8 calibrates on exactly the ``calibration`` rows given (``training.calibration`` picks
+    them, the same ones export uses), not a slice of them.
+    """
     t = tf()
     converter = t.lite.TFLiteConverter.from_keras_model(model)
     if mode in ("dynamic", "float16", "int8", "qat"):
@@ -31,7 +33,7 @@ def tflite_bytes(model: Any, mode: str, calibration: np.ndarray | None = None) -
     if mode == "int8":
         if calibration is None:
             raise ValueError("int8 conversion needs calibration rows")
-        rows = calibration[:CALIBRATION_ROWS].astype(np.float32)
+        rows = np.asarray(calibration, dtype=np.float32)
 
         def representative() -> Any:
             for row in rows:
@@ -91,15 +93,22 @@ def weight_stats(model: Any) -> dict[str, Any]:
     }
 
 
-def measure_variant(model: Any, deploy_mode: str, x_train: np.ndarray, x_val: np.ndarray,
+def measure_variant(model: Any, deploy_mode: str, calibration: Calibration | None, x_val: np.ndarray,
                     y_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> dict[str, Any]:
-    """Every number a variant is compared on. ``deploy_mode``: float32, float16, dynamic, int8, qat."""
+    """Every number a variant is compared on. ``deploy_mode``: float32, float16, dynamic, int8, qat.
+
+    int8 needs ``calibration`` (``training.calibration.calibration_set`` with the run's seed,
+    as export uses); ``metrics["calibration"]`` says which rows it was, None when none were used.
+    """
+    if deploy_mode == "int8" and calibration is None:
+        raise ValueError("int8 measurement needs the run's calibration rows")
     keras_test = accuracy(model.predict(x_test, batch_size=512, verbose=0), y_test)
     keras_val = accuracy(model.predict(x_val, batch_size=512, verbose=0), y_val)
     # A QAT model's float conversion is not meaningful; its float32 reference is itself at int8.
     float_bytes = tflite_bytes(model, "qat" if deploy_mode == "qat" else "float32")
-    deploy_bytes = float_bytes if deploy_mode == "float32" else (
-        float_bytes if deploy_mode == "qat" else tflite_bytes(model, deploy_mode, x_train))
+    rows = calibration.rows if calibration is not None else None
+    deploy_bytes = (float_bytes if deploy_mode in ("float32", "qat")
+                    else tflite_bytes(model, deploy_mode, rows))
     deploy_test = accuracy(tflite_predict(deploy_bytes, x_test), y_test)
     deploy_val = accuracy(tflite_predict(deploy_bytes, x_val), y_val)
     quantized = deploy_mode in ("int8", "qat")
@@ -109,6 +118,7 @@ def measure_variant(model: Any, deploy_mode: str, x_train: np.ndarray, x_val: np
         "test_accuracy": deploy_test,
         "val_accuracy": deploy_val,
         "deploy_form": "int8" if quantized else deploy_mode,
+        "calibration": calibration.describe() if deploy_mode == "int8" and calibration else None,
         "tflite_float32_bytes": None if deploy_mode == "qat" else len(float_bytes),
         "tflite_float32_gzip_bytes": None if deploy_mode == "qat" else _gzip_len(float_bytes),
         "tflite_bytes": len(deploy_bytes),

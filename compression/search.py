@@ -87,7 +87,7 @@ def search(run: RunDir, cfg: SearchConfig, progress: Any = None) -> SearchResult
             "seconds": round(time.monotonic() - t0, 1),
         }
         if cfg.objective == "latency":
-            row["latency_ms"] = tflite_latency_ms(_deployable_bytes(built, data), x_one)
+            row["latency_ms"] = tflite_latency_ms(_deployable_bytes(built), x_one)
         row["within_budget"] = m["val_accuracy"] >= floor - 1e-12
         row["status"] = "ok"
         tries.append(row)
@@ -120,9 +120,11 @@ def _base_val_accuracy(run: RunDir, data: Any) -> float:
                     data.arrays["y_val"])
 
 
-def _deployable_bytes(built: BuiltVariant, data: Any) -> bytes:
+def _deployable_bytes(built: BuiltVariant) -> bytes:
+    """The TFLite form the variant was measured as, calibrated on the rows it was measured with."""
     mode = "qat" if built.record["qat"] else built.metrics["deploy_form"]
-    return tflite_bytes(built.model, mode, data.arrays["x_train"])
+    rows = built.calibration.rows if built.calibration is not None else None
+    return tflite_bytes(built.model, mode, rows)
 
 
 def _write_tables(out: Path, tries: list[dict[str, Any]], ref_val: float, cfg: SearchConfig,

@@ -25,6 +25,7 @@ from compression.prune import PruneConfig, prune
 from compression.quantize import QuantizeConfig, quantize_aware
 from edgeship.errors import InputError, RunError
 from edgeship.runstore import RunDir
+from training.calibration import Calibration, calibration_set
 from training.keras_env import load_model, seed_everything
 from training.splits import balanced_class_weight
 
@@ -152,6 +153,7 @@ class BuiltVariant:
     model: Any
     metrics: dict[str, Any]
     record: dict[str, Any]
+    calibration: Calibration | None = None  # the int8 calibration rows, None if not int8 PTQ
 
 
 def compress_run(run: RunDir, cfg: CompressConfig, progress: Any = None) -> VariantResult:
@@ -180,7 +182,8 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
     deploy = ctx.notes.get("post_training_quantization", "float32")
     if {"qat", "pqat", "cqat"} & set(passes):
         deploy = "qat"
-    splits = (a["x_train"], a["x_val"], a["y_val"], a["x_test"], a["y_test"])
+    calibration = run_calibration(run, data) if deploy == "int8" else None
+    splits = (calibration, a["x_val"], a["y_val"], a["x_test"], a["y_test"])
     metrics = measure_variant(model, deploy, *splits)
     if "scratch" in ctx.side_models:
         scratch = measure_variant(ctx.side_models["scratch"], deploy if deploy != "qat" else "float32",
@@ -203,13 +206,22 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
     record = {
         "name": name, "parent": cfg.source, "passes": passes, "applied": ctx.applied,
         "quantize": metrics["deploy_form"], "qat": deploy == "qat",
+        "calibration": metrics["calibration"],
         "config": {k: v for k, v in asdict(cfg).items() if v not in (None, False)},
         "dir": f"variants/{name}",
         # QAT models do not round-trip the native Keras format (tfmot's quantize layers lose
         # variables on load); HDF5 keeps them.
         "model_file": "model.h5" if deploy == "qat" else "model.keras",
     }
-    return BuiltVariant(name, model, metrics, record)
+    return BuiltVariant(name, model, metrics, record, calibration)
+
+
+def run_calibration(run: RunDir, data: RunData) -> Calibration:
+    """The int8 calibration rows of ``run``: seeded with the run's seed (not ``--seed``), so
+    they are the rows ``edgeship export`` calibrates the exported int8 artifacts on."""
+    a = data.arrays
+    return calibration_set(a["x_train"], a.get("y_train"), seed=int(run.manifest.get("seed", 0)),
+                           fix="use --quantize qat, float16 or dynamic instead")
 
 
 def write_variant(st: Any, run: RunDir, built: BuiltVariant) -> None:

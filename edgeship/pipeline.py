@@ -28,6 +28,8 @@ class PipelineConfig:
     tvm_targets: tuple[str, ...] = ("host", "rpi4")  # the host build is tuned, Pi builds are not
     bench_runs: int = 200
     bench_warmup: int = 20
+    bench_rounds: int = 5
+    pi_rounds: int = 3  # an emulated round is ~50x slower; three still give an interval
     threads: tuple[int, ...] = (1, 2)
     browser: bool = True
     pi: str | None = None  # None, "emulated" or USER@HOST
@@ -76,6 +78,8 @@ def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory
 
 
 def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
+    """Every variant in every format. A QAT variant's float32 asks become its int8 forms (and
+    its TVM builds are skipped): export_run's default, so nothing made here is unshippable."""
     from export.stage import export_run
 
     batches: list[dict[str, Any]] = [
@@ -87,8 +91,15 @@ def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
     ]
     if cfg.browser:
         batches.append({"variants": "all", "formats": ["web"], "quantize": ["float32"]})
+    said: set[str] = set()
+
+    def once(message: str) -> None:  # a QAT note would repeat for every batch
+        if message not in said:
+            said.add(message)
+            info(message)
+
     for batch in batches:
-        results = export_run(run, log=info, **batch)
+        results = export_run(run, log=once, **batch)
         result.artifacts.extend(r.summary() for r in results)
         failed = [r for r in results if not r.passed]
         if failed:
@@ -98,14 +109,17 @@ def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
 
 def _bench(run: RunDir, cfg: PipelineConfig, result: PipelineResult, progress: ProgressFactory) -> None:
     """Host always; the browser when it is there; a Pi (or the emulated one) when asked."""
+    from benchmarks.browser_bench import plan_size as browser_plan
     from benchmarks.harness import bench_run
     from benchmarks.host import plan_size
 
-    common = {"threads": cfg.threads, "runs": cfg.bench_runs, "warmup": cfg.bench_warmup, "log": info}
-    with progress("bench host", plan_size(run) * len(cfg.threads)) as bar:
+    common = {"threads": cfg.threads, "runs": cfg.bench_runs, "warmup": cfg.bench_warmup,
+              "rounds": cfg.bench_rounds, "log": info}
+    with progress("bench host", plan_size(run, threads=cfg.threads, rounds=cfg.bench_rounds)) as bar:
         result.bench.extend(bench_run(run, "host", progress=bar, **common))
     if cfg.browser:
-        with progress("bench browser", None) as bar:
+        total = browser_plan(run, threads=cfg.threads, rounds=cfg.bench_rounds)
+        with progress("bench browser", total) as bar:
             result.bench.extend(bench_run(run, "browser", variants="all", progress=bar, **common))
     if cfg.pi:
         emulated = cfg.pi == "emulated"
@@ -113,4 +127,5 @@ def _bench(run: RunDir, cfg: PipelineConfig, result: PipelineResult, progress: P
         with progress(f"bench {label}", None) as bar:
             result.bench.extend(bench_run(
                 run, "pi", label=label, host=None if emulated else cfg.pi, emulated=emulated,
-                variant="all", format="tflite", progress=bar, **{**common, "threads": (1,)}))
+                variant="all", format="tflite", progress=bar,
+                **{**common, "threads": (1,), "rounds": cfg.pi_rounds}))

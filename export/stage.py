@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,11 +38,15 @@ from export import (
 )
 from export.artifact import build_artifact, write_artifact
 from export.validate import ValidationConfig, static_validation, validate_artifact
+from training.calibration import CALIBRATION_ROWS, MIN_CALIBRATION_ROWS, Calibration, calibration_set
 
 BASE = "base"
-MIN_REPRESENTATIVE = 10
-REPRESENTATIVE_SAMPLES = 200
+MIN_REPRESENTATIVE = MIN_CALIBRATION_ROWS
+REPRESENTATIVE_SAMPLES = CALIBRATION_ROWS  # the rows compress measured int8 on: see training.calibration
 FAILED_SUFFIX = ".failed"
+QAT_FLOAT_WARNING = ("float32 of a QAT variant keeps its fake-quant ops and runs several times slower "
+                     "than its int8 form; ship the int8 one")
+REFERENCE_FILE = "reference.json"  # exports/<variant>/: the Keras top-1, for on-device agreement
 
 
 @dataclass(frozen=True)
@@ -110,21 +116,27 @@ def export_run(
     representative_samples: int = REPRESENTATIVE_SAMPLES,
     cache_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
+    qat_float: bool = False,
 ) -> list[ExportResult]:
     """Export, validate and commit; see the module docstring. Returns one result per artifact.
 
     ``variants``/``formats``/``quantize``/``targets`` take names, comma lists or "all";
     ``quantize=None`` means each format's defaults (tflite: float32+int8, onnx: float32).
+    A QAT variant gets its int8 forms in place of float ones unless ``qat_float`` (see ``plan``).
+    int8 calibrates on ``training.calibration``'s rows for the run's seed: the rows compress
+    measured the variant's int8 form on.
     """
     say = log or (lambda _msg: None)
     manifest = run.manifest
-    jobs, skipped = plan(run, manifest, variants, formats, quantize, io, targets)
+    jobs, skipped = plan(run, manifest, variants, formats, quantize, io, targets, qat_float=qat_float)
     for note in skipped:
         say(note)
     data = _load_splits(run)
     labels, preprocessing, model_name = _data_facts(run, manifest)
-    rep = _representative(data["x_train"], representative_samples, manifest.get("seed", 0)) \
-        if any(j.quantize == "int8" for j in jobs) else None
+    calibrated = any(j.quantize == "int8" and not variant_is_qat(run, manifest, j.variant) for j in jobs)
+    cal = calibration_set(data["x_train"], data.get("y_train"), int(manifest.get("seed", 0)),
+                          representative_samples) if calibrated else None
+    rep = cal.rows if cal is not None else None
     params = {
         "variants": sorted({j.variant for j in jobs}),
         "formats": sorted({j.fmt.name for j in jobs}),
@@ -134,6 +146,8 @@ def export_run(
         "trials": trials,
         "time_budget_s": time_budget_s,
         "representative_samples": 0 if rep is None else len(rep),
+        "calibration": cal.describe() if cal is not None else None,
+        "qat_float": qat_float,
         "validation": asdict(validation),
     }
     results: list[ExportResult] = []
@@ -147,6 +161,7 @@ def export_run(
             qat = _is_qat(model)
             _check_input_shape(model, data["x_test"], model_path)
             reference = np.asarray(model.predict(data["x_test"], batch_size=256, verbose=0), dtype=np.float32)
+            _write_reference(ctx.output(f"exports/{variant}/{REFERENCE_FILE}"), reference, model_path, run)
             onnx_source: Path | None = None
             onnx_built: dict[str, Path | None] = {}  # ONNX exports made here (None: failed)
             # Keras-built formats first: ONNX-built ones (TVM) reuse the float32 ONNX file.
@@ -187,6 +202,8 @@ def export_run(
                     variant=variant, model_name=model_name, labels=labels, preprocessing=preprocessing,
                     source=_source(run, model_path, manifest, variant),
                 )
+                if job.quantize == "int8":
+                    meta["calibration"] = _calibration_record(job, qat, cal, onnx_path)
                 write_artifact(work, meta)
                 exact = job.quantize == "float32" and not qat
                 if exported.runnable_here:
@@ -201,6 +218,8 @@ def export_run(
                 else:
                     arch = meta["target"].get("arch", "another machine")
                     check = static_validation(exported.checks, f"built for {arch}: runs on the device")
+                if qat and job.quantize != "int8":  # asked for with qat_float
+                    check["warnings"].append(QAT_FLOAT_WARNING)
                 meta["validation"] = check
                 write_artifact(work, meta)
                 rel = job.rel if check["passed"] else job.rel + FAILED_SUFFIX
@@ -257,9 +276,15 @@ def plan(
     quantize: Sequence[str] | str | None,
     io: str,
     targets: Sequence[str] | str,
+    qat_float: bool = False,
 ) -> tuple[list[Job], list[str]]:
     """Every (variant, format, quantization, target) to build, or a one-line error; plus notes
-    on combinations skipped under ``all``."""
+    on combinations skipped under ``all``.
+
+    A QAT variant (fake-quant graph) gets only its int8 forms: each float quantization asked
+    for becomes int8 in formats that have it (see ``qat_forms``), with one note per variant.
+    ``qat_float`` keeps float32 (the artifact then carries a warning).
+    """
     known = variant_names(manifest)
     wanted_variants = _names(variants) or [BASE]
     if "all" in wanted_variants:
@@ -297,6 +322,7 @@ def plan(
         raise InputError(f"unknown --io '{io}'; choose int8 or float32")
     target_list = _names(targets) or ["host"]
 
+    qat = {v for v in wanted_variants if variant_is_qat(run, manifest, v)}
     jobs: list[Job] = []
     for fmt in fmts:
         qs = [q for q in wanted_q if q in fmt.quantize] if wanted_q else list(fmt.default_quantize)
@@ -308,10 +334,18 @@ def plan(
                 raise InputError(msg)
             notes.append(f"skipping: {msg}")
         for variant in wanted_variants:
-            for q in qs:
+            vqs = qs
+            if variant in qat:
+                vqs, note = qat_forms(variant, fmt, qs, qat_float)
+                notes.extend([note] if note else [])
+            for q in vqs:
                 for t in (target_list if fmt.targets else [None]):
                     io_for = io if (q == "int8" and fmt.name == "tflite") else None
                     jobs.append(Job(variant, fmt, q, io_for, t))
+    notes = list(dict.fromkeys(notes))
+    if not jobs and qat:
+        raise InputError(f"nothing to export: QAT variant {', '.join(sorted(qat))} exports int8 only; "
+                         "ask for tflite, onnx or web, or pass --qat-float")
     if not jobs:
         raise InputError("nothing to export: no format supports the quantizations asked for")
     seen: dict[str, Job] = {}
@@ -334,6 +368,57 @@ def plan(
             f"(or ask for --format onnx,{j.fmt.name})"
         )
     return jobs, notes
+
+
+def qat_forms(variant: str, fmt: ExportFormat, qs: list[str],
+              qat_float: bool) -> tuple[list[str], str | None]:
+    """The quantizations of ``fmt`` a QAT variant gets for ``qs``, and a note if that differs.
+
+    A QAT graph converted without int8 keeps its fake-quant ops: in float32 it runs several
+    times slower than its int8 form (TFLite and onnxruntime), while float16 and dynamic convert
+    it to int8 anyway. So float forms become int8, and float32 stays only with ``qat_float``.
+    TVM (float32 only) compiles the QAT ONNX graph's QuantizeLinear/DequantizeLinear into
+    float arithmetic (Relax has no int8 kernels for QDQ), a build no smaller or faster than
+    the float model's: it is skipped unless ``qat_float``, like any float32 form.
+    """
+    kept = [q for q in qs if q == "int8" or (q == "float32" and qat_float)]
+    swapped = [q for q in qs if q not in kept]
+    if not swapped:
+        return qs, None
+    if "int8" in fmt.quantize:
+        kept = list(dict.fromkeys([*kept, "int8"]))
+        if "float32" in swapped:
+            return kept, f"{variant}: QAT variant, exporting int8 only; pass --qat-float for float32"
+        return kept, f"{variant}: QAT variant: {', '.join(swapped)} of a QAT graph is int8, exporting int8"
+    return kept, (f"{variant}: QAT variant, skipping {fmt.name}: it builds float32 only, which keeps the "
+                  "fake-quant ops; pass --qat-float to build it")
+
+
+def variant_is_qat(run: RunDir, manifest: dict[str, Any], variant: str) -> bool:
+    """Whether ``variant`` is quantisation-aware: its manifest entry's ``qat`` (compress records
+    it), else whether its saved Keras config has tfmot's Quantize layers (hand-made runs)."""
+    entry = (manifest.get("variants") or {}).get(variant) or {}
+    if "qat" in entry:
+        return bool(entry["qat"])
+    return _config_is_qat(_model_path(run, manifest, variant))
+
+
+def _config_is_qat(path: Path) -> bool:
+    """Read the model's config without TensorFlow: .h5 ``model_config``, .keras ``config.json``."""
+    try:
+        if path.suffix == ".h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                text = f.attrs.get("model_config")
+        else:
+            with zipfile.ZipFile(path) as z:
+                text = z.read("config.json")
+        config = json.loads(text) if text is not None else {}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    layers = (config.get("config") or {}).get("layers") or []
+    return any(str(layer.get("class_name", "")).startswith("Quantize") for layer in layers)
 
 
 def _onnx_export_file(run: RunDir, variant: str, quantize: str) -> Path | None:
@@ -396,6 +481,8 @@ def _load_splits(run: RunDir) -> dict[str, np.ndarray]:
         if missing:
             raise RunError(f"{path} lacks {', '.join(missing)}; retrain the run")
         data = {k: npz[k] for k in ("x_train", "x_test", "y_test")}
+        if "y_train" in npz.files:  # stratifies the calibration rows
+            data["y_train"] = npz["y_train"]
     data["x_train"] = data["x_train"].astype(np.float32, copy=False)
     data["x_test"] = data["x_test"].astype(np.float32, copy=False)
     if len(data["x_test"]) == 0:
@@ -453,18 +540,22 @@ def _data_facts(run: RunDir, manifest: dict[str, Any]) -> tuple[list[str], dict[
     return list(data["labels"]), data.get("preprocessing"), (manifest.get("model") or {}).get("name")
 
 
-def _representative(x_train: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Up to ``n`` train-split samples, drawn reproducibly, for int8 calibration."""
-    if len(x_train) < MIN_REPRESENTATIVE:
-        raise DataError(
-            f"int8 needs a representative set of at least {MIN_REPRESENTATIVE} train samples; "
-            f"this run has {len(x_train)}: export float32/float16/dynamic instead"
-        )
-    if not np.isfinite(x_train).all():
-        raise DataError("the train split holds NaN or infinite values, so it cannot calibrate int8")
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(x_train), size=min(n, len(x_train)), replace=False))
-    return np.ascontiguousarray(x_train[idx])
+def _calibration_record(job: Job, qat: bool, cal: Calibration | None, onnx_path: Path | None) -> dict | None:
+    """artifact.json's ``calibration`` of an int8 artifact: which train rows set its ranges.
+
+    None for a QAT model (its ranges were learned in training); a format built from the ONNX
+    export (web) has the calibration of that export.
+    """
+    if qat:
+        return None
+    if job.fmt.source == "onnx-export" and onnx_path is not None:
+        try:
+            recorded = read_json(onnx_path.parent / ARTIFACT_FILE).get("calibration")
+        except (OSError, ValueError):
+            recorded = None
+        if recorded is not None:
+            return recorded
+    return cal.describe() if cal is not None else None
 
 
 def _load_keras(path: Path) -> Any:
@@ -531,6 +622,17 @@ def _source(run: RunDir, model_path: Path, manifest: dict[str, Any], variant: st
 
     return {"path": str(model_path.relative_to(run.path)), "sha256": sha256_file(model_path),
             "data_sha256": (manifest.get("data") or {}).get("sha256")}
+
+
+def _write_reference(path: Path, reference: np.ndarray, model_path: Path, run: RunDir) -> None:
+    """The Keras model's top-1 on the test split: devices report their top-1 agreement with it."""
+    from edgeship.fsutil import write_json_atomic
+
+    write_json_atomic(path, {
+        "top1": [int(i) for i in reference.argmax(axis=1)],
+        "model": str(model_path.relative_to(run.path)),
+        "test": "data/splits.npz x_test, in order (the rows of data/test_raw.*)",
+    })
 
 
 def _remove_stale(run: RunDir, results: list[ExportResult]) -> None:

@@ -82,12 +82,14 @@ def test_edgeship_run_does_the_whole_chain(tmp_path: Path) -> None:
     """The main job end to end: train, compress, export, bench on host and browser, report."""
     out = invoke_json(tmp_path / "runs", "run", "--epochs", "10", "--tvm-trials", "0", "--runs", "20")
     assert out["train"]["dataset"] == "digits" and out["train"]["test_accuracy"] > 0.85
-    assert [v["name"] for v in out["variants"]] == ["prune75-pqat", "distill25-int8"]
+    assert [v["name"] for v in out["variants"]] == ["prune75-pqat", "distill25"]
     assert all(v["deploy_form"] == "int8" for v in out["variants"])
     made = {(a["variant"], Path(a["dir"]).name) for a in out["artifacts"]}
-    for variant in ("base", "prune75-pqat", "distill25-int8"):
+    for variant in ("base", "distill25"):
         for name in ("tflite-float32", "tflite-int8", "onnx-float32", "tvm-host", "tvm-rpi4", "web"):
             assert (variant, name) in made
+    # the QAT variant ships int8 only: no float32 (fake-quant ops kept), no TVM
+    assert {n for v, n in made if v == "prune75-pqat"} == {"tflite-int8", "onnx-int8", "web-int8"}
     assert all(a["validation"]["passed"] for a in out["artifacts"])
     where = {r["on"] for r in out["bench"]}
     assert where == {"host", "browser"}

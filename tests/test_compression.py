@@ -90,6 +90,7 @@ def test_pqat_keeps_the_sparsity_and_converts_to_int8(run: RunDir) -> None:
     assert saved.count_params() > 0
     record = json.loads((result.dir / "variant.json").read_text())
     assert record["parent"] == "base" and record["qat"] is True
+    assert m["calibration"] is None and record["calibration"] is None  # QAT learns its ranges
     assert run.manifest["variants"][result.name]["tflite_bytes"] == m["tflite_bytes"]
 
 
@@ -127,6 +128,10 @@ def test_post_training_int8_is_measured_through_a_real_conversion(run: RunDir) -
     m = result.metrics
     assert m["deploy_form"] == "int8" and m["tflite_bytes"] <= 0.30 * m["tflite_float32_bytes"]
     assert abs(m["test_accuracy"] - m["keras_test_accuracy"]) <= 0.02
+    # calibrated on the run's rows (see training.calibration), recorded where export can compare
+    assert m["calibration"]["rows"] == 256 and m["calibration"]["stratified"] is True
+    assert m["calibration"]["seed"] == run.manifest["seed"]
+    assert run.manifest["variants"][result.name]["calibration"] == m["calibration"]
 
 
 def test_search_respects_the_budget_on_validation(run: RunDir, monkeypatch: pytest.MonkeyPatch) -> None:

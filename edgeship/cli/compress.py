@@ -19,7 +19,8 @@ from edgeship.errors import InputError
 @click.option("--prune-structure", type=click.Choice(["2:4"]), help="Structured 2:4 sparsity.")
 @click.option("--cluster", type=int, help="Distinct values per kernel, e.g. 16.")
 @click.option("--quantize", type=click.Choice(["qat", "dynamic", "float16", "int8"]),
-              help="qat trains with fake quantization; the others apply at export.")
+              help="qat trains with fake quantization (exported as int8 only); the others apply at "
+                   "export. int8 is measured on the calibration rows export uses.")
 @click.option("--distill", is_flag=True, help="Train a smaller student from this model.")
 @click.option("--student", help="Student from the model registry (default: this architecture, narrower).")
 @click.option("--student-width", type=float, default=0.25, show_default=True)

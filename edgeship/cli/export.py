@@ -22,18 +22,23 @@ from edgeship.cli.options import json_option, parse_duration
               help="tflite, onnx, tvm, a comma list, or all.")
 @click.option("--quantize", default=None,
               help="float32, float16, dynamic, int8 (comma list). Default per format: "
-                   "tflite float32,int8; onnx float32; tvm float32.")
+                   "tflite float32,int8; onnx float32; tvm float32. QAT variants get int8 only.")
 @click.option("--io", default="int8", show_default=True,
               help="TFLite int8 only: int8 or float32 model input/output.")
 @click.option("--target", "targets", default="host", show_default=True,
               help="TVM only: host, rpi4, rpi5 or a JSON target (comma list of names).")
 @click.option("--trials", type=int, default=None, help="TVM only: MetaSchedule tuning trials.")
 @click.option("--time-budget", default=None, help="TVM only: tuning time budget (90s, 10m, 1h).")
+@click.option("--qat-float", is_flag=True,
+              help="Also export float32 of QAT variants (keeps the fake-quant ops: several times slower).")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: str | None, io: str,
-           targets: str, trials: int | None, time_budget: str | None, as_json: bool) -> None:
+           targets: str, trials: int | None, time_budget: str | None, qat_float: bool, as_json: bool) -> None:
     """Export a run's models to TFLite, ONNX and TVM, each validated against its Keras model.
+
+    QAT variants export to int8 only: float32 keeps their fake-quant ops and runs several
+    times slower; --qat-float builds it anyway, with a warning.
 
     \b
     Example:
@@ -46,7 +51,7 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
     results = export_run(
         run_dir, variants=variants, formats=formats, quantize=quantize, io=io,
         targets=_targets(targets), trials=trials, time_budget_s=parse_duration(time_budget),
-        log=console.info,
+        log=console.info, qat_float=qat_float,
     )
     if as_json:
         console.emit_json({"artifacts": [r.summary() for r in results]})
