@@ -67,6 +67,7 @@ MIN_PYTHON = (3, 10)  # edge_runtime uses X | Y in isinstance
 PROBE_TIMEOUT_S = 180.0
 INSTALL_TIMEOUT_S = 1800.0
 BENCH_TIMEOUT_S = 1200.0  # `import tvm` alone takes 20-60 s under QEMU
+BENCH_CONFIG_TIMEOUT_S = 120.0  # and each (artifact, threads) per round, emulated
 # Rough installed size of each runtime with numpy, for the free-space check before pip runs.
 VENV_MB = {"tflite": 150, "onnx": 150, "tvm": 350}
 WHEEL_UNPACK_FACTOR = 3.5  # installed size / wheel size, measured for LiteRT + TVM + numpy
@@ -350,6 +351,9 @@ def pack_bundle(
         shipped.append(DeployedArtifact(rel=art.rel, remote=remote, variant=art.variant,
                                         format=art.format, quantize=art.meta.get("quantize"),
                                         target=target_name))
+    from benchmarks.evaluation import write_run_testset
+
+    testset = write_run_testset(run, dest)  # accuracy is measured on the device, on this split
     header = f"# edge_runtime on the device: {', '.join(sorted({a.format for a in shipped}))}\n"
     (dest / "requirements.txt").write_text(header + "\n".join(requirements) + "\n", encoding="utf-8")
     wheel_names: list[str] = []
@@ -364,6 +368,7 @@ def pack_bundle(
         "artifacts": [asdict(a) for a in shipped],
         "requirements": list(requirements),
         "wheels": wheel_names,
+        "testset": None if testset is None else testset.name,
         "edge_runtime_version": getattr(edge_runtime, "__version__", None),
         "run": ("cd bundle && PYTHONDONTWRITEBYTECODE=1 ../venv/bin/python -m edge_runtime "
                 "bench ARTIFACT"),
@@ -401,6 +406,7 @@ class Deployment:
     seconds: dict[str, float]
     results: list[dict[str, Any]] = field(default_factory=list)
     bench_files: list[Path] = field(default_factory=list)
+    testset: str | None = None  # the test split's file in the bundle, for on-device accuracy
 
     @property
     def bundle_dir(self) -> str:
@@ -477,6 +483,7 @@ def deploy(
             with step("pack", "packing the bundle"):
                 bundle = Path(tmp) / "bundle"
                 shipped = pack_bundle(run, chosen, bundle, requirements=requirements, wheels=wheels)
+                testset = read_json(bundle / BUNDLE_INFO).get("testset")
                 local = local_manifest(bundle)
             check_space(device.name, rdir, info, bundle, requirements, wheels, install=not reuse)
             bundle_dir = posixpath.join(rdir, "bundle")
@@ -506,7 +513,7 @@ def deploy(
     return Deployment(
         run_id=run.id, device=device.name, emulated=device.emulated, remote_dir=rdir,
         artifacts=shipped, requirements=requirements, offline=offline, sync=sync,
-        verified_files=verified, venv=venv, device_info=info, seconds=seconds,
+        verified_files=verified, venv=venv, device_info=info, seconds=seconds, testset=testset,
     )
 
 
@@ -672,13 +679,15 @@ def bench_deployed(
     threads: Sequence[int] = (1,),
     runs: int = 200,
     warmup: int = 20,
+    rounds: int = 5,
     progress: Progress | None = None,
     log: Log | None = None,
 ) -> list[dict[str, Any]]:
-    """``python -m edge_runtime bench --json`` on the device for each artifact and thread count.
+    """One ``python -m edge_runtime bench`` session on the device over every deployed artifact.
 
-    A fresh process each, as on the host. A failing artifact is logged and left out; if all
-    fail, the first error is raised. Results are schema-valid, not yet stored.
+    The same session the host runs (``edge_runtime.rounds``): interleaved rounds, and accuracy
+    measured there on the bundle's test split. An artifact the device cannot load is logged and
+    left out. Results are schema-valid, not yet stored; ``artifact`` is the run-relative folder.
     """
     from edge_runtime.result import require_valid
 
@@ -686,35 +695,43 @@ def bench_deployed(
     env = {"PYTHONDONTWRITEBYTECODE": "1", "EDGESHIP_DEVICE": "pi"}
     if device.emulated:
         env["EDGESHIP_EMULATED"] = "1"
-    results: list[dict[str, Any]] = []
-    errors: list[EdgeshipError] = []
-    for art in deployment.artifacts:
-        for t in threads:
-            argv = [deployment.python, "-m", "edge_runtime", "bench", art.remote, "--json",
-                    "--on", "pi", "--runs", str(runs), "--warmup", str(warmup), "--threads", str(t)]
-            status = f"{art.variant}/{posixpath.basename(art.remote)} t{t}"
-            done = device.run(argv, cwd=deployment.bundle_dir, env=env, check=False,
-                              timeout=BENCH_TIMEOUT_S)
-            if done.returncode != 0:
-                err = command_failed(argv, done, device.name)
-                errors.append(err)
-                say(f"{art.rel} threads {t}: {err}")
-                status += " failed"
-            else:
-                r = _json_line(done.stdout, f"`edge_runtime bench` on {device.name}")
-                r["artifact"] = art.rel
-                r["run_id"] = r.get("run_id") or deployment.run_id
-                r["device"] = {**(r.get("device") or {}), "name": device.name}
-                if device.emulated:
-                    r["device"]["emulated"] = True
-                    r["notes"] = EMULATED_NOTE
-                results.append(require_valid(r))
-                status += f" p50 {r['latency_ms']['p50']:.4f} ms" + (" (emulated)" if device.emulated else "")
-            if progress is not None:
-                progress.update(1, status)
-    if not results and errors:
-        raise errors[0]
-    return results
+    argv = [deployment.python, "-m", "edge_runtime", "bench", *(a.remote for a in deployment.artifacts),
+            "--json", "--on", "pi", "--rounds", str(rounds), "--runs", str(runs), "--warmup", str(warmup),
+            "--threads", ",".join(map(str, threads))]
+    if deployment.testset:
+        argv += ["--test", deployment.testset]
+    configs = len(deployment.artifacts) * len(threads)
+    done = device.run(argv, cwd=deployment.bundle_dir, env=env, check=False,
+                      timeout=BENCH_TIMEOUT_S + BENCH_CONFIG_TIMEOUT_S * configs * rounds)
+    for line in done.stderr.splitlines():
+        if line.startswith("warning: "):
+            say(line.removeprefix("warning: "))
+    rows = _json_lines(done.stdout)
+    if done.returncode != 0 or not rows:
+        raise command_failed(argv, done, device.name)
+    by_remote = {a.remote: a for a in deployment.artifacts}
+    results = []
+    for r in rows:
+        art = by_remote[_remote_key(r["artifact"], by_remote)]
+        r["artifact"] = art.rel
+        r["run_id"] = r.get("run_id") or deployment.run_id
+        r["device"] = {**(r.get("device") or {}), "name": device.name}
+        if device.emulated:
+            r["device"]["emulated"] = True
+            r["notes"] = [*r.get("notes", []), EMULATED_NOTE]
+        results.append(r)
+    if progress is not None:
+        progress.update(len(results), f"{len(results)} measurement(s) on {device.name}")
+    return [require_valid(r) for r in results]
+
+
+def _remote_key(path: str, known: dict[str, Any]) -> str:
+    """The bundle-relative artifact a device result names (the device reports an absolute path)."""
+    norm = path.replace("\\", "/").rstrip("/")
+    for remote in known:
+        if norm == remote or norm.endswith("/" + remote):
+            return remote
+    raise DeployError(f"the device reported a result for {path}, which was not deployed")
 
 
 def open_device(
@@ -724,9 +741,14 @@ def open_device(
     port: int | None = None,
     identity: str | Path | None = None,
     accept_new_host_key: bool = False,
+    setup_progress: Callable[[str, int | None], contextlib.AbstractContextManager[Progress]] | None = None,
     **ssh_options: Any,
 ) -> Device:
-    """``SshTarget`` for ``host``, or the ``EmulatedPi``; ``ssh_options`` go to ``SshTarget``."""
+    """``SshTarget`` for ``host``, or the ``EmulatedPi``; ``ssh_options`` go to ``SshTarget``.
+
+    The emulated Pi is set up on first use (about 30 s), shown on ``setup_progress`` (default:
+    a bar on stderr), so no separate ``edgeship pi emulator setup`` is needed.
+    """
     given = {"--port": port, "--identity": identity,
              "--accept-new-host-key": accept_new_host_key or None}
     if emulated:
@@ -738,7 +760,7 @@ def open_device(
             raise InputError(f"{extra[0]} goes with --host, not --emulated")
         from edgeship.pi.emulator import EmulatedPi
 
-        return EmulatedPi()
+        return EmulatedPi(progress=setup_progress)
     if not host:
         raise InputError("give --host USER@HOST (a Pi over SSH) or --emulated (the emulated Pi)")
     from edgeship.pi.ssh import SshTarget
@@ -767,6 +789,7 @@ def deploy_pi(
     threads: str | Sequence[int] | int = (1,),
     runs: int = 200,
     warmup: int = 20,
+    rounds: int = 5,
     progress: Progress | None = None,
     log: Log | None = None,
     **ssh_options: Any,
@@ -776,15 +799,15 @@ def deploy_pi(
 
     thread_counts = parse_threads(threads)
     if bench:
-        check_counts(runs, warmup)
+        check_counts(runs, warmup, rounds)
     device = open_device(host, emulated=emulated, **ssh_options)
     dep = deploy(run, device, variants=variant, formats=format, quantize=quantize,
                  remote_dir=remote_dir, offline=offline, progress=progress, log=log)
     if bench:
         from benchmarks.store import save_results
 
-        dep.results = bench_deployed(device, dep, threads=thread_counts, runs=runs, warmup=warmup,
-                                     progress=progress, log=log)
+        dep.results = _finish(run, bench_deployed(device, dep, threads=thread_counts, runs=runs,
+                                                  warmup=warmup, rounds=rounds, progress=progress, log=log))
         dep.bench_files = save_results(run, dep.results, label=bench_label(device))
     return dep
 
@@ -799,6 +822,7 @@ def bench_pi(
     threads: str | Sequence[int] | int = (1,),
     runs: int = 200,
     warmup: int = 20,
+    rounds: int = 5,
     progress: Progress | None = None,
     quantize: str | Sequence[str] | None = None,
     remote_dir: str = DEFAULT_REMOTE_DIR,
@@ -812,13 +836,27 @@ def bench_pi(
     """
     from benchmarks.harness import check_counts, parse_threads
 
-    check_counts(runs, warmup)
+    check_counts(runs, warmup, rounds)
     thread_counts = parse_threads(threads)
     device = open_device(host, emulated=emulated, **ssh_options)
     dep = deploy(run, device, variants=variant, formats=format, quantize=quantize,
                  remote_dir=remote_dir, offline=offline, progress=progress, log=log)
-    return bench_deployed(device, dep, threads=thread_counts, runs=runs, warmup=warmup,
-                          progress=progress, log=log)
+    return _finish(run, bench_deployed(device, dep, threads=thread_counts, runs=runs, warmup=warmup,
+                                       rounds=rounds, progress=progress, log=log))
+
+
+def _finish(run: RunDir, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Top-1 agreement with the Keras model; the export's accuracy where the device had no test split."""
+    from benchmarks.evaluation import export_accuracy, finish_evaluation
+    from export.stage import list_artifacts
+
+    metas = {m["dir"]: m for m in list_artifacts(run, include_failed=False)}
+    for r in results:
+        if r.get("accuracy") is None:
+            r["accuracy"] = export_accuracy(metas.get(r["artifact"], {}))
+            r["accuracy_source"] = None if r["accuracy"] is None else "export validation"
+        finish_evaluation(run, r)
+    return results
 
 
 # -- small helpers -------------------------------------------------------------------------
@@ -833,7 +871,16 @@ def _names(value: str | Sequence[str] | None) -> list[str]:
 
 def _json_line(stdout: str, what: str) -> dict[str, Any]:
     """The last line of ``stdout`` that is a JSON object (native libraries may print before it)."""
-    for line in reversed(stdout.splitlines()):
+    found = _json_lines(stdout)
+    if not found:
+        raise DeployError(f"{what} printed no JSON result (last line: {last_line(stdout) or 'none'!r})")
+    return found[-1]
+
+
+def _json_lines(stdout: str) -> list[dict[str, Any]]:
+    """Every line of ``stdout`` that is a JSON object (native libraries may print around them)."""
+    found = []
+    for line in stdout.splitlines():
         line = line.strip()
         if line.startswith("{"):
             try:
@@ -841,5 +888,5 @@ def _json_line(stdout: str, what: str) -> dict[str, Any]:
             except ValueError:
                 continue
             if isinstance(data, dict):
-                return data
-    raise DeployError(f"{what} printed no JSON result (last line: {last_line(stdout) or 'none'!r})")
+                found.append(data)
+    return found

@@ -1,7 +1,8 @@
 """The emulated Pi: an aarch64 Debian 12 userland under QEMU, with real aarch64 wheels.
 
 The slow tests build the root filesystem once into the Pi cache (``$EDGESHIP_PI_CACHE``,
-default ``~/.cache/edgeship/pi-rootfs``; about a minute) and reuse it afterwards.
+default ``~/.cache/edgeship/pi-rootfs``; about a minute) and reuse it afterwards. Only the
+first-use tests build their own, into an empty temp cache, to show what a fresh machine does.
 """
 
 from __future__ import annotations
@@ -10,14 +11,20 @@ import json
 import os
 import shutil
 import stat
+import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from edgeship.deploy import open_device
 from edgeship.errors import MissingDependencyError
 from edgeship.pi import RemoteCommandError, emulator, local_manifest
+from tests.clihelp import assert_one_line_error, invoke
 
 TFLITE = emulator.RUNTIME_REQUIREMENTS["tflite"]
 
@@ -27,10 +34,10 @@ def _emulation_missing() -> str | None:
         emulator.check_qemu()
     except MissingDependencyError as e:
         return str(e)
-    if shutil.which("debootstrap") is None and not os.path.exists("/usr/sbin/debootstrap"):
-        return "apt-get install debootstrap"
-    if emulator.rootfs_info() is None and os.geteuid() != 0:
-        return "building the root filesystem needs root"
+    try:
+        emulator.build_command()  # debootstrap, and fakeroot unless root
+    except MissingDependencyError as e:
+        return str(e) if emulator.rootfs_info() is None else None
     return None
 
 
@@ -60,14 +67,67 @@ def test_old_qemu_is_refused_naming_the_fix(
     assert "\n" not in msg
 
 
-def test_cache_dir_follows_env_and_missing_rootfs_says_how(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cache_dir_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "pi"))
     assert emulator.cache_dir() == tmp_path / "pi"
     assert emulator.rootfs_dir().parent == tmp_path / "pi"
-    with pytest.raises(emulator.EmulatorError, match="edgeship pi emulator setup"):
-        emulator.require_rootfs()
+    assert emulator.rootfs_info() is None
+
+
+@pytest.fixture()
+def fresh_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty Pi cache, and a PATH of stand-in tools (QEMU 10, dpkg) with nothing else.
+
+    Returns the PATH folder: a test adds debootstrap or fakeroot there with ``_tool``.
+    """
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    _tool(tools, emulator.QEMU, "echo 'qemu-aarch64 version 10.0.2 (stand-in)'")
+    _tool(tools, "dpkg")
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.setattr(emulator, "SBIN_DIRS", ())  # no /usr/sbin/debootstrap fallback
+    monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "pi"))
+    emulator.check_qemu.cache_clear()
+    yield tools
+    emulator.check_qemu.cache_clear()
+
+
+def _tool(folder: Path, name: str, body: str = "exit 0") -> None:
+    path = folder / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+@pytest.mark.parametrize(("euid", "present", "install"), [
+    (0, [], "apt-get install debootstrap"),
+    (1000, ["debootstrap"], "apt-get install fakeroot"),
+    (1000, [], "apt-get install debootstrap fakeroot"),
+])
+def test_first_use_without_the_tools_names_what_to_install(
+    fresh_machine: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    euid: int, present: list[str], install: str,
+) -> None:
+    for name in present:
+        _tool(fresh_machine, name)
+    monkeypatch.setattr(emulator.os, "geteuid", lambda: euid)
+    with pytest.raises(MissingDependencyError) as e:
+        open_device(emulated=True)
+    msg = str(e.value)
+    assert msg.endswith(install) and "\n" not in msg, msg
+    assert emulator.FIRST_USE not in capsys.readouterr().err  # no promise of a build first
+    assert not emulator.rootfs_dir().exists()
+
+
+def test_first_use_without_qemu_names_the_backports_package(fresh_machine: Path) -> None:
+    (fresh_machine / emulator.QEMU).unlink()
+    _tool(fresh_machine, "debootstrap")
+    with pytest.raises(MissingDependencyError, match=f"not found: {emulator.QEMU_FIX}$"):
+        emulator.EmulatedPi()
+
+
+def test_cli_setup_without_debootstrap_is_one_line(fresh_machine: Path, tmp_path: Path) -> None:
+    result = invoke(tmp_path / "runs", "pi", "emulator", "setup", "--runtime", "none")
+    assert_one_line_error(result, "debootstrap", "apt-get install debootstrap")
 
 
 def test_mirror_comes_from_env_or_apt_sources(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,3 +289,68 @@ def test_emulated_pi_deploy_steps_venv_pip_offline(rootfs: Path, tmp_path: Path)
     got = pi.fetch(f"{remote}/result.json", tmp_path / "back" / "result.json")
     assert json.loads(got.read_text())["machine"] == "aarch64"
     assert not list(tmp_path.rglob("PWNED"))
+
+
+# -- slow: first use on a fresh machine (an empty cache: a real build of its own) ----------
+
+
+class _Recorder:
+    """A progress factory that keeps what it was told, in place of the terminal bar."""
+
+    def __init__(self) -> None:
+        self.bars: list[tuple[str, int | None]] = []
+        self.updates: list[tuple[int, str]] = []
+
+    @contextmanager
+    def __call__(self, description: str, total: int | None) -> Iterator[Any]:
+        self.bars.append((description, total))
+        yield self
+
+    def update(self, advance: int = 1, status: str = "") -> None:
+        self.updates.append((advance, status))
+
+
+def _first_use(recorder: _Recorder, capsys: pytest.CaptureFixture[str]) -> tuple[Any, float]:
+    start = time.monotonic()
+    pi = open_device(emulated=True, setup_progress=recorder)
+    seconds = time.monotonic() - start
+    assert emulator.FIRST_USE in capsys.readouterr().err
+    assert recorder.bars == [("emulated Pi setup", emulator.ROOTFS_STEPS)]
+    assert sum(a for a, _ in recorder.updates) == emulator.ROOTFS_STEPS
+    assert "built in" in recorder.updates[-1][1]
+    assert pi.rootfs == emulator.rootfs_dir() and pi.home.parent == emulator.cache_dir()
+    dev = pi.rootfs / "dev"  # no plain file may shadow the host's /dev/null, /dev/urandom
+    assert not [p for p in dev.iterdir() if p.is_file() and not p.is_symlink()]
+    done = pi.run(["python3", "-c", "import os, platform; print(platform.machine(), "
+                   "len(open('/dev/urandom', 'rb').read(8)))"])
+    assert done.stdout.split() == ["aarch64", "8"]
+    again = _Recorder()
+    open_device(emulated=True, setup_progress=again)  # set up: no bar, no message
+    assert again.bars == [] and emulator.FIRST_USE not in capsys.readouterr().err
+    return pi, seconds
+
+
+@pytest.mark.slow
+@needs_emulation
+def test_first_use_sets_the_emulated_pi_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "fresh"))
+    pi, seconds = _first_use(_Recorder(), capsys)
+    info = emulator.rootfs_info(pi.rootfs)
+    assert info is not None and info["python"].startswith("3.11.")
+    print(f"first-use setup: {seconds:.1f} s")
+
+
+@pytest.mark.slow
+@needs_emulation
+@pytest.mark.skipif(shutil.which("fakeroot") is None, reason="apt-get install fakeroot")
+def test_first_use_as_a_user_builds_under_fakeroot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a user without root gets: debootstrap under fakeroot, no fake device files."""
+    monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "fresh"))
+    monkeypatch.setattr(emulator.os, "geteuid", lambda: 1000)
+    assert emulator.build_command()[0] == shutil.which("fakeroot")
+    _, seconds = _first_use(_Recorder(), capsys)
+    print(f"first-use setup under fakeroot: {seconds:.1f} s")

@@ -23,7 +23,7 @@ def deploy() -> None:
 @click.option("--host", metavar="USER@HOST",
               help="The Pi over SSH: USER@HOST or a ~/.ssh/config alias (keys, ProxyJump work).")
 @click.option("--emulated", is_flag=True,
-              help="The emulated aarch64 Pi on this machine (see `edgeship pi emulator setup`); "
+              help="The emulated aarch64 Pi on this machine (set up on first use, about 30 s); "
                    "its timings are labelled emulated.")
 @click.option("--variant", default="base", show_default=True, help="Variant name(s), comma-separated.")
 @click.option("--format", "fmt", default="tflite", show_default=True,

@@ -29,16 +29,18 @@ def emulator() -> None:
 @click.option("--force", is_flag=True, help="Rebuild the root filesystem even if one is cached.")
 @json_option
 def setup(runtime: str, force: bool, as_json: bool) -> None:
-    """Build the aarch64 root filesystem (needs root, once) and cache the runtime's wheels.
+    """Build the aarch64 root filesystem (once) and cache the runtime's wheels.
 
-    Idempotent: a complete build and downloaded wheels are reused. Everything is cached under
-    $EDGESHIP_PI_CACHE (default ~/.cache/edgeship/pi-rootfs). Needs qemu-user-static 10 or
-    newer (Debian 12: `apt-get install -t bookworm-backports qemu-user-static`) and debootstrap.
+    Optional: `deploy pi --emulated`, `bench --on pi --emulated` and `run --pi emulated` set the
+    emulated Pi up on first use. Idempotent: a complete build and downloaded wheels are reused.
+    Everything is cached under $EDGESHIP_PI_CACHE (default ~/.cache/edgeship/pi-rootfs). Needs
+    qemu-user-static 10 or newer (Debian 12: `apt-get install -t bookworm-backports
+    qemu-user-static`), debootstrap, and fakeroot when not run as root.
 
     \b
     Examples:
-      sudo edgeship pi emulator setup
-      edgeship pi emulator setup --runtime tflite,tvm
+      edgeship pi emulator setup
+      edgeship pi emulator setup --runtime tflite,tvm --force
     """
     from edgeship import console
     from edgeship.deploy import PI_FORMATS, requirements_for
@@ -51,12 +53,13 @@ def setup(runtime: str, force: bool, as_json: bool) -> None:
         raise InputError(f"unknown runtime {bad[0]!r}: use {', '.join(PI_FORMATS)} or none")
     owner = _sudo_owner()
     summary: dict[str, Any] = {"cache": str(emu.cache_dir()), "wheels": {}}
-    with console.progress("emulator setup", total=3 + len(formats)) as bar:
+    had = emu.rootfs_info() is not None and not force
+    steps = 3 + len(formats) + (0 if had else emu.ROOTFS_STEPS)
+    with console.progress("emulator setup", total=steps) as bar:
         summary["qemu"] = emu.check_qemu()
         summary["qemu_version"] = emu.qemu_version()
         bar.update(1, f"QEMU {summary['qemu_version']}")
-        had = emu.rootfs_info() is not None and not force
-        root = emu.ensure_rootfs(force=force)
+        root = emu.ensure_rootfs(force=force, progress=bar)
         info = emu.rootfs_info(root) or {}
         summary.update(rootfs=str(root), reused=had, python=info.get("python"),
                        built=info.get("built"))

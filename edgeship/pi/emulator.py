@@ -24,7 +24,8 @@ Timings measured under emulation are not Pi timings; callers must label them emu
 Everything is cached outside git under ``$EDGESHIP_PI_CACHE`` (default
 ``~/.cache/edgeship/pi-rootfs``): the root filesystem, downloaded wheels, unpacked wheel sets
 and the emulated device's home folder. Each is built in a temp folder, stamped with what was
-built, and renamed into place only when complete.
+built, and renamed into place only when complete. The root filesystem is built on first use
+(``require_rootfs``, about 30 s; as a user under ``fakeroot``) or by ``edgeship pi emulator setup``.
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from edgeship import console
 from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
@@ -82,6 +83,12 @@ PI_BOARDS = {"cortex-a72": "Raspberry Pi 4", "cortex-a76": "Raspberry Pi 5"}
 
 DEFAULT_TIMEOUT_S = 1800.0
 
+# Where debootstrap lives when a user's PATH has no sbin folders (Debian's default for users).
+SBIN_DIRS = ("/usr/sbin", "/sbin")
+# The build's progress steps: download, unpack, compile the stdlib, check python3.
+ROOTFS_STEPS = 4
+FIRST_USE = "setting up the emulated Pi (first use, about 30 s)"
+
 # aarch64 CPython 3.11 wheels; Debian 12 has glibc 2.36, so manylinux up to 2_28 is fine.
 WHEEL_PLATFORMS = (
     "manylinux_2_17_aarch64",
@@ -99,6 +106,16 @@ RUNTIME_REQUIREMENTS: dict[str, tuple[str, ...]] = {
 
 class EmulatorError(EdgeshipError):
     """The emulated Pi cannot be built or started; the message names the fix."""
+
+
+class Progress(Protocol):
+    """What a build reports to: ``update(0, doing)`` first, then ``update(1, doing next)``."""
+
+    def update(self, advance: int = 1, status: str = "") -> None: ...
+
+
+# ``edgeship.console.progress`` is one: (description, total) -> context yielding a Progress.
+ProgressFactory = Callable[[str, int | None], AbstractContextManager[Progress]]
 
 
 # -- where things live ---------------------------------------------------------------------
@@ -217,41 +234,59 @@ def _recipe() -> dict[str, Any]:
             "packages": list(PACKAGES)}
 
 
-def require_rootfs() -> Path:
-    """The built root filesystem, or a one-line error saying how to build it."""
+def require_rootfs(progress: ProgressFactory | None = None) -> Path:
+    """The root filesystem, set up on first use: commands need no separate setup step.
+
+    A fresh machine builds it here (about 30 s, shown on ``progress``; default: a bar on
+    stderr) when QEMU >= 10 and debootstrap (and fakeroot, for a user) are there, and otherwise
+    stops with one line naming what to install, before anything is downloaded.
+    """
     root = rootfs_dir()
-    if rootfs_info(root) is None:
-        raise EmulatorError(
-            f"the emulated Pi is not set up (no root filesystem in {root}): "
-            "run `edgeship pi emulator setup`"
+    if rootfs_info(root) is not None:
+        return root
+    build_command()  # what to install, before the first-use message promises a build
+    console.info(FIRST_USE)
+    with (progress or console.progress)("emulated Pi setup", ROOTFS_STEPS) as bar:
+        return ensure_rootfs(progress=bar)
+
+
+def build_command() -> list[str]:
+    """The debootstrap command for this user, or a one-line error naming what to install.
+
+    debootstrap refuses to run without root; under ``fakeroot`` it runs as any user (the
+    files then belong to that user, which is all QEMU's ``-L`` needs), so a first use needs
+    no sudo.
+    """
+    check_qemu()
+    if shutil.which("dpkg") is None:
+        raise MissingDependencyError("dpkg not found: build the emulated Pi on Debian or Ubuntu")
+    sbin = os.pathsep.join([os.environ.get("PATH", ""), *SBIN_DIRS])
+    debootstrap = shutil.which("debootstrap", path=sbin)
+    fakeroot = None if os.geteuid() == 0 else shutil.which("fakeroot")
+    missing = [] if debootstrap else ["debootstrap"]
+    if os.geteuid() != 0 and fakeroot is None:
+        missing.append("fakeroot")
+    if debootstrap is None or missing:
+        raise MissingDependencyError(
+            f"setting up the emulated Pi needs {' and '.join(missing)}: "
+            f"apt-get install {' '.join(missing)}"
         )
-    return root
+    return [fakeroot, debootstrap] if fakeroot else [debootstrap]
 
 
-def ensure_rootfs(*, force: bool = False) -> Path:
+def ensure_rootfs(*, force: bool = False, progress: Progress | None = None) -> Path:
     """Build (once) and return the aarch64 Debian 12 root filesystem with Python 3.11.
 
     Idempotent: a complete build is recognised by its stamp and returned at once. The build
     happens in a temp folder beside the cache and is renamed into place only when it works,
-    so an interrupted build never leaves a half root filesystem behind.
+    so an interrupted build never leaves a half root filesystem behind. The lock keeps two
+    commands' first uses from building it twice: the second waits and takes the first's.
+    ``progress`` gets ``ROOTFS_STEPS`` steps; without it each step is an info line.
     """
     target = rootfs_dir()
     if not force and rootfs_info(target) is not None:
         return target
-    check_qemu()
-    debootstrap = shutil.which("debootstrap") or (
-        "/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None
-    )
-    if debootstrap is None:
-        raise MissingDependencyError("debootstrap not found: apt-get install debootstrap")
-    if shutil.which("dpkg") is None:
-        raise MissingDependencyError("dpkg not found: build the emulated Pi on Debian or Ubuntu")
-    if os.geteuid() != 0:
-        raise EmulatorError(
-            "building the emulated Pi needs root (debootstrap creates root-owned files): "
-            "run `sudo edgeship pi emulator setup`, or set EDGESHIP_PI_CACHE to a cache a "
-            "root build made"
-        )
+    debootstrap = build_command()
     mirror = apt_mirror()
     with _locked("rootfs"):
         if not force and rootfs_info(target) is not None:
@@ -261,35 +296,28 @@ def ensure_rootfs(*, force: bool = False) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
         try:
-            _build(work / "rootfs", debootstrap, mirror)
+            _build(work / "rootfs", debootstrap, mirror, progress or _InfoProgress())
             replace_tree(work / "rootfs", target)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return target
 
 
-def _build(root: Path, debootstrap: str, mirror: str) -> None:
+class _InfoProgress:
+    """Build steps as info lines, for library callers that give no progress bar."""
+
+    def update(self, advance: int = 1, status: str = "") -> None:
+        if status:
+            console.info(f"emulated Pi: {status}")
+
+
+def _build(root: Path, debootstrap: list[str], mirror: str, progress: Progress) -> None:
     start = time.monotonic()
-    log = root.parent / "debootstrap.log"
-    console.info(f"emulated Pi: downloading Debian {SUITE} {ARCH} (debootstrap, first stage)")
-    argv = [
-        debootstrap, "--foreign", f"--arch={ARCH}", "--variant=minbase",
-        f"--include={','.join(PACKAGES)}",
-    ]  # fmt: skip
-    keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-    if keyring.is_file():
-        argv.append(f"--keyring={keyring}")
-    argv += [SUITE, str(root), mirror]
-    with open(log, "wb") as f:
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, check=False)
-    if proc.returncode != 0:
-        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
-        raise EmulatorError(
-            f"debootstrap failed ({tail[0] if tail else proc.returncode}): check that {mirror} "
-            f"is reachable, or set {ENV_MIRROR}"
-        )
+    progress.update(0, f"downloading Debian {SUITE} {ARCH} (debootstrap)")
+    _debootstrap(root, debootstrap, mirror)
+    _drop_fake_devices(root)
     debs = sorted((root / "var/cache/apt/archives").glob("*.deb"))
-    console.info(f"emulated Pi: unpacking {len(debs)} packages (dpkg -x)")
+    progress.update(1, f"unpacking {len(debs)} packages (dpkg -x)")
     for deb in debs:
         done = subprocess.run(["dpkg", "-x", str(deb), str(root)], capture_output=True,
                               text=True, check=False)
@@ -298,8 +326,10 @@ def _build(root: Path, debootstrap: str, mirror: str) -> None:
     packages = [deb.name.removesuffix(f"_{ARCH}.deb").removesuffix("_all.deb") for deb in debs]
     for deb in debs:
         deb.unlink()  # about 40 MB nobody needs again
+    progress.update(1, "compiling the standard library")
     _precompile_stdlib(root)
 
+    progress.update(1, "checking python3 under QEMU")
     probe = run(
         ["python3", "-c", "import json, platform, sys, venv; print(json.dumps("
          "[platform.machine(), platform.python_version()]))"],
@@ -321,8 +351,42 @@ def _build(root: Path, debootstrap: str, mirror: str) -> None:
         "built": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(time.monotonic() - start, 1),
     })
-    console.info(f"emulated Pi: Debian {SUITE} aarch64, Python {version}, built in "
-                 f"{time.monotonic() - start:.0f} s")
+    progress.update(1, f"Debian {SUITE} aarch64, Python {version}, built in "
+                       f"{time.monotonic() - start:.0f} s")
+
+
+def _debootstrap(root: Path, debootstrap: list[str], mirror: str) -> None:
+    """debootstrap's first stage: download the packages (we unpack them, no chroot needed)."""
+    log = root.parent / "debootstrap.log"
+    argv = [
+        *debootstrap, "--foreign", f"--arch={ARCH}", "--variant=minbase",
+        f"--include={','.join(PACKAGES)}",
+    ]  # fmt: skip
+    keyring = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
+    if keyring.is_file():
+        argv.append(f"--keyring={keyring}")
+    argv += [SUITE, str(root), mirror]
+    with open(log, "wb") as f:
+        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-1:]
+        raise EmulatorError(
+            f"debootstrap failed ({tail[0] if tail else proc.returncode}): check that {mirror} "
+            f"is reachable, or set {ENV_MIRROR}"
+        )
+
+
+def _drop_fake_devices(root: Path) -> None:
+    """Remove the plain files ``fakeroot`` leaves where /dev/null, /dev/urandom... would be.
+
+    QEMU's ``-L`` prefers a path in the root filesystem to the host's, so an empty regular
+    ``ROOTFS/dev/urandom`` would be read instead of the host's device. Without it the guest
+    falls back to the host's /dev; real device nodes (a root build) stay.
+    """
+    dev = root / "dev"
+    for path in dev.iterdir() if dev.is_dir() else []:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def _precompile_stdlib(root: Path) -> None:
@@ -569,8 +633,10 @@ class EmulatedPi:
     name = "emulated-aarch64"
 
     def __init__(self, home: Path | None = None, *, rootfs: Path | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, cpu: str | None = None):
-        self.rootfs = rootfs or require_rootfs()
+                 timeout: float = DEFAULT_TIMEOUT_S, cpu: str | None = None,
+                 progress: ProgressFactory | None = None):
+        """Open the emulated Pi, setting it up on first use (``require_rootfs(progress)``)."""
+        self.rootfs = rootfs or require_rootfs(progress)
         self.home = Path(home) if home is not None else cache_dir() / "home"
         self.home.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
