@@ -23,8 +23,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
-from edgeship.errors import EdgeshipError, MissingDependencyError
-from edgeship.webserver import BundleServer
+from edgeship.benchmarks.webserver import BundleServer
+from edgeship.core.errors import EdgeshipError, MissingDependencyError
 
 CHROMIUM = "/usr/bin/chromium"
 ENV_CHROMIUM = "EDGESHIP_CHROMIUM"
@@ -391,7 +391,7 @@ def browser_unavailable_reason(chromium: str | os.PathLike[str] | None = None) -
     For callers that include the browser only when it is there (``edgeship run``): Chromium,
     the Playwright package and the pinned onnxruntime-web under web_demo/node_modules.
     """
-    from export.web import unavailable_reason
+    from edgeship.export.web import unavailable_reason
 
     try:
         find_chromium(chromium)

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.browser import BACKEND, BrowserDriver, DemoPage, _sync_playwright, find_chromium
-from benchmarks.harness import Artifact, Progress, check_counts, parse_threads, select_artifacts
-from edgeship.runstore import RunDir
-from edgeship.webserver import BundleServer
+from edgeship.benchmarks.browser import BACKEND, BrowserDriver, DemoPage, _sync_playwright, find_chromium
+from edgeship.benchmarks.harness import Artifact, Progress, check_counts, parse_threads, select_artifacts
+from edgeship.benchmarks.webserver import BundleServer
+from edgeship.core.runstore import RunDir
 
 CALIBRATION_CALLS = 50  # back-to-back calls whose mean tells k how long one call takes
 CALIBRATION_WARMUP = 100  # a fresh page's first calls are slow (JIT, thread start): not the call time
@@ -60,8 +60,8 @@ def bench_browser(
     timeout_s: float = 120.0,
 ) -> list[dict[str, Any]]:
     """Every passing web bundle of ``run``, one schema result per thread count (not stored)."""
-    from export.stage import list_artifacts, load_raw_test
-    from export.web import bundle_dir
+    from edgeship.export.stage import list_artifacts, load_raw_test
+    from edgeship.export.web import bundle_dir
 
     check_counts(runs, warmup, rounds)
     counts = parse_threads(threads)
@@ -157,10 +157,10 @@ def _calibrate(page: DemoPage, env: dict[str, Any]) -> int:
 
 def _result(run: RunDir, c: PageConfig, warmup: int, e2e: dict[str, Any] | None) -> dict[str, Any]:
     """One page's rounds in the schema of ``edge_runtime.result`` (plus the browser's facts)."""
-    from benchmarks.evaluation import finish_evaluation
     from edge_runtime.result import LATENCY_KEYS, SCHEMA_VERSION, device_id, require_valid
     from edge_runtime.stats import summarize_rounds
     from edge_runtime.timing import PERCENTILE_METHOD, device_facts
+    from edgeship.benchmarks.evaluation import finish_evaluation
 
     env, meta = c.env, c.art.meta
     step_ms = env.get("timer_resolution_ms")

@@ -1,6 +1,6 @@
 """Browser benchmark suite: onnxruntime-web against native onnxruntime, side by side.
 
-    python -m benchmarks.browser_suite [--models digits,mobilenet] [--rounds 5] [--out DIR]
+    python -m edgeship.benchmarks.browser_suite [--models digits,mobilenet] [--rounds 5] [--out DIR]
 
 For the digits CNN (trained through ``edgeship train`` and exported with ``--format onnx,web``)
 and MobileNetV2 alpha 0.35 at 96x96 (random weights, tf2onnx), four artifacts each:
@@ -63,9 +63,9 @@ def log(msg: str) -> None:
 
 def digits_candidates(work: Path, seed: int) -> list[Candidate]:
     """The digits CNN through the real pipeline: train, export onnx and web, float32 and int8."""
-    from edgeship.runstore import RunStore
-    from export.stage import export_run, load_raw_test
-    from training.stage import TrainConfig, train
+    from edgeship.core.runstore import RunStore
+    from edgeship.export.stage import export_run, load_raw_test
+    from edgeship.training.stage import TrainConfig, train
 
     log("digits: training the CNN and exporting onnx,web float32,int8")
     run = train(RunStore(work / "runs"), TrainConfig(dataset="digits", seed=seed)).run
@@ -90,10 +90,10 @@ def digits_candidates(work: Path, seed: int) -> list[Candidate]:
 
 def mobilenet_candidates(work: Path, seed: int) -> list[Candidate]:
     """MobileNetV2 alpha 0.35, 96x96x3, 10 classes, random weights; int8 calibrated on noise."""
-    from export.onnx import check, convert_keras, quantize_qdq
-    from export.web import prepare_web_model
-    from training.keras_env import seed_everything
-    from training.models import build_model
+    from edgeship.export.onnx import check, convert_keras, quantize_qdq
+    from edgeship.export.web import prepare_web_model
+    from edgeship.training.keras_env import seed_everything
+    from edgeship.training.models import build_model
 
     log("mobilenet: building MobileNetV2 0.35 96x96 (random weights), tf2onnx, int8 QDQ")
     seed_everything(seed)
@@ -129,7 +129,7 @@ def _bundle(model: Path, out: Path, meta: dict[str, Any], example: np.ndarray) -
     """A bundle of ``model`` exactly as given (no rewrites): what a plain export would ship."""
     import onnx
 
-    from export.web import MAX_IR_VERSION, build_web_bundle
+    from edgeship.export.web import MAX_IR_VERSION, build_web_bundle
 
     proto = onnx.load(str(model))
     if proto.ir_version > MAX_IR_VERSION:
@@ -163,7 +163,7 @@ def native_p50(c: Candidate, threads: int, runs: int, warmup: int) -> float:
 
 def browser_p50(driver: Any, servers: dict[str, Any], c: Candidate, threads: int, runs: int,
                 warmup: int, block: int) -> tuple[float, dict[str, Any]]:
-    from benchmarks.browser import DemoPage
+    from edgeship.benchmarks.browser import DemoPage
 
     url = f"{servers[str(c.bundle)].url}?threads={threads}"
     page = driver._browser.new_page()
@@ -181,8 +181,8 @@ def browser_p50(driver: Any, servers: dict[str, Any], c: Candidate, threads: int
 
 
 def measure(cands: list[Candidate], rounds: int, runs: int, warmup: int) -> dict[str, Any]:
-    from benchmarks.browser import BrowserDriver
-    from edgeship.webserver import BundleServer
+    from edgeship.benchmarks.browser import BrowserDriver
+    from edgeship.benchmarks.webserver import BundleServer
 
     servers = {str(c.bundle): BundleServer(c.bundle, port=0).start() for c in cands}
     env: dict[str, Any] = {}
@@ -285,7 +285,7 @@ def _ort_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.browser_suite",
+    parser = argparse.ArgumentParser(prog="python -m edgeship.benchmarks.browser_suite",
                                      description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help="digits, mobilenet or both (comma list)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from benchmarks.browser import find_chromium
-    from export.web import unavailable_reason
+    from edgeship.benchmarks.browser import find_chromium
+    from edgeship.export.web import unavailable_reason
 
     find_chromium()
     reason = unavailable_reason()

@@ -1,6 +1,6 @@
 """Compression benchmark: every pass on the digits CNN and a tabular MLP, sizes as ratios.
 
-    python -m benchmarks.compression_bench [--runs-dir DIR] [--seed 0]
+    python -m edgeship.benchmarks.compression_bench [--runs-dir DIR] [--seed 0]
 
 Trains both reference models, makes one variant per pass, and prints: variant, test accuracy,
 change, TFLite bytes, gzip bytes and their ratios to the float32 model, measured side by side
@@ -38,10 +38,10 @@ PASSES: list[tuple[str, dict[str, Any]]] = [
 
 
 def bench_dataset(store: Any, dataset: str, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    from compression.measure import tflite_bytes
-    from compression.stage import CompressConfig, compress_run
-    from training.keras_env import load_model
-    from training.stage import TrainConfig, train
+    from edgeship.compression.measure import tflite_bytes
+    from edgeship.compression.stage import CompressConfig, compress_run
+    from edgeship.training.keras_env import load_model
+    from edgeship.training.stage import TrainConfig, train
 
     console.print(f"[bold]{dataset}[/]: training the reference model")
     trained = train(store, TrainConfig(dataset=dataset, seed=seed))
@@ -109,7 +109,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tabular", default="breast_cancer")
     args = parser.parse_args()
-    from edgeship.runstore import RunStore
+    from edgeship.core.runstore import RunStore
 
     root = args.runs_dir or Path(tempfile.mkdtemp(prefix="edgeship-bench-"))
     store = RunStore(root)

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.fsutil import read_json
-from edgeship.runstore import RunDir
+from edgeship.core.fsutil import read_json
+from edgeship.core.runstore import RunDir
 
 TESTSET_STEM = "testset"
 REFERENCE_FILE = "reference.json"  # exports/<variant>/reference.json, written by export
@@ -24,7 +24,7 @@ REFERENCE_FILE = "reference.json"  # exports/<variant>/reference.json, written b
 def write_run_testset(run: RunDir, folder: Path) -> Path | None:
     """The run's raw test split as a device-readable file in ``folder``; None if the run has none."""
     from edge_runtime.testset import write_testset
-    from export.stage import load_raw_test
+    from edgeship.export.stage import load_raw_test
 
     test = load_raw_test(run)
     if test is None:

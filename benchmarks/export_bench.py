@@ -1,6 +1,6 @@
 """Export benchmark: the reference models in every format, sizes, export times and TVM's gain.
 
-    python -m benchmarks.export_bench [--models digits,mobilenet] [--trials-digits 200]
+    python -m edgeship.benchmarks.export_bench [--models digits,mobilenet] [--trials-digits 200]
         [--minutes-digits 4] [--trials-mobilenet 600] [--minutes-mobilenet 9] [--threads 1]
         [--cache-dir DIR] [--json FILE]
 
@@ -60,8 +60,8 @@ def digits_cnn(epochs: int, seed: int) -> tuple[Any, np.ndarray]:
     """The project's CNN on 8x8 digits, trained briefly; returns it and calibration samples."""
     from sklearn.datasets import load_digits
 
-    from training.keras_env import seed_everything
-    from training.models import build_model
+    from edgeship.training.keras_env import seed_everything
+    from edgeship.training.models import build_model
 
     seed_everything(seed)
     digits = load_digits()
@@ -75,8 +75,8 @@ def digits_cnn(epochs: int, seed: int) -> tuple[Any, np.ndarray]:
 
 def mobilenet(seed: int) -> tuple[Any, np.ndarray]:
     """MobileNetV2 alpha 0.35 at 96x96x3 (keras.applications, random weights)."""
-    from training.keras_env import seed_everything
-    from training.models import build_model
+    from edgeship.training.keras_env import seed_everything
+    from edgeship.training.models import build_model
 
     seed_everything(seed)
     model = build_model("mobilenetv2", (96, 96, 3), 10)
@@ -88,7 +88,7 @@ def mobilenet(seed: int) -> tuple[Any, np.ndarray]:
 
 
 def to_tflite(model: Any, path: Path, representative: np.ndarray | None) -> float:
-    from training.keras_env import tf
+    from edgeship.training.keras_env import tf
 
     t = tf()
     t0 = time.perf_counter()
@@ -106,7 +106,7 @@ def to_tflite(model: Any, path: Path, representative: np.ndarray | None) -> floa
 def to_onnx(model: Any, path: Path) -> float:
     import tf2onnx
 
-    from training.keras_env import tf
+    from edgeship.training.keras_env import tf
 
     t = tf()
     t0 = time.perf_counter()
@@ -131,7 +131,7 @@ def tvm_call(path: Path, x: np.ndarray) -> Any:
     import tvm
     from tvm import relax
 
-    from export import captured_stderr
+    from edgeship.export import captured_stderr
 
     with captured_stderr():  # "Scope Loaded:" per library
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
@@ -141,7 +141,7 @@ def tvm_call(path: Path, x: np.ndarray) -> Any:
 
 def side_by_side(calls: dict[str, Any], runs: int, rounds: int) -> dict[str, float]:
     """Median ms per call of each, over ``rounds`` interleaved rounds of ``runs`` calls."""
-    from export.tvm import median_call_ms
+    from edgeship.export.tvm import median_call_ms
 
     per: dict[str, list[float]] = {k: [] for k in calls}
     for _ in range(rounds):
@@ -156,7 +156,7 @@ def side_by_side(calls: dict[str, Any], runs: int, rounds: int) -> dict[str, flo
 def bench_model(name: str, model: Any, rep: np.ndarray, work: Path, trials: int,
                 budget_s: float | None, threads: int, cache_dir: Path, runs: int,
                 rounds: int) -> ModelReport:
-    from export.tvm import build_tvm
+    from edgeship.export.tvm import build_tvm
 
     shape = tuple(int(d) for d in model.inputs[0].shape[1:])
     report = ModelReport(name, shape, int(model.count_params()))

@@ -1,63 +1,27 @@
-"""What every benchmark driver shares: choosing artifacts, the driver registry, storing.
+"""What every benchmark driver shares: choosing artifacts, thread counts and counts, progress.
 
-Drivers are registered by device name and imported only when asked for (the browser driver
-pulls in Playwright, the Pi driver SSH), each a function
-``(run, **options) -> list[dict]`` returning results in the schema of ``edge_runtime.result``.
-``bench_run`` calls one and stores what it returns with ``benchmarks.store.save_results``.
+The registry of drivers (which device name runs which driver) is ``edgeship.measure``, on the
+top floor, since the Pi's driver lives above this layer.
 """
 
 from __future__ import annotations
 
-import importlib
 import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeship.errors import EdgeshipError, InputError, RunError
-from edgeship.runstore import RunDir
+from edgeship.core.errors import InputError, RunError
+from edgeship.core.runstore import RunDir
 
-# device -> ("module:function", what to do when it is missing)
-DRIVERS: dict[str, tuple[str, str]] = {
-    "host": ("benchmarks.host:bench_host", "reinstall edgeship"),
-    "browser": ("benchmarks.browser_bench:bench_browser",
-                "the browser driver is not installed in this checkout"),
-    "pi": ("edgeship.deploy:bench_pi", "the Raspberry Pi driver is not installed in this checkout"),
-}
 HOST_FORMATS = ("tflite", "onnx", "tvm")
 
 
 class Progress(Protocol):
-    """What drivers report to: ``edgeship.console.progress`` yields one."""
+    """What drivers report to: ``edgeship.core.console.progress`` yields one."""
 
     def update(self, advance: int = 1, status: str = "") -> None: ...
-
-
-class DriverUnavailableError(EdgeshipError):
-    """``--on X`` names a device whose driver is missing or cannot be imported."""
-
-
-def get_driver(on: str) -> Callable[..., list[dict[str, Any]]]:
-    """The driver function for a device name, imported now; a one-line error if it is missing."""
-    if on not in DRIVERS:
-        raise InputError(f"unknown device '{on}'; choose from {', '.join(DRIVERS)}")
-    entry, hint = DRIVERS[on]
-    module_name, attr = entry.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise DriverUnavailableError(f"benchmarking --on {on} needs {entry}, which is missing: {hint}") \
-                from e
-        raise DriverUnavailableError(
-            f"benchmarking --on {on}: {module_name} cannot be imported (no module {e.name!r}); "
-            f"pip install {e.name}") from e
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise DriverUnavailableError(
-            f"benchmarking --on {on} needs {entry}, which {module_name} does not define yet: {hint}")
-    return fn
 
 
 def parse_threads(value: str | Sequence[int] | int) -> tuple[int, ...]:
@@ -138,7 +102,7 @@ def select_artifacts(
     Failed exports (``*.failed/``) never count; with ``runnable_here`` builds for another CPU
     architecture (aarch64 TVM libraries on x86) are skipped and noted through ``log``.
     """
-    from export.stage import list_artifacts
+    from edgeship.export.stage import list_artifacts
 
     say = log or (lambda _m: None)
     all_metas = list_artifacts(run, include_failed=True)
@@ -187,43 +151,3 @@ def select_artifacts(
         raise RunError(f"run {run.id} has no passing export to benchmark here "
                        f"(variants {', '.join(want_v)}, formats {', '.join(want_f)})")
     return out
-
-
-def bench_run(
-    run: RunDir,
-    on: str = "host",
-    *,
-    label: str | None = None,
-    save: bool = True,
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """Run the driver for ``on`` with ``options``, store its results, return them.
-
-    Results a driver already stored itself (same file, same content) are not stored twice.
-    """
-    driver = get_driver(on)
-    results = driver(run, **options)
-    if not isinstance(results, list) or not results:
-        raise EdgeshipError(f"the {on} driver returned no results; nothing was measured")
-    if save and not already_saved(run, results):
-        from benchmarks.store import save_results
-
-        save_results(run, results, label=label or on)
-    return results
-
-
-def already_saved(run: RunDir, results: list[dict[str, Any]]) -> bool:
-    """True when every result is in ``bench/`` already with the same measurements."""
-    from edge_runtime.result import result_name
-    from edgeship.fsutil import read_json
-
-    for r in results:
-        path = run.path / "bench" / (result_name(r) + ".json")
-        try:
-            stored = read_json(path)
-        except (OSError, ValueError):
-            return False
-        keys = ("latency_ms", "measured_at", "init_ms", "first_ms")
-        if any(stored.get(k) != r.get(k) for k in keys):
-            return False
-    return True

@@ -18,11 +18,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.evaluation import finish_evaluation, write_run_testset
-from benchmarks.harness import Progress, check_counts, parse_threads, select_artifacts
 from edge_runtime.result import require_valid
-from edgeship.errors import EdgeshipError
-from edgeship.runstore import RunDir
+from edgeship.benchmarks.evaluation import finish_evaluation, write_run_testset
+from edgeship.benchmarks.harness import Progress, check_counts, parse_threads, select_artifacts
+from edgeship.core.errors import EdgeshipError
+from edgeship.core.runstore import RunDir
 
 TIMEOUT_S = 900  # per configuration: a MobileNet with 5 rounds of 200 samples takes seconds
 DEFAULT_ROUNDS = 5

@@ -1,6 +1,6 @@
 """Do the numbers repeat? ``edgeship bench`` twice on one run, side by side, per device.
 
-    python -m benchmarks.stability [RUN] [--on host,browser] [--rounds 5] [--runs 200]
+    python -m edgeship.benchmarks.stability [RUN] [--on host,browser] [--rounds 5] [--runs 200]
 
 For every result of the first session it finds the same configuration (device, artifact,
 threads) in the second and prints whether their 95 % p50 intervals overlap, and the spread of
@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from edgeship.errors import EdgeshipError
+from edgeship.core.errors import EdgeshipError, InputError
 
 Key = tuple[str, str, Any]
 
@@ -54,7 +54,7 @@ def compare_sessions(
     first: list[dict[str, Any]], second: list[dict[str, Any]], budget: float = 1.0
 ) -> dict[str, Any]:
     """The stability figures of two sessions' results (see the module docstring)."""
-    from benchmarks.report import recommendations
+    from edgeship.benchmarks.report import recommendations
 
     by_key = {_key(r): r for r in second}
     pairs = []
@@ -109,7 +109,7 @@ def _print(on: str, stats: dict[str, Any], seconds: tuple[float, float]) -> None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.stability",
+    parser = argparse.ArgumentParser(prog="python -m edgeship.benchmarks.stability",
                                      description=(__doc__ or "").split("\n")[0])
     parser.add_argument("run", nargs="?", default="latest", help="run id, path or 'latest' (default)")
     parser.add_argument("--runs-dir", default=None, help="where runs live (default ./runs)")
@@ -119,8 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--accuracy-budget", type=float, default=1.0)
     args = parser.parse_args(argv)
-    from benchmarks.harness import bench_run
-    from edgeship.runstore import RunStore
+    from edgeship.benchmarks.browser_bench import bench_browser
+    from edgeship.benchmarks.host import bench_host
+    from edgeship.core.runstore import RunStore
 
     try:
         run = RunStore(args.runs_dir).resolve(args.run)
@@ -129,8 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             sessions, seconds = [], []
             for _ in range(2):
                 t0 = time.monotonic()
-                sessions.append(bench_run(run, on, save=False, threads=args.threads, runs=args.runs,
-                                          rounds=args.rounds))
+                driver = {"host": bench_host, "browser": bench_browser}.get(on)
+                if driver is None:
+                    raise InputError(f"--on {on}: this benchmark measures host and browser")
+                sessions.append(driver(run, threads=args.threads, runs=args.runs, rounds=args.rounds))
                 seconds.append(time.monotonic() - t0)
             _print(on, compare_sessions(sessions[0], sessions[1], args.accuracy_budget),
                    (seconds[0], seconds[1]))

@@ -20,9 +20,9 @@ from edge_runtime.result import (
     upgrade_result,
     validate_result,
 )
-from edgeship.errors import InputError, RunError
-from edgeship.fsutil import read_json, write_json_atomic
-from edgeship.runstore import RunDir
+from edgeship.core.errors import InputError, RunError
+from edgeship.core.fsutil import read_json, write_json_atomic
+from edgeship.core.runstore import RunDir
 
 BENCH_DIR = "bench"
 

@@ -1,6 +1,6 @@
 """The reference suite: three models through every host backend in one run, as ratios.
 
-    python -m benchmarks.suite [--out DIR] [--runs 200] [--warmup 20] [--trials 64] [--no-tvm]
+    python -m edgeship.benchmarks.suite [--out DIR] [--runs 200] [--warmup 20] [--trials 64] [--no-tvm]
 
 Models: the digits CNN and a wine-table MLP (trained briefly by ``edgeship train``'s library
 call) and MobileNetV2 alpha 0.35 at 96x96x3 with random weights (a hand-built run: speed does
@@ -48,7 +48,7 @@ def _say(msg: str) -> None:
 
 
 def make_runs(store: Any, models: list[str]) -> dict[str, Any]:
-    from training.stage import TrainConfig, train
+    from edgeship.training.stage import TrainConfig, train
 
     runs = {}
     if "digits" in models:
@@ -65,8 +65,8 @@ def make_runs(store: Any, models: list[str]) -> dict[str, Any]:
 
 def mobilenet_run(store: Any, n_train: int = 64, n_test: int = 32, classes: int = 10) -> Any:
     """A run laid out as docs/contracts.md says, around a random-weight MobileNetV2."""
-    from training.keras_env import keras
-    from training.models import build_model, count_params
+    from edgeship.training.keras_env import keras
+    from edgeship.training.models import build_model, count_params
 
     keras().utils.set_random_seed(0)
     model = build_model("mobilenetv2", (96, 96, 3), classes)
@@ -96,9 +96,9 @@ def mobilenet_run(store: Any, n_train: int = 64, n_test: int = 32, classes: int 
 
 def export_all(name: str, run: Any, tvm: bool, trials: int, cache: Path) -> dict[str, Path]:
     """Artifact folders by backend key; TVM tuned comes from a copy of the run exported with trials."""
-    from edgeship.runstore import RunDir
-    from export.stage import export_run
-    from export.validate import ValidationConfig
+    from edgeship.core.runstore import RunDir
+    from edgeship.export.stage import export_run
+    from edgeship.export.validate import ValidationConfig
 
     loose = ValidationConfig(max_accuracy_drop=1.0, warn_accuracy_drop=1.0)
     validation = loose if name == "mobilenet" else ValidationConfig()
@@ -135,7 +135,7 @@ def export_all(name: str, run: Any, tvm: bool, trials: int, cache: Path) -> dict
 
 
 def time_backends(arts: dict[str, Path], runs: int, warmup: int) -> dict[str, dict[str, Any]]:
-    from benchmarks.host import bench_artifact
+    from edgeship.benchmarks.host import bench_artifact
 
     results = {}
     for key, folder in arts.items():
@@ -336,7 +336,8 @@ def print_report(info: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.suite", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m edgeship.benchmarks.suite",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, help="where to keep the runs (default: a temporary folder)")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma list of {', '.join(MODELS)}")
     p.add_argument("--runs", type=int, default=200)
@@ -353,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown model {bad[0]}" if bad else "runs >= 1, warmup >= 0, trials >= 0, rounds >= 1")
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from benchmarks.store import save_results
     from edge_runtime.timing import device_facts
-    from edgeship.runstore import RunStore
+    from edgeship.benchmarks.store import save_results
+    from edgeship.core.runstore import RunStore
 
     out = args.out or Path(tempfile.mkdtemp(prefix="edgeship-suite-"))
     store = RunStore(out / "runs")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from training.keras_env import keras, seed_everything
+from edgeship.training.keras_env import keras, seed_everything
 
 
 @dataclass

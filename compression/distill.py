@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from compression.base import PassContext, fine_tune
-from edgeship.errors import InputError
-from training.evaluation import accuracy
-from training.keras_env import keras, seed_everything, tf
-from training.models import MODELS, ModelOptions, build_model, count_params
+from edgeship.compression.base import PassContext, fine_tune
+from edgeship.core.errors import InputError
+from edgeship.training.evaluation import accuracy
+from edgeship.training.keras_env import keras, seed_everything, tf
+from edgeship.training.models import MODELS, ModelOptions, build_model, count_params
 
 
 @dataclass(frozen=True)

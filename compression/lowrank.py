@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from compression.base import PassContext, fine_tune
-from edgeship.errors import InputError
-from training.keras_env import keras
+from edgeship.compression.base import PassContext, fine_tune
+from edgeship.core.errors import InputError
+from edgeship.training.keras_env import keras
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from training.calibration import Calibration
-from training.evaluation import accuracy
-from training.keras_env import quiet_native_stderr, tf
+from edgeship.training.calibration import Calibration
+from edgeship.training.evaluation import accuracy
+from edgeship.training.keras_env import quiet_native_stderr, tf
 
 
 def tflite_bytes(model: Any, mode: str, calibration: np.ndarray | None = None) -> bytes:
@@ -72,7 +72,7 @@ def tflite_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
 
 def weight_stats(model: Any) -> dict[str, Any]:
     """Parameters, non-zeros, sparsity and distinct values per kernel."""
-    from compression.base import kernels
+    from edgeship.compression.base import kernels
 
     total = sum(int(np.prod(w.shape)) for w in model.get_weights())
     nonzero = sum(int(np.count_nonzero(w)) for w in model.get_weights())

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from compression.base import PassContext, fine_tune, wrap_kernel_layers
-from edgeship.console import warn
-from edgeship.errors import InputError
-from training.keras_env import tfmot
+from edgeship.compression.base import PassContext, fine_tune, wrap_kernel_layers
+from edgeship.core.console import warn
+from edgeship.core.errors import InputError
+from edgeship.training.keras_env import tfmot
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from compression.base import PassContext, clone, fine_tune
-from edgeship.errors import InputError
-from training.keras_env import tfmot
+from edgeship.compression.base import PassContext, clone, fine_tune
+from edgeship.core.errors import InputError
+from edgeship.training.keras_env import tfmot
 
 POST_TRAINING = ("dynamic", "float16", "int8")
 CHOICES = ("qat", *POST_TRAINING)

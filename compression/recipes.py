@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from compression.stage import CompressConfig
-from edgeship.errors import InputError
+from edgeship.compression.stage import CompressConfig
+from edgeship.core.errors import InputError
 
 RECIPES: dict[str, list[CompressConfig]] = {
     # What `edgeship run` ships: the sparse QAT model (its artifacts are int8 only) and the

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from compression.measure import tflite_bytes, tflite_latency_ms
-from compression.recipes import search_space
-from compression.stage import (
+from edgeship.compression.measure import tflite_bytes, tflite_latency_ms
+from edgeship.compression.recipes import search_space
+from edgeship.compression.stage import (
     BuiltVariant,
     VariantResult,
     build_variant,
@@ -24,9 +24,9 @@ from compression.stage import (
     variant_result,
     write_variant,
 )
-from edgeship.console import info
-from edgeship.errors import InputError
-from edgeship.runstore import RunDir
+from edgeship.core.console import info
+from edgeship.core.errors import InputError
+from edgeship.core.runstore import RunDir
 
 OBJECTIVES = ("size", "latency")
 
@@ -111,9 +111,9 @@ def search(run: RunDir, cfg: SearchConfig, progress: Any = None) -> SearchResult
 
 
 def _base_val_accuracy(run: RunDir, data: Any) -> float:
-    from compression.measure import tflite_predict
-    from training.evaluation import accuracy
-    from training.keras_env import load_model
+    from edgeship.compression.measure import tflite_predict
+    from edgeship.training.evaluation import accuracy
+    from edgeship.training.keras_env import load_model
 
     model = load_model(run.model_path("base"))
     return accuracy(tflite_predict(tflite_bytes(model, "float32"), data.arrays["x_val"]),

@@ -16,18 +16,18 @@ from typing import Any
 
 import numpy as np
 
-from compression.base import PassContext
-from compression.cluster import ClusterConfig, cluster
-from compression.distill import DistillConfig, distill
-from compression.lowrank import LowRankConfig, low_rank
-from compression.measure import measure_variant
-from compression.prune import PruneConfig, prune
-from compression.quantize import QuantizeConfig, quantize_aware
-from edgeship.errors import InputError, RunError
-from edgeship.runstore import RunDir
-from training.calibration import Calibration, calibration_set
-from training.keras_env import load_model, seed_everything
-from training.splits import balanced_class_weight
+from edgeship.compression.base import PassContext
+from edgeship.compression.cluster import ClusterConfig, cluster
+from edgeship.compression.distill import DistillConfig, distill
+from edgeship.compression.lowrank import LowRankConfig, low_rank
+from edgeship.compression.measure import measure_variant
+from edgeship.compression.prune import PruneConfig, prune
+from edgeship.compression.quantize import QuantizeConfig, quantize_aware
+from edgeship.core.errors import InputError, RunError
+from edgeship.core.runstore import RunDir
+from edgeship.training.calibration import Calibration, calibration_set
+from edgeship.training.keras_env import load_model, seed_everything
+from edgeship.training.splits import balanced_class_weight
 
 
 @dataclass(frozen=True)

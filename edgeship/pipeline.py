@@ -12,8 +12,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from edgeship.console import info, warn
-from edgeship.runstore import RunDir, RunStore
+from edgeship.core.console import info, warn
+from edgeship.core.runstore import RunDir, RunStore
 
 ProgressFactory = Callable[[str, int | None], AbstractContextManager[Any]]
 
@@ -47,13 +47,13 @@ class PipelineResult:
 
 
 def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory) -> PipelineResult:
-    from compression.recipes import recipe
-    from compression.stage import compress_run
-    from training.stage import TrainConfig, train
+    from edgeship.compression.recipes import recipe
+    from edgeship.compression.stage import compress_run
+    from edgeship.training.stage import TrainConfig, train
 
     skipped: list[str] = []
     if cfg.browser:
-        from benchmarks.browser import browser_unavailable_reason
+        from edgeship.benchmarks.browser import browser_unavailable_reason
 
         missing = browser_unavailable_reason()
         if missing:  # the rest still runs; the line says what to install
@@ -71,7 +71,7 @@ def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory
             result.variants.append(compress_run(run, ccfg, progress=bar).summary)
     _export(run, cfg, result)
     _bench(run, cfg, result, progress)
-    from benchmarks.report import write_report
+    from edgeship.benchmarks.report import write_report
 
     result.report = {k: str(v) for k, v in write_report(run).items()}
     return result
@@ -80,7 +80,7 @@ def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory
 def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
     """Every variant in every format. A QAT variant's float32 asks become its int8 forms (and
     its TVM builds are skipped): export_run's default, so nothing made here is unshippable."""
-    from export.stage import export_run
+    from edgeship.export.stage import export_run
 
     batches: list[dict[str, Any]] = [
         {"variants": "all", "formats": ["tflite"], "quantize": ["float32", "int8"]},
@@ -109,9 +109,9 @@ def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
 
 def _bench(run: RunDir, cfg: PipelineConfig, result: PipelineResult, progress: ProgressFactory) -> None:
     """Host always; the browser when it is there; a Pi (or the emulated one) when asked."""
-    from benchmarks.browser_bench import plan_size as browser_plan
-    from benchmarks.harness import bench_run
-    from benchmarks.host import plan_size
+    from edgeship.benchmarks.browser_bench import plan_size as browser_plan
+    from edgeship.benchmarks.host import plan_size
+    from edgeship.measure import bench_run
 
     common = {"threads": cfg.threads, "runs": cfg.bench_runs, "warmup": cfg.bench_warmup,
               "rounds": cfg.bench_rounds, "log": info}

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
 
 QUANTIZE_CHOICES = ("float32", "float16", "dynamic", "int8")
 IO_CHOICES = ("int8", "float32")
@@ -179,7 +179,7 @@ def target_name(target: Any) -> str:
 
 register_format(ExportFormat(
     name="tflite",
-    entry="export.tflite:export_tflite",
+    entry="edgeship.export.tflite:export_tflite",
     quantize=("float32", "float16", "dynamic", "int8"),
     default_quantize=("float32", "int8"),
     summary="TensorFlow Lite flatbuffer, run by LiteRT (ai-edge-litert)",
@@ -187,7 +187,7 @@ register_format(ExportFormat(
 ))
 register_format(ExportFormat(
     name="onnx",
-    entry="export.onnx:export_onnx",
+    entry="edgeship.export.onnx:export_onnx",
     quantize=("float32", "int8"),
     default_quantize=("float32",),
     summary="ONNX opset 17 via tf2onnx, run by onnxruntime; int8 is static QDQ",
@@ -195,7 +195,7 @@ register_format(ExportFormat(
 ))
 register_format(ExportFormat(
     name="tvm",
-    entry="export.tvm:export_artifact",
+    entry="edgeship.export.tvm:export_artifact",
     quantize=("float32",),
     default_quantize=("float32",),
     summary="TVM Relax shared library compiled from the ONNX export",
@@ -205,7 +205,7 @@ register_format(ExportFormat(
 ))
 register_format(ExportFormat(
     name="web",
-    entry="export.web:export_web",
+    entry="edgeship.export.web:export_web",
     quantize=("float32", "int8"),
     default_quantize=("float32",),
     summary="static in-browser bundle: page + ONNX export + onnxruntime-web (WebAssembly)",
@@ -213,7 +213,7 @@ register_format(ExportFormat(
     install_hint="npm ci --prefix web_demo (node and npm), pip install onnx",
     float_suffix=False,
     validate_as="onnx",
-    probe="export.web:unavailable_reason",
+    probe="edgeship.export.web:unavailable_reason",
 ))
 
 

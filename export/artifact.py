@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-import edgeship
 from edge_runtime.artifact import ARTIFACT_FILE, SCHEMA_VERSION
-from edgeship.fsutil import sha256_file, write_json_atomic
-from edgeship.runstore import now_iso
-from export import ExportedModel
+from edgeship.core import __version__
+from edgeship.core.fsutil import sha256_file, write_json_atomic
+from edgeship.core.runstore import now_iso
+from edgeship.export import ExportedModel
 
 
 def io_entry(
@@ -68,7 +68,7 @@ def build_artifact(
         "validation": None,
         "source": source,
         "created": now_iso(),
-        "edgeship_version": edgeship.__version__,
+        "edgeship_version": __version__,
     }
     for key, value in exported.extra.items():
         meta.setdefault(key, value)

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.artifact import ARTIFACT_FILE
-from edgeship.errors import DataError, InputError, MissingDependencyError, RunError
-from edgeship.fsutil import read_json
-from edgeship.runstore import RunDir
-from export import (
+from edgeship.core.errors import DataError, InputError, MissingDependencyError, RunError
+from edgeship.core.fsutil import read_json
+from edgeship.core.runstore import RunDir
+from edgeship.export import (
     FORMATS,
     IO_CHOICES,
     QUANTIZE_CHOICES,
@@ -36,9 +36,9 @@ from export import (
     ExportRequest,
     get_format,
 )
-from export.artifact import build_artifact, write_artifact
-from export.validate import ValidationConfig, static_validation, validate_artifact
-from training.calibration import CALIBRATION_ROWS, MIN_CALIBRATION_ROWS, Calibration, calibration_set
+from edgeship.export.artifact import build_artifact, write_artifact
+from edgeship.export.validate import ValidationConfig, static_validation, validate_artifact
+from edgeship.training.calibration import CALIBRATION_ROWS, MIN_CALIBRATION_ROWS, Calibration, calibration_set
 
 BASE = "base"
 MIN_REPRESENTATIVE = MIN_CALIBRATION_ROWS
@@ -560,7 +560,7 @@ def _calibration_record(job: Job, qat: bool, cal: Calibration | None, onnx_path:
 
 def _load_keras(path: Path) -> Any:
     """A tf_keras model; quantisation-aware models need tfmot's scope to deserialise."""
-    from training.keras_env import keras
+    from edgeship.training.keras_env import keras
 
     k = keras()
     try:
@@ -592,7 +592,7 @@ def _check_input_shape(model: Any, x_test: np.ndarray, path: Path) -> None:
 
 
 def _onnx_float(model: Any, folder: Path, say: Callable[[str], None]) -> Path:
-    from export.onnx import MODEL_FILE, check, convert_keras
+    from edgeship.export.onnx import MODEL_FILE, check, convert_keras
 
     folder.mkdir(parents=True, exist_ok=True)
     say("converting to ONNX float32 as the source of ONNX-built formats")
@@ -604,7 +604,7 @@ def _onnx_float(model: Any, folder: Path, say: Callable[[str], None]) -> Path:
 def _onnx_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     import onnx
 
-    from export.onnx import _io
+    from edgeship.export.onnx import _io
 
     proto = onnx.load(str(path), load_external_data=False)
     return [_io(v) for v in proto.graph.input], [_io(v) for v in proto.graph.output]
@@ -618,7 +618,7 @@ def _drop_strays(folder: Path, keep: str) -> None:
 
 
 def _source(run: RunDir, model_path: Path, manifest: dict[str, Any], variant: str) -> dict[str, Any]:
-    from edgeship.fsutil import sha256_file
+    from edgeship.core.fsutil import sha256_file
 
     return {"path": str(model_path.relative_to(run.path)), "sha256": sha256_file(model_path),
             "data_sha256": (manifest.get("data") or {}).get("sha256")}
@@ -626,7 +626,7 @@ def _source(run: RunDir, model_path: Path, manifest: dict[str, Any], variant: st
 
 def _write_reference(path: Path, reference: np.ndarray, model_path: Path, run: RunDir) -> None:
     """The Keras model's top-1 on the test split: devices report their top-1 agreement with it."""
-    from edgeship.fsutil import write_json_atomic
+    from edgeship.core.fsutil import write_json_atomic
 
     write_json_atomic(path, {
         "top1": [int(i) for i in reference.argmax(axis=1)],

@@ -14,9 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from export import ExportedModel, ExportError, ExportRequest, UnsupportedOperatorError, captured_stderr
-from export.artifact import io_entry
-from training.keras_env import tf as get_tf
+from edgeship.export import (
+    ExportedModel,
+    ExportError,
+    ExportRequest,
+    UnsupportedOperatorError,
+    captured_stderr,
+)
+from edgeship.export.artifact import io_entry
+from edgeship.training.keras_env import tf as get_tf
 
 MODEL_FILE = "model.tflite"
 REPRESENTATIVE_BATCH = 1  # the converter calibrates one sample per step

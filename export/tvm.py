@@ -23,7 +23,7 @@ tensor intrinsic (CUDA, ROCm, Hexagon...; ~25 s of CPU), so every build hits the
 Here builder workers live for the whole session and skip that import; tasks are tuned
 heaviest first (FLOPs x weight) in groups of four, so a short budget goes to the kernels
 that matter and the time budget is checked between batches and groups; progress is reported
-after each batch. Tuning runs in a child Python (``python -m export.tvm --tune``): the one
+after each batch. Tuning runs in a child Python (``python -m edgeship.export.tvm --tune``): the one
 import MetaSchedule itself needs costs ~25 s of CPU alone but ~70 s beside TensorFlow (see
 ``_tune_in_child``), and a crash in tuning must not take the export down with it.
 
@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
 
 MODEL_FILE = "model.so"
 TARGET_NAMES = ("host", "rpi4", "rpi5")
@@ -337,7 +337,7 @@ def build_tvm(
     if machine != ELF_MACHINES.get(spec.arch, machine):
         raise EdgeshipError(f"{path} has ELF machine {machine}, not {spec.arch} "
                             f"({ELF_MACHINES[spec.arch]}); check the cross compiler")
-    from edgeship.fsutil import sha256_file
+    from edgeship.core.fsutil import sha256_file
 
     wall["total_s"] = time.perf_counter() - t_start
     return TVMBuildResult(
@@ -406,7 +406,7 @@ def _import_onnx(proto: Any) -> tuple[Any, list[dict[str, Any]], list[dict[str, 
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from export import UnsupportedOperatorError
+    from edgeship.export import UnsupportedOperatorError
 
     initializers = {t.name for t in proto.graph.initializer}
     shapes: dict[str, list[int]] = {}
@@ -478,7 +478,7 @@ def _write_library(ex: Any, spec: TargetSpec, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     from tvm.support import cc
 
-    from export import captured_stderr
+    from edgeship.export import captured_stderr
 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
     fcompile = cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler else None
@@ -543,8 +543,8 @@ def _tuned_module(
     import tvm
     from tvm import relax
 
-    from edgeship.fsutil import write_json_atomic
-    from export import captured_stderr
+    from edgeship.core.fsutil import write_json_atomic
+    from edgeship.export import captured_stderr
 
     with _locked(folder):
         meta = _read_meta(folder)
@@ -597,7 +597,7 @@ def _progress_sink(progress: Progress | None, total: int) -> Iterator[Progress]:
     if progress is not None:
         yield progress
         return
-    from edgeship.console import progress as bar
+    from edgeship.core.console import progress as bar
 
     with bar("tuning (TVM MetaSchedule)", total=total) as p:
         seen = [0]
@@ -616,7 +616,7 @@ def _tune_in_child(
     onnx_path: Path, spec: TargetSpec, folder: Path, trials: int, time_budget_s: float | None,
     report: Progress,
 ) -> dict[str, Any]:
-    """``_run_tuning`` in a fresh Python (``python -m export.tvm``), for two reasons: MetaSchedule's
+    """``_run_tuning`` in a fresh Python (``python -m edgeship.export.tvm``), for two reasons: MetaSchedule's
     first use imports TVM's tensor intrinsics, whose TVMScript parsing calls
     ``inspect.getmodule`` ~34,000 times, each scanning ``sys.modules``: 23 s of CPU in a bare
     process, 71 s beside TensorFlow's 4,000 modules (any process that trained or converted);
@@ -628,10 +628,12 @@ def _tune_in_child(
     job = {"onnx": str(onnx_path), "target": spec.tvm, "name": spec.name, "folder": str(folder),
            "trials": trials, "deadline": None if time_budget_s is None else time.time() + time_budget_s}
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parents[1])  # the folder holding the export package
+    import edgeship.core
+
+    root = str(Path(edgeship.core.__file__).resolve().parents[2])  # the folder holding edgeship
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     outcome = None
-    with subprocess.Popen([sys.executable, "-m", "export.tvm", "--tune", json.dumps(job)],
+    with subprocess.Popen([sys.executable, "-m", "edgeship.export.tvm", "--tune", json.dumps(job)],
                           stdout=subprocess.PIPE, env=env, text=True) as child:
         assert child.stdout is not None
         for line in child.stdout:
@@ -653,7 +655,8 @@ def _child_main(argv: list[str]) -> int:
     import sys
 
     if len(argv) != 2 or argv[0] != "--tune":
-        print("usage: python -m export.tvm --tune JOB_JSON (internal: build_tvm runs it)", file=sys.stderr)
+        print("usage: python -m edgeship.export.tvm --tune JOB_JSON (internal: build_tvm runs it)",
+              file=sys.stderr)
         return 2
     job = json.loads(argv[1])
     channel = os.fdopen(os.dup(1), "w", buffering=1)
@@ -884,7 +887,7 @@ def export_artifact(req: Any) -> Any:
     ``req.cache_dir`` (when given) is the root of the tuning caches; progress goes to
     ``req.log`` one line per tuning batch.
     """
-    from export import ExportedModel, ExportError
+    from edgeship.export import ExportedModel, ExportError
 
     if req.quantize != "float32":
         raise ExportError(f"TVM exports float32 only (from the float32 ONNX), not {req.quantize}")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import EdgeModel, EdgeRuntimeError
-from export import captured_stderr
+from edgeship.export import captured_stderr
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The page (``web_demo/``), the model, onnxruntime-web's three WebAssembly files and a
 ``bundle.json`` manifest are copied side by side, so any static host that sends the
-cross-origin isolation headers (``edgeship.webserver``) can serve it and nothing is fetched
+cross-origin isolation headers (``edgeship.benchmarks.webserver``) can serve it and nothing is fetched
 from a CDN. The manifest carries what the page needs to turn a raw input into the model's
 input (the preprocessing spec of docs/contracts.md) plus the sha256 of every file, so a
 damaged copy is detected in the page rather than mispredicting. The folder is built in a
@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgeship import __version__
-from edgeship.errors import InputError, MissingDependencyError, RunError
-from edgeship.fsutil import replace_tree, sha256_file, write_text_atomic
-from export import ExportedModel, ExportError, ExportRequest, get_format
+from edgeship.core import __version__
+from edgeship.core.errors import InputError, MissingDependencyError, RunError
+from edgeship.core.fsutil import replace_tree, sha256_file, write_text_atomic
+from edgeship.export import ExportedModel, ExportError, ExportRequest, get_format
 
 WEB_DEMO_DIR = Path(__file__).resolve().parents[1] / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")
@@ -61,7 +61,7 @@ def unavailable_reason(web_demo_dir: str | Path | None = None) -> str | None:
 def export_web(req: ExportRequest) -> ExportedModel:
     """The variant's ONNX export (``req.onnx_path``), made browser-friendly and bundled in
     ``req.out_dir``; the stage writes artifact.json beside bundle.json and validates the model."""
-    from export.onnx import _io
+    from edgeship.export.onnx import _io
 
     src = Path(req.onnx_path) if req.onnx_path is not None else None
     if src is None or not src.is_file():
@@ -143,7 +143,7 @@ def prepare_web_model(src: str | Path, dst: str | Path) -> dict[str, Any]:
     """
     import onnx
 
-    from export.onnx import drop_flatten_transpose, qdq_activations_to_uint8
+    from edgeship.export.onnx import drop_flatten_transpose, qdq_activations_to_uint8
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(str(src))

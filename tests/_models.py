@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.runstore import RunDir, RunStore
-from export import ExportedModel, ExportRequest
+from edgeship.core.runstore import RunDir, RunStore
+from edgeship.export import ExportedModel, ExportRequest
 
 ALL_QUANTIZE = "float32,float16,dynamic,int8"
 _EXPORTED: dict[Path, tuple[RunDir, dict[str, Any]]] = {}
@@ -27,7 +27,7 @@ def exported_copy(run: RunDir, root_factory: Any) -> tuple[RunDir, dict[str, Any
     Exports: tflite-{float32,float16,dynamic,int8}, tflite-int8-fio, onnx-{float32,int8}, in
     two export stages. Returns the copy and its ExportResults by folder name.
     """
-    from export.stage import export_run
+    from edgeship.export.stage import export_run
 
     if run.path not in _EXPORTED:
         copy = copy_run(run, root_factory.mktemp(f"exported-{run.path.name}"))
@@ -78,7 +78,7 @@ def hand_run(
 
 def tiny_mlp(n_features: int, n_classes: int, seed: int = 0, middle: Any = None) -> Any:
     """A few-unit MLP; ``middle`` is an optional layer placed after the input."""
-    from training.keras_env import keras
+    from edgeship.training.keras_env import keras
 
     k = keras()
     k.utils.set_random_seed(seed)
@@ -93,7 +93,7 @@ def tiny_mlp(n_features: int, n_classes: int, seed: int = 0, middle: Any = None)
 
 def odd_layer_class() -> type:
     """A layer using ``tf.math.special.bessel_i0e``: no TFLite builtin, no ONNX operator."""
-    from training.keras_env import keras, tf
+    from edgeship.training.keras_env import keras, tf
 
     k, t = keras(), tf()
 

@@ -10,13 +10,13 @@ import pytest
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from edgeship.runstore import RunDir, RunStore
+from edgeship.core.runstore import RunDir, RunStore
 
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """A real CNN trained briefly on digits: the run later stages start from."""
-    from training.stage import TrainConfig, train
+    from edgeship.training.stage import TrainConfig, train
 
     store = RunStore(tmp_path_factory.mktemp("digits-runs"))
     return train(store, TrainConfig(epochs=12, patience=4, seed=0)).run
@@ -25,7 +25,7 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
 @pytest.fixture(scope="session")
 def tabular_run(tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """A real MLP trained briefly on the wine table."""
-    from training.stage import TrainConfig, train
+    from edgeship.training.stage import TrainConfig, train
 
     store = RunStore(tmp_path_factory.mktemp("wine-runs"))
     return train(store, TrainConfig(dataset="wine", epochs=40, patience=8, seed=0)).run

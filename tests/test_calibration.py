@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeship.errors import DataError, InputError
-from edgeship.runstore import RunDir
+from edgeship.core.errors import DataError, InputError
+from edgeship.core.runstore import RunDir
+from edgeship.training.calibration import CALIBRATION_ROWS, calibration_set, class_quotas
 from tests._models import copy_run, read_artifact
 from tests.clihelp import assert_one_line_error, invoke
-from training.calibration import CALIBRATION_ROWS, calibration_set, class_quotas
 
 # ---------------------------------------------------------------- the routine
 
@@ -85,8 +85,8 @@ def cli_with_export(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 def test_compress_and_export_calibrate_on_the_same_rows(run: RunDir) -> None:
-    from compression.stage import CompressConfig, compress_run
-    from export.stage import export_run
+    from edgeship.compression.stage import CompressConfig, compress_run
+    from edgeship.export.stage import export_run
 
     result = compress_run(run, CompressConfig(quantize="int8", seed=7, name="ptq"))
     recorded = result.metrics["calibration"]
@@ -114,7 +114,7 @@ def test_compress_and_export_calibrate_on_the_same_rows(run: RunDir) -> None:
 
 @pytest.fixture()
 def qat_run(run: RunDir) -> RunDir:
-    from compression.stage import CompressConfig, compress_run
+    from edgeship.compression.stage import CompressConfig, compress_run
 
     compress_run(run, CompressConfig(quantize="qat", epochs=1, name="wine-qat"))
     assert run.manifest["variants"]["wine-qat"]["qat"] is True
@@ -158,7 +158,7 @@ def test_a_hand_saved_qat_model_is_recognised_from_its_config(tmp_path) -> None:
     """A QAT .h5 with no ``qat`` in its manifest entry (not made by compress) is still int8 only."""
     import tensorflow_model_optimization as tfmot
 
-    from export.stage import export_run, variant_is_qat
+    from edgeship.export.stage import export_run, variant_is_qat
     from tests._models import hand_run, tiny_mlp
 
     rng = np.random.default_rng(0)

@@ -137,7 +137,7 @@ def test_unwritable_runs_dir_is_one_line(tmp_path: Path) -> None:
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
-    from edgeship.errors import InputError
+    from edgeship.core.errors import InputError
 
     with pytest.raises(InputError):
         invoke(tmp_path, "--debug", "train", "--dataset", "mnist")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeship.runstore import RunDir
+from edgeship.core.runstore import RunDir
 from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
 
@@ -24,7 +24,7 @@ def _foreign_model(tmp_path: Path, suffix: str, with_lambda: bool = False, side:
     """A Keras model made the way a user would, without edgeship."""
     from sklearn.datasets import load_digits
 
-    from training.keras_env import keras
+    from edgeship.training.keras_env import keras
 
     k = keras()
     layers = [k.layers.Conv2D(8, 3, activation="relu", input_shape=(side, side, 1)), k.layers.Flatten()]
@@ -94,7 +94,7 @@ def test_bad_options_are_one_line(run: RunDir, args: list[str], needles: list[st
 
 
 def test_run_without_a_trained_model(tmp_path: Path) -> None:
-    from edgeship.runstore import RunStore
+    from edgeship.core.runstore import RunStore
 
     store = RunStore(tmp_path / "runs")
     with store.new_run("empty", 0) as empty, empty.stage("nothing"):

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compression.base import PassContext, kernels
-from compression.stage import CompressConfig, compress_run, load_run_data
-from edgeship.runstore import RunDir
-from training.keras_env import load_model
+from edgeship.compression.base import PassContext, kernels
+from edgeship.compression.stage import CompressConfig, compress_run, load_run_data
+from edgeship.core.runstore import RunDir
+from edgeship.training.keras_env import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +37,9 @@ def _base(run: RunDir):
 
 
 def test_pruning_reaches_the_target_and_strip_keeps_outputs(run: RunDir) -> None:
-    from compression.base import fine_tune
-    from compression.prune import PruneConfig, wrap_for_pruning
-    from training.keras_env import tfmot
+    from edgeship.compression.base import fine_tune
+    from edgeship.compression.prune import PruneConfig, wrap_for_pruning
+    from edgeship.training.keras_env import tfmot
 
     ctx = _ctx(run, epochs=3)
     source = _base(run)
@@ -56,7 +56,7 @@ def test_pruning_reaches_the_target_and_strip_keeps_outputs(run: RunDir) -> None
 
 
 def test_2_4_structure_holds_in_every_group_of_four(run: RunDir) -> None:
-    from compression.prune import PruneConfig, prune
+    from edgeship.compression.prune import PruneConfig, prune
 
     ctx = _ctx(run)
     model = prune(_base(run), ctx, PruneConfig(structure="2:4"))
@@ -72,7 +72,7 @@ def test_2_4_structure_holds_in_every_group_of_four(run: RunDir) -> None:
 
 
 def test_clustering_keeps_at_most_n_values_per_kernel(run: RunDir) -> None:
-    from compression.cluster import ClusterConfig, cluster
+    from edgeship.compression.cluster import ClusterConfig, cluster
 
     model = cluster(_base(run), _ctx(run), ClusterConfig(clusters=8))
     for name, kernel in kernels(model).items():
@@ -101,7 +101,7 @@ def test_cqat_keeps_the_clusters(run: RunDir) -> None:
 
 
 def test_low_rank_reduces_parameters_as_computed(run: RunDir) -> None:
-    from compression.lowrank import LowRankConfig, low_rank
+    from edgeship.compression.lowrank import LowRankConfig, low_rank
 
     ctx = _ctx(run)
     source = _base(run)
@@ -135,8 +135,8 @@ def test_post_training_int8_is_measured_through_a_real_conversion(run: RunDir) -
 
 
 def test_search_respects_the_budget_on_validation(run: RunDir, monkeypatch: pytest.MonkeyPatch) -> None:
-    import compression.search as search_mod
-    from compression.search import SearchConfig, search
+    import edgeship.compression.search as search_mod
+    from edgeship.compression.search import SearchConfig, search
 
     space = [CompressConfig(quantize="int8"), CompressConfig(prune=0.9, quantize="qat"),
              CompressConfig(cluster=4, quantize="qat")]
@@ -154,6 +154,6 @@ def test_search_respects_the_budget_on_validation(run: RunDir, monkeypatch: pyte
 
 
 def _float32_bytes(run: RunDir) -> int:
-    from compression.measure import tflite_bytes
+    from edgeship.compression.measure import tflite_bytes
 
     return len(tflite_bytes(_base(run), "float32"))

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgeship.errors import DataError, InputError
-from training import preprocessing
-from training.datasets import load_dataset
-from training.splits import balanced_class_weight, split_dataset
+from edgeship.core.errors import DataError, InputError
+from edgeship.training import preprocessing
+from edgeship.training.datasets import load_dataset
+from edgeship.training.splits import balanced_class_weight, split_dataset
 
 
 def _csv(tmp_path: Path, frame: pd.DataFrame, name: str = "data.csv") -> Path:

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from edge_runtime.result import validate_result
-from edgeship.deploy import (
+from edgeship.core.errors import MissingDependencyError
+from edgeship.core.runstore import RunDir
+from edgeship.devices.deploy import (
     DeployError,
     DeviceInfo,
     DevicePythonError,
@@ -34,10 +36,8 @@ from edgeship.deploy import (
     pip_error,
     probe,
 )
-from edgeship.errors import MissingDependencyError
-from edgeship.pi import SyncResult, emulator
-from edgeship.pi.ssh import ChangedHostKeyError, SshTarget, UnknownHostKeyError
-from edgeship.runstore import RunDir
+from edgeship.devices.pi import SyncResult, emulator
+from edgeship.devices.pi.ssh import ChangedHostKeyError, SshTarget, UnknownHostKeyError
 from tests import sshd
 from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
@@ -64,7 +64,7 @@ needs_emulation = pytest.mark.skipif(_emulation_missing() is not None, reason=st
 @pytest.fixture(scope="module")
 def exported(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """A copy of the digits run with TFLite float32/int8 and, if TVM is here, TVM for rpi4."""
-    from export.stage import export_run
+    from edgeship.export.stage import export_run
 
     dst = tmp_path_factory.mktemp("deploy-runs") / digits_run.path.name
     shutil.copytree(digits_run.path, dst)
@@ -143,7 +143,7 @@ def test_ssh_deploy_verify_bench_and_resend_only_changes(
         assert r["device"]["name"] == f"{trusted['host']}:{trusted['port']}"
         assert r["artifact"] in ("exports/base/tflite-float32", "exports/base/tflite-int8")
         assert r["accuracy_source"] == "device" and r["evaluation"]["samples"] > 0
-    from benchmarks.store import load_results
+    from edgeship.benchmarks.store import load_results
 
     stored = {Path(r["file"]).name for r in load_results(exported, strict=True)}
     assert {p.name for p in second.bench_files} <= stored

@@ -19,7 +19,7 @@ from edge_runtime import ArtifactError, EdgeModel, InputError, MissingRuntimeErr
 from edge_runtime.cli import main as edge_main
 from edge_runtime.preprocess import preprocess_image, preprocess_tabular, resize_bilinear
 from edge_runtime.timing import device_facts, percentile, summarize_ms, time_calls
-from edgeship.runstore import RunDir
+from edgeship.core.runstore import RunDir
 from tests._models import exported_copy
 
 ROOT = Path(__file__).resolve().parent.parent

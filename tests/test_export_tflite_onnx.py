@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeship.errors import DataError, InputError, RunError
-from edgeship.runstore import RunDir
-from export import FORMATS, ExportFormat, UnsupportedOperatorError, get_format
-from export.stage import export_run, list_artifacts
-from export.validate import ValidationConfig
+from edgeship.core.errors import DataError, InputError, RunError
+from edgeship.core.runstore import RunDir
+from edgeship.export import FORMATS, ExportFormat, UnsupportedOperatorError, get_format
+from edgeship.export.stage import export_run, list_artifacts
+from edgeship.export.validate import ValidationConfig
 from tests._models import copy_run, exported_copy, hand_run, odd_layer_class, read_artifact, tiny_mlp
 from tests.clihelp import assert_one_line_error, invoke
 
@@ -62,7 +62,7 @@ def test_each_export_validates_against_keras(exported: tuple[RunDir, dict], name
 
 @pytest.mark.parametrize("name", EXPECTED)
 def test_artifact_json_is_everything_a_device_needs(exported: tuple[RunDir, dict], name: str) -> None:
-    from edgeship.fsutil import sha256_file
+    from edgeship.core.fsutil import sha256_file
 
     run, results = exported
     meta = read_artifact(results[name].dir)

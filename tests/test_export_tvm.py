@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("tvm")
 
-from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
-from export import FORMATS, UnsupportedOperatorError
-from export.tvm import build_tvm, elf_machine, host_arch, resolve_target
+from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.export import FORMATS, UnsupportedOperatorError
+from edgeship.export.tvm import build_tvm, elf_machine, host_arch, resolve_target
 
 TOL = 1e-4
 
@@ -28,7 +28,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tf_keras CNN on 8x8x1 inputs, converted by tf2onnx (opset 17, free batch)."""
     import tf2onnx
 
-    from training.keras_env import keras, tf
+    from edgeship.training.keras_env import keras, tf
 
     k, t = keras(), tf()
     k.utils.set_random_seed(0)
@@ -145,7 +145,7 @@ def test_time_budget_stops_tuning_early(tiny_onnx: Path, tmp_path: Path) -> None
 def test_the_registry_entry_exports_validates_and_reuses_tuning(tabular_run: Any, tmp_path: Path) -> None:
     """Through the export stage: a tuned host and an rpi4 artifact, validated by edge_runtime;
     a re-export (a fresh ONNX conversion, other node names) hits the tuning cache."""
-    from export.stage import export_run
+    from edgeship.export.stage import export_run
     from tests._models import copy_run, read_artifact
 
     assert FORMATS["tvm"].load() is not None
@@ -200,7 +200,7 @@ def test_tuning_for_a_pi_needs_the_device(tmp_path: Path) -> None:
 
 
 def test_missing_cross_compiler_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import export.tvm as tvm_export
+    import edgeship.export.tvm as tvm_export
 
     if host_arch() == "aarch64":
         pytest.skip("no cross compiler needed on an aarch64 host")

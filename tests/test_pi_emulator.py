@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeship.deploy import open_device
-from edgeship.errors import MissingDependencyError
-from edgeship.pi import RemoteCommandError, emulator, local_manifest
+from edgeship.core.errors import MissingDependencyError
+from edgeship.devices.deploy import open_device
+from edgeship.devices.pi import RemoteCommandError, emulator, local_manifest
 from tests.clihelp import assert_one_line_error, invoke
 
 TFLITE = emulator.RUNTIME_REQUIREMENTS["tflite"]
@@ -185,7 +185,7 @@ def test_rootfs_is_aarch64_python311_and_cached(rootfs: Path) -> None:
 
 def _tiny_models(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     """A 2-layer tf_keras model as float32 and full-int8 .tflite, plus test inputs."""
-    from training.keras_env import keras, tf
+    from edgeship.training.keras_env import keras, tf
 
     k, t = keras(), tf()
     k.utils.set_random_seed(0)

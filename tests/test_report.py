@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from benchmarks.report import (
+from edge_runtime.result import device_id, validate_result
+from edgeship.benchmarks.report import (
     EMULATED,
     NO_DIFFERENCE,
     NO_INTERVAL,
@@ -27,9 +28,8 @@ from benchmarks.report import (
     render_markdown,
     write_report,
 )
-from benchmarks.store import save_results
-from edge_runtime.result import device_id, validate_result
-from edgeship.runstore import RunDir, RunStore
+from edgeship.benchmarks.store import save_results
+from edgeship.core.runstore import RunDir, RunStore
 from tests._models import exported_copy
 from tests.clihelp import assert_one_line_error, invoke
 
@@ -299,7 +299,7 @@ def test_edgeship_run_carries_recommendations(measured: RunDir, monkeypatch: pyt
     import edgeship.cli.compress
     import edgeship.cli.train
     import edgeship.pipeline
-    from benchmarks.store import load_results
+    from edgeship.benchmarks.store import load_results
 
     files = {k: str(v) for k, v in write_report(measured).items()}
     done = edgeship.pipeline.PipelineResult(run=measured, train=None, bench=load_results(measured),

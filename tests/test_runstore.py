@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeship.errors import RunError
-from edgeship.fsutil import sha256_file
-from edgeship.runstore import SCHEMA_VERSION, RunStore
+from edgeship.core.errors import RunError
+from edgeship.core.fsutil import sha256_file
+from edgeship.core.runstore import SCHEMA_VERSION, RunStore
 
 
 def _make_run(store: RunStore, label: str = "demo"):
@@ -68,7 +68,7 @@ def test_ctrl_c_in_a_real_process_rolls_back(tmp_path: Path) -> None:
     before = run.manifest_path.read_bytes()
     script = (
         "import sys, time\n"
-        "from edgeship.runstore import RunDir\n"
+        "from edgeship.core.runstore import RunDir\n"
         "run = RunDir(sys.argv[1])\n"
         "with run.stage('slow') as st:\n"
         "    (st.output_dir('model') / 'weights.bin').write_bytes(b'partial')\n"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeship.pi import RemoteCommandError
-from edgeship.pi.ssh import (
+from edgeship.devices.pi import RemoteCommandError
+from edgeship.devices.pi.ssh import (
     AuthenticationError,
     ChangedHostKeyError,
     HostUnreachableError,
@@ -116,7 +116,7 @@ def test_copy_run_and_resend_only_changes(
 
 
 def _local(root: Path) -> dict[str, str]:
-    from edgeship.pi import local_manifest
+    from edgeship.devices.pi import local_manifest
 
     return local_manifest(root)
 
@@ -192,7 +192,7 @@ def test_silent_server_times_out_within_connect_timeout(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_input_errors(tmp_path: Path) -> None:
-    from edgeship.errors import InputError
+    from edgeship.core.errors import InputError
 
     for host in ("", "-oProxyCommand=x", "a b"):
         with pytest.raises(InputError):

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeship.runstore import RunDir, RunStore
-from training.models import MODELS, ModelOptions, build_model, count_params
+from edgeship.core.runstore import RunDir, RunStore
+from edgeship.training.models import MODELS, ModelOptions, build_model, count_params
 
 
 @pytest.mark.slow
@@ -17,7 +17,7 @@ from training.models import MODELS, ModelOptions, build_model, count_params
     ("cnn", (8, 8, 1)), ("dscnn", (8, 8, 1)), ("mobilenetv2", (32, 32, 3)), ("mlp", (12,)),
 ])
 def test_every_registered_model_builds_and_trains_one_step(name: str, shape: tuple[int, ...]) -> None:
-    from training.keras_env import keras, seed_everything
+    from edgeship.training.keras_env import keras, seed_everything
 
     assert name in MODELS
     seed_everything(0)
@@ -66,7 +66,7 @@ def test_digits_run_holds_everything_lineage_needs(digits_run: RunDir) -> None:
 
 @pytest.mark.slow
 def test_saved_model_reproduces_recorded_accuracy(digits_run: RunDir) -> None:
-    from training.keras_env import keras
+    from edgeship.training.keras_env import keras
 
     model = keras().models.load_model(digits_run.path / "model/model.keras")
     splits = np.load(digits_run.path / "data/splits.npz")
@@ -76,7 +76,7 @@ def test_saved_model_reproduces_recorded_accuracy(digits_run: RunDir) -> None:
 
 @pytest.mark.slow
 def test_training_is_deterministic(tmp_path: Path) -> None:
-    from training.stage import TrainConfig, train
+    from edgeship.training.stage import TrainConfig, train
 
     cfg = TrainConfig(dataset="iris", epochs=5, seed=11)
     a = train(RunStore(tmp_path / "a"), cfg)

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeship.errors import MissingDependencyError
-from edgeship.fsutil import sha256_file
-from edgeship.runstore import RunDir
+from edgeship.core.errors import MissingDependencyError
+from edgeship.core.fsutil import sha256_file
+from edgeship.core.runstore import RunDir
 from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _browser_or_skip() -> None:
     pytest.importorskip("playwright.sync_api")
-    from benchmarks.browser import find_chromium
-    from export.web import unavailable_reason
+    from edgeship.benchmarks.browser import find_chromium
+    from edgeship.export.web import unavailable_reason
 
     try:
         find_chromium()
@@ -191,8 +191,8 @@ def test_demo_without_a_bundle_names_the_command(digits_run: RunDir, tmp_path: P
 
 
 def test_bench_browser_is_schema_valid_isolated_and_matches_native(web_run: RunDir) -> None:
-    from benchmarks.browser_bench import bench_browser
     from edge_runtime.result import validate_result
+    from edgeship.benchmarks.browser_bench import bench_browser
 
     class Bar:
         def __init__(self) -> None:
@@ -229,7 +229,7 @@ def test_bench_browser_is_schema_valid_isolated_and_matches_native(web_run: RunD
 
 
 def test_bench_on_browser_through_the_cli_stores_results(web_run: RunDir) -> None:
-    from benchmarks.store import load_results
+    from edgeship.benchmarks.store import load_results
 
     doc = invoke_json(web_run.path.parent, "bench", web_run.id, "--on", "browser", "--threads", "2",
                       "--runs", "20", "--warmup", "2")
@@ -240,7 +240,7 @@ def test_bench_on_browser_through_the_cli_stores_results(web_run: RunDir) -> Non
 
 
 def test_bench_browser_names_the_package_when_chromium_is_missing(web_run: RunDir, tmp_path: Path) -> None:
-    from benchmarks.browser_bench import bench_browser
+    from edgeship.benchmarks.browser_bench import bench_browser
 
     with pytest.raises(MissingDependencyError, match=r"Debian package `chromium`"):
         bench_browser(web_run, chromium=tmp_path / "no-chromium", threads=1, runs=1)
@@ -248,7 +248,7 @@ def test_bench_browser_names_the_package_when_chromium_is_missing(web_run: RunDi
 
 def test_screenshot_of_the_exported_demo(web_run: RunDir, tmp_path: Path) -> None:
     """The page a person sees: a test example picked, its top-3, the environment; saved as a PNG."""
-    from benchmarks.browser import BrowserDriver
+    from edgeship.benchmarks.browser import BrowserDriver
 
     with BrowserDriver(web_run.path / "exports/base/web") as driver:
         demo = driver.open(threads=2)
@@ -269,7 +269,7 @@ def test_tabular_run_bundles_its_raw_rows_and_matches_native(tabular_run: RunDir
     _browser_or_skip()
     import csv
 
-    from benchmarks.browser_bench import bench_browser
+    from edgeship.benchmarks.browser_bench import bench_browser
 
     run = _copy(tabular_run, tmp_path)
     doc = invoke_json(tmp_path, "export", run.id, "--format", "onnx,web")

@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.browser import (
+from edgeship.benchmarks.browser import (
     BrowserDriver,
     BrowserPageError,
     find_chromium,
     run_browser_benchmark,
     run_browser_benchmarks,
 )
-from edgeship.errors import InputError, MissingDependencyError
-from edgeship.fsutil import sha256_file
-from edgeship.webserver import BundleServer
-from export.web import MANIFEST, ORT_FILES, PAGE_FILES, WEB_DEMO_DIR, build_web_bundle
+from edgeship.benchmarks.webserver import BundleServer
+from edgeship.core.errors import InputError, MissingDependencyError
+from edgeship.core.fsutil import sha256_file
+from edgeship.export.web import MANIFEST, ORT_FILES, PAGE_FILES, WEB_DEMO_DIR, build_web_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def table_pre(rows: list[list[Any]], p: dict[str, Any]) -> np.ndarray:
 def _to_onnx(model: Any, shape: tuple[int, ...], path: Path) -> Path:
     import tf2onnx
 
-    from training.keras_env import tf
+    from edgeship.training.keras_env import tf
 
     spec = (tf().TensorSpec((None, *shape), tf().float32, name="input"),)
     tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(path))
@@ -90,7 +90,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    from training.keras_env import keras, seed_everything
+    from edgeship.training.keras_env import keras, seed_everything
 
     k = keras()
     seed_everything(0)
@@ -153,7 +153,7 @@ def wine(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from sklearn.datasets import load_wine
     from sklearn.model_selection import train_test_split
 
-    from training.keras_env import keras, seed_everything
+    from edgeship.training.keras_env import keras, seed_everything
 
     k = keras()
     seed_everything(0)

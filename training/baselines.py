@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluation import accuracy
+from edgeship.training.evaluation import accuracy
 
 
 def run_baselines(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

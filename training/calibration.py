@@ -8,7 +8,7 @@ to its share of the train split. The same run, seed and count always give the sa
 ``Calibration.describe()`` records which ones (their count, the seed, and a hash of their
 indices) in a variant's metrics and in each int8 artifact.json.
 
-Only numpy and ``edgeship.errors`` are imported: export uses this without compression's
+Only numpy and ``edgeship.core.errors`` are imported: export uses this without compression's
 TensorFlow-heavy modules.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.errors import DataError
+from edgeship.core.errors import DataError
 
 # 256 rows: both converters calibrate the min/max of every activation (TFLite, and
 # onnxruntime's default MinMax calibrator), which settle within a few hundred samples

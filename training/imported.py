@@ -12,9 +12,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from edgeship.errors import InputError
-from edgeship.fsutil import sha256_file
-from training.keras_env import load_model
+from edgeship.core.errors import InputError
+from edgeship.core.fsutil import sha256_file
+from edgeship.training.keras_env import load_model
 
 UNSAFE_LAYERS = {"Lambda"}
 

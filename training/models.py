@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeship.errors import InputError
-from training.keras_env import keras
+from edgeship.core.errors import InputError
+from edgeship.training.keras_env import keras
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.errors import DataError, InputError
-from training.datasets import RawDataset
+from edgeship.core.errors import DataError, InputError
+from edgeship.training.datasets import RawDataset
 
 
 @dataclass(frozen=True)

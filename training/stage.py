@@ -17,16 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.errors import InputError
-from edgeship.runstore import RunDir, RunStore
-from training import preprocessing
-from training.baselines import run_baselines
-from training.datasets import RawDataset, load_dataset
-from training.evaluation import classification_metrics
-from training.keras_env import keras, seed_everything
-from training.models import ModelOptions, build_model, count_params, resolve_model_name
-from training.report import model_card, plot_curves
-from training.splits import Split, balanced_class_weight, split_dataset
+from edgeship.core.errors import InputError
+from edgeship.core.runstore import RunDir, RunStore
+from edgeship.training import preprocessing
+from edgeship.training.baselines import run_baselines
+from edgeship.training.datasets import RawDataset, load_dataset
+from edgeship.training.evaluation import classification_metrics
+from edgeship.training.keras_env import keras, seed_everything
+from edgeship.training.models import ModelOptions, build_model, count_params, resolve_model_name
+from edgeship.training.report import model_card, plot_curves
+from edgeship.training.splits import Split, balanced_class_weight, split_dataset
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _evaluate_and_save(out: Path, model: Any, prep: Prepared, seed: int, wall: f
 
 def adopt(store: RunStore, model_file: str | Path, cfg: TrainConfig) -> TrainResult:
     """Start a run from a Keras model trained elsewhere, on a dataset edgeship can load."""
-    from training.imported import load_foreign_model
+    from edgeship.training.imported import load_foreign_model
 
     prep = prepare(cfg)
     model, origin = load_foreign_model(Path(model_file), prep.arrays["x_train"].shape[1:],

@@ -18,19 +18,19 @@ Report), ``plots`` (figures), ``render`` (method, Markdown, CSV, JSON, writing t
 
 from __future__ import annotations
 
-from benchmarks.report.build import build_report, compression_table
-from benchmarks.report.fmt import EMULATED
-from benchmarks.report.model import Device, Report, Row, device_title, group_devices
-from benchmarks.report.page import render_html
-from benchmarks.report.plots import distribution_plot, pareto_front, pareto_plot
-from benchmarks.report.recommend import (
+from edgeship.benchmarks.report.build import build_report, compression_table
+from edgeship.benchmarks.report.fmt import EMULATED
+from edgeship.benchmarks.report.model import Device, Report, Row, device_title, group_devices
+from edgeship.benchmarks.report.page import render_html
+from edgeship.benchmarks.report.plots import distribution_plot, pareto_front, pareto_plot
+from edgeship.benchmarks.report.recommend import (
     DEFAULT_ACCURACY_BUDGET,
     check_budget,
     recommend,
     recommendations,
     ship_line,
 )
-from benchmarks.report.render import (
+from edgeship.benchmarks.report.render import (
     CSV_FIELDS,
     METHOD,
     OUTPUT_FORMATS,
@@ -42,8 +42,8 @@ from benchmarks.report.render import (
     render_markdown,
     write_report,
 )
-from benchmarks.report.terminal import device_table, print_report, print_ship_lines
-from benchmarks.report.verdicts import CODES, NO_DIFFERENCE, NO_INTERVAL, compare
+from edgeship.benchmarks.report.terminal import device_table, print_report, print_ship_lines
+from edgeship.benchmarks.report.verdicts import CODES, NO_DIFFERENCE, NO_INTERVAL, compare
 
 __all__ = [
     "CODES", "CSV_FIELDS", "DEFAULT_ACCURACY_BUDGET", "EMULATED", "METHOD", "NO_DIFFERENCE", "NO_INTERVAL",

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.model import Report, group_devices
-from benchmarks.report.recommend import DEFAULT_ACCURACY_BUDGET, check_budget, recommendations
-from benchmarks.report.verdicts import judge
-from benchmarks.store import load_results
-from edgeship.errors import RunError
-from edgeship.fsutil import read_json
-from edgeship.runstore import RunDir
+from edgeship.benchmarks.report.model import Report, group_devices
+from edgeship.benchmarks.report.recommend import DEFAULT_ACCURACY_BUDGET, check_budget, recommendations
+from edgeship.benchmarks.report.verdicts import judge
+from edgeship.benchmarks.store import load_results
+from edgeship.core.errors import RunError
+from edgeship.core.fsutil import read_json
+from edgeship.core.runstore import RunDir
 
 
 def build_report(run: RunDir, accuracy_budget: float = DEFAULT_ACCURACY_BUDGET) -> Report:

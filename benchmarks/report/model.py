@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.fmt import EMULATED
 from edge_runtime.result import device_id as derive_device_id
 from edge_runtime.result import upgrade_result
+from edgeship.benchmarks.report.fmt import EMULATED
 
 _QUANT_TOKENS = {"float32", "float16", "dynamic", "int8", "fio"}
 # The facts that tell two devices apart (those the device id is derived from, plus cores).
@@ -138,7 +138,7 @@ class Report:
         return [r for d in self.devices for r in d.rows]
 
     def as_dict(self) -> dict[str, Any]:
-        from benchmarks.report.render import REPORT_HTML, REPORT_MD, ci_methods
+        from edgeship.benchmarks.report.render import REPORT_HTML, REPORT_MD, ci_methods
 
         return {"run_id": self.run_id, "run_dir": str(self.run_path),
                 "accuracy_budget_points": self.accuracy_budget,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 
-from benchmarks.report.fmt import EMULATED, fact
-from benchmarks.report.model import Report, Row
-from benchmarks.report.plots import distribution_plot, pareto_plot
-from benchmarks.report.render import (
+from edgeship.benchmarks.report.fmt import EMULATED, fact
+from edgeship.benchmarks.report.model import Report, Row
+from edgeship.benchmarks.report.plots import distribution_plot, pareto_plot
+from edgeship.benchmarks.report.render import (
     COMPRESSION_COLUMNS,
     FACT_KEYS,
     P99_NOTE,

@@ -8,9 +8,9 @@ import io
 import math
 from typing import Any
 
-from benchmarks.report.fmt import EMULATED
-from benchmarks.report.model import Device, Row
-from benchmarks.report.verdicts import best_per_artifact
+from edgeship.benchmarks.report.fmt import EMULATED
+from edgeship.benchmarks.report.model import Device, Row
+from edgeship.benchmarks.report.verdicts import best_per_artifact
 
 
 def _png(fig: Any) -> str:

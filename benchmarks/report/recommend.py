@@ -16,10 +16,10 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from benchmarks.report.fmt import EMULATED, p50_with_ci, pct, size
-from benchmarks.report.model import Device, Report, Row, group_devices
-from benchmarks.report.verdicts import compare_rows
-from edgeship.errors import InputError
+from edgeship.benchmarks.report.fmt import EMULATED, p50_with_ci, pct, size
+from edgeship.benchmarks.report.model import Device, Report, Row, group_devices
+from edgeship.benchmarks.report.verdicts import compare_rows
+from edgeship.core.errors import InputError
 
 DEFAULT_ACCURACY_BUDGET = 1.0  # percentage points
 _EPS = 1e-9

@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report.build import build_report
-from benchmarks.report.fmt import delta_pt, fact, interval, num, pct, sig, size
-from benchmarks.report.model import Report, Row
-from edgeship.fsutil import write_text_atomic
-from edgeship.runstore import RunDir
+from edgeship.benchmarks.report.build import build_report
+from edgeship.benchmarks.report.fmt import delta_pt, fact, interval, num, pct, sig, size
+from edgeship.benchmarks.report.model import Report, Row
+from edgeship.core.fsutil import write_text_atomic
+from edgeship.core.runstore import RunDir
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -172,7 +172,7 @@ def render_json(rep: Report) -> str:
 
 def write_report(run: RunDir, report: Report | None = None) -> dict[str, Path]:
     """Build (unless given) and write ``report.md`` and ``report.html`` atomically; their paths."""
-    from benchmarks.report.page import render_html  # page renders with this module's cells
+    from edgeship.benchmarks.report.page import render_html  # page renders with this module's cells
 
     rep = report or build_report(run)
     md, page = run.path / REPORT_MD, run.path / REPORT_HTML

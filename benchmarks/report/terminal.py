@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from benchmarks.report.fmt import EMULATED, sig
-from benchmarks.report.model import Device, Report, Row
-from benchmarks.report.render import budget_heading
-from benchmarks.report.verdicts import CODES
+from edgeship.benchmarks.report.fmt import EMULATED, sig
+from edgeship.benchmarks.report.model import Device, Report, Row
+from edgeship.benchmarks.report.render import budget_heading
+from edgeship.benchmarks.report.verdicts import CODES
 
 P99_STAR = "*: p99 over k-call means (no single-call tail)"
 
@@ -80,7 +80,7 @@ def legend(dev: Device) -> str:
 def print_report(rep: Report, files: dict[str, Any] | None = None, console: Console | None = None) -> None:
     """Ship-this lines first, then per device: note, table, legend, verdicts; then the files."""
     if console is None:
-        from edgeship.console import out as console
+        from edgeship.core.console import out as console
     console.print(f"[bold]{escape(budget_heading(rep))}[/]", highlight=False)
     for rec in rep.recommendations:
         console.print(f"  [green]-[/] {escape(rec['line'])}", highlight=False)
@@ -102,6 +102,6 @@ def print_report(rep: Report, files: dict[str, Any] | None = None, console: Cons
 def print_ship_lines(recs: list[dict[str, Any]], console: Console | None = None) -> None:
     """One "ship this" line per device (the end of ``edgeship run``)."""
     if console is None:
-        from edgeship.console import out as console
+        from edgeship.core.console import out as console
     for rec in recs:
         console.print(f"[bold green]{escape(rec['line'])}[/]", highlight=False)

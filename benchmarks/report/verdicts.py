@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from benchmarks.report.fmt import EMULATED, interval, ms, pct, size
-from benchmarks.report.model import Device, Row
+from edgeship.benchmarks.report.fmt import EMULATED, interval, ms, pct, size
+from edgeship.benchmarks.report.model import Device, Row
 
 Outcome = Literal["faster", "slower", "same"]
 NO_DIFFERENCE = "no measurable difference"

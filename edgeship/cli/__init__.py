@@ -17,8 +17,8 @@ import click
 
 from edge_runtime.errors import EdgeRuntimeError
 from edgeship import __version__
-from edgeship.errors import EdgeshipError
-from edgeship.runstore import ENV_ROOT, RunStore
+from edgeship.core.errors import EdgeshipError
+from edgeship.core.runstore import ENV_ROOT, RunStore
 
 # name -> "module:attribute"; order is the order shown in --help.
 COMMANDS = {

@@ -1,4 +1,4 @@
-"""``edgeship bench``: parse, call one driver through ``benchmarks.harness.bench_run``, print."""
+"""``edgeship bench``: parse, call one driver through ``edgeship.measure.bench_run``, print."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, pass_app
-from edgeship.errors import InputError
+from edgeship.core.errors import InputError
 
 
 @click.command()
@@ -52,8 +52,9 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
       edgeship bench latest --on pi --emulated
       edgeship bench latest --json > results.json
     """
-    from benchmarks.harness import bench_run, check_counts, get_driver, parse_threads
-    from edgeship import console
+    from edgeship.benchmarks.harness import check_counts, parse_threads
+    from edgeship.core import console
+    from edgeship.measure import bench_run, get_driver
 
     check_counts(runs, warmup, rounds)
     thread_counts = parse_threads(threads)
@@ -68,12 +69,12 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
     total: int | None = None
     label = on
     if on == "host":
-        from benchmarks.host import plan_size
+        from edgeship.benchmarks.host import plan_size
 
         options.update(variants=variants, formats=formats, log=console.warn)
         total = plan_size(run, variants, formats, thread_counts, rounds)
     elif on == "browser":
-        from benchmarks.browser_bench import plan_size as browser_plan
+        from edgeship.benchmarks.browser_bench import plan_size as browser_plan
 
         options.update(variants=variants, formats=formats, log=console.warn)
         total = browser_plan(run, variants, formats, thread_counts, rounds)
@@ -93,7 +94,7 @@ def _table(run: Any, results: list[dict[str, Any]]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from edgeship import console
+    from edgeship.core import console
 
     table = Table(title=f"benchmarks of {run.id}: ms per call, median of rounds [95 % interval]")
     right = ("thr", "p50 [95 % interval]", "p99 tail", "e2e p50", "KiB", "acc")

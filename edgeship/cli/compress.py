@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, parse_duration, pass_app
-from edgeship.console import emit_json, out, progress
-from edgeship.errors import InputError
+from edgeship.core.console import emit_json, out, progress
+from edgeship.core.errors import InputError
 
 
 @click.command()
@@ -70,7 +70,7 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
       edgeship compress latest --search --accuracy-budget 1.0 --objective size --time-budget 10m
       edgeship compress --model mine.keras --dataset digits --prune 0.5
     """
-    from compression.stage import CompressConfig
+    from edgeship.compression.stage import CompressConfig
 
     cfg = CompressConfig(
         prune=prune, prune_structure=prune_structure, cluster=cluster, quantize=quantize,
@@ -88,7 +88,7 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
     summaries: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     if do_search:
-        from compression.search import SearchConfig, search
+        from edgeship.compression.search import SearchConfig, search
 
         scfg = SearchConfig(accuracy_budget=accuracy_budget, objective=objective,
                             time_budget_s=parse_duration(time_budget), seed=seed)
@@ -111,7 +111,7 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
 
 
 def _compress_one(run: Any, cfg: Any) -> dict[str, Any]:
-    from compression.stage import compress_run
+    from edgeship.compression.stage import compress_run
 
     label = cfg.name or cfg.default_name()
     with progress(f"compress {label}", total=cfg.pass_count() or None) as bar:
@@ -121,7 +121,7 @@ def _compress_one(run: Any, cfg: Any) -> dict[str, Any]:
 def _recipe_configs(recipe_name: str, cfg: Any) -> list[Any]:
     from dataclasses import replace
 
-    from compression.recipes import recipe
+    from edgeship.compression.recipes import recipe
 
     return [replace(c, seed=cfg.seed, source=cfg.source) for c in recipe(recipe_name)]
 
@@ -137,7 +137,7 @@ def _resolve_or_import(app: Any, run_ref: str | None, model_file: str | None, da
     if not dataset:
         raise InputError("--model needs --dataset: the data to measure and fine-tune it on")
     from edgeship.cli.options import parse_size
-    from training.stage import TrainConfig, adopt
+    from edgeship.training.stage import TrainConfig, adopt
 
     cfg = TrainConfig(dataset=dataset, target=target, image_size=parse_size(image_size), seed=seed)
     return adopt(app.store, model_file, cfg).run

@@ -1,6 +1,6 @@
 """``edgeship demo``: serve a run's web bundle (page + model + onnxruntime-web) on this machine.
 
-The library does the work (``export.web.bundle_dir`` finds the bundle, ``edgeship.webserver``
+The library does the work (``export.web.bundle_dir`` finds the bundle, ``edgeship.benchmarks.webserver``
 serves it with the cross-origin isolation headers multithreaded WebAssembly needs); this
 module parses, prints the address and blocks until Ctrl-C.
 """
@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, pass_app
-from edgeship.console import emit_json, err, out
+from edgeship.core.console import emit_json, err, out
 
 
 @click.command()
@@ -38,8 +38,8 @@ def demo(app: Any, run: str, variant: str, quantize: str | None, port: int, host
       edgeship demo latest                 # then open http://127.0.0.1:8000/
       edgeship demo latest --quantize int8 --port 0 --open
     """
-    from edgeship.webserver import BundleServer
-    from export.web import bundle_dir
+    from edgeship.benchmarks.webserver import BundleServer
+    from edgeship.export.web import bundle_dir
 
     run_dir = app.store.resolve(run)
     folder = bundle_dir(run_dir, variant, quantize)

@@ -1,4 +1,4 @@
-"""``edgeship deploy pi``: parse, call ``edgeship.deploy.deploy_pi``, print."""
+"""``edgeship deploy pi``: parse, call ``edgeship.devices.deploy.deploy_pi``, print."""
 
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, f
       edgeship deploy pi latest --host mypi --format tvm --bench      # export --target rpi4 first
       edgeship deploy pi latest --emulated --bench                    # no Pi: aarch64 under QEMU
     """
-    from edgeship import console
-    from edgeship.deploy import deploy_pi
+    from edgeship.core import console
+    from edgeship.devices.deploy import deploy_pi
 
     run = app.store.resolve(run_ref)
     with console.progress("deploy", total=None) as bar:
@@ -84,7 +84,7 @@ def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, f
 
 
 def _print(dep: Any) -> None:
-    from edgeship import console
+    from edgeship.core import console
 
     s = dep.sync
     where = f"{dep.device}:{dep.remote_dir}"
@@ -106,7 +106,7 @@ def _print(dep: Any) -> None:
 def _table(dep: Any) -> None:
     from rich.table import Table
 
-    from edgeship import console
+    from edgeship.core import console
 
     title = f"on {dep.device}: ms per call (invoke alone; e2e with pre/post)"
     table = Table(title=title + (f" - {EMULATED_NOTE}" if dep.emulated else ""))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from edgeship import console
 from edgeship.cli.options import json_option, parse_duration
+from edgeship.core import console
 
 
 @click.command("export")
@@ -45,7 +45,7 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
       edgeship export latest --format tflite --quantize float32,int8
       edgeship export latest --variant all --format all --json
     """
-    from export.stage import export_run
+    from edgeship.export.stage import export_run
 
     run_dir = ctx.obj.store.resolve(run)
     results = export_run(

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, pass_app
-from edgeship.console import emit_json, out, progress
+from edgeship.core.console import emit_json, out, progress
 
 
 @click.command()
@@ -41,7 +41,7 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
                          bench_runs=runs, browser=browser, pi=pi)
     result = run_pipeline(app.store, cfg, progress)
     trained = train_summary(result.train)
-    from benchmarks.report import recommendations
+    from edgeship.benchmarks.report import recommendations
 
     # "Ship this" per device, from this run's results (default accuracy budget, as in report.md).
     recs = recommendations(result.bench) if result.bench else []
@@ -53,7 +53,7 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
         return
     print_train_summary(trained)
     print_variants(result.run, result.variants, None)
-    from benchmarks.report import build_report, print_ship_lines
+    from edgeship.benchmarks.report import build_report, print_ship_lines
     from edgeship.cli.report import print_report
 
     print_report(build_report(result.run), result.report)

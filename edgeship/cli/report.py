@@ -16,7 +16,7 @@ def accuracy_budget_option(f: Any) -> Any:
     """``--accuracy-budget POINTS``: a finite number >= 0, else one line and exit code 2."""
 
     def check(ctx: click.Context, param: click.Parameter, value: str) -> float:
-        from benchmarks.report import check_budget
+        from edgeship.benchmarks.report import check_budget
 
         return check_budget(value)  # InputError: the CLI's one-line error, exit 2
 
@@ -50,7 +50,13 @@ def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
       edgeship report latest --format csv > latency.csv
       edgeship report latest --format json | jq '.recommendations[].line'
     """
-    from benchmarks.report import build_report, render_csv, render_json, render_markdown, write_report
+    from edgeship.benchmarks.report import (
+        build_report,
+        render_csv,
+        render_json,
+        render_markdown,
+        write_report,
+    )
 
     run = app.store.resolve(run_ref)
     rep = build_report(run, accuracy_budget)
@@ -69,6 +75,6 @@ def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
 
 def print_report(rep: Any, files: dict[str, Any]) -> None:
     """The terminal report (see ``benchmarks.report.terminal``) on stdout."""
-    from benchmarks.report import print_report as show
+    from edgeship.benchmarks.report import print_report as show
 
     show(rep, files)

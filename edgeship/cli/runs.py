@@ -7,9 +7,9 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, pass_app
-from edgeship.console import emit_json, out
-from edgeship.errors import RunError
-from edgeship.runstore import RunDir
+from edgeship.core.console import emit_json, out
+from edgeship.core.errors import RunError
+from edgeship.core.runstore import RunDir
 
 
 def run_row(run: RunDir) -> dict[str, Any]:
@@ -79,6 +79,6 @@ def show(app: Any, run_ref: str, as_json: bool) -> None:
     if as_json:
         emit_json(manifest)
         return
-    from edgeship.summary import render_summary
+    from edgeship.cli.summary import render_summary
 
     render_summary(run, manifest, out)

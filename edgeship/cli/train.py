@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, parse_size, pass_app
-from edgeship.console import emit_json, out, progress
+from edgeship.core.console import emit_json, out, progress
 
 
 @click.command()
@@ -48,8 +48,8 @@ def train(app: Any, dataset: str, target: str | None, time_column: str | None, i
       edgeship train --dataset sales.csv --target churned --time-column date --json
       edgeship train --dataset photos/ --image-size 96 --model mobilenetv2
     """
-    from training.stage import TrainConfig
-    from training.stage import train as train_stage
+    from edgeship.training.stage import TrainConfig
+    from edgeship.training.stage import train as train_stage
 
     cfg = TrainConfig(
         dataset=dataset, target=target, time_column=time_column,

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
-from edgeship.errors import InputError
+from edgeship.core.errors import InputError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000

@@ -7,7 +7,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgeship.runstore import RunDir
+from edgeship.core.runstore import RunDir
 
 
 def render_summary(run: RunDir, m: dict[str, Any], console: Console) -> None:

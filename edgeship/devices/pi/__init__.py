@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from edgeship.errors import EdgeshipError, InputError
+from edgeship.core.errors import EdgeshipError, InputError
 
 
 class RemoteCommandError(EdgeshipError):

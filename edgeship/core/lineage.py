@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import edgeship
+from edgeship.core import __version__
 
 # The packages whose versions change results; recorded when installed.
 KEY_PACKAGES = (
@@ -40,7 +40,7 @@ def package_versions(names: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str]:
 
 def git_commit() -> dict[str, object] | None:
     """The commit of the edgeship checkout, if it is one; ``dirty`` marks uncommitted edits."""
-    root = Path(edgeship.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
@@ -57,7 +57,7 @@ def git_commit() -> dict[str, object] | None:
 
 def environment() -> dict[str, object]:
     return {
-        "edgeship_version": edgeship.__version__,
+        "edgeship_version": __version__,
         "git": git_commit(),
         "python": platform.python_version(),
         "implementation": sys.implementation.name,

@@ -48,10 +48,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from edgeship import console
-from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
-from edgeship.fsutil import atomic_path, read_json, replace_tree, write_json_atomic
-from edgeship.pi import (
+from edgeship.core import console
+from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.fsutil import atomic_path, read_json, replace_tree, write_json_atomic
+from edgeship.devices.pi import (
     RemoteCommandError,
     SyncResult,
     command_failed,
@@ -114,7 +114,7 @@ class Progress(Protocol):
     def update(self, advance: int = 1, status: str = "") -> None: ...
 
 
-# ``edgeship.console.progress`` is one: (description, total) -> context yielding a Progress.
+# ``edgeship.core.console.progress`` is one: (description, total) -> context yielding a Progress.
 ProgressFactory = Callable[[str, int | None], AbstractContextManager[Progress]]
 
 
@@ -489,7 +489,7 @@ def _wheels_ok(folder: Path) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    from edgeship.fsutil import sha256_file
+    from edgeship.core.fsutil import sha256_file
 
     return sha256_file(path)
 

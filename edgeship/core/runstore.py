@@ -21,15 +21,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgeship.errors import RunError
-from edgeship.fsutil import (
+from edgeship.core.errors import RunError
+from edgeship.core.fsutil import (
     make_temp_dir,
     read_json,
     replace_tree,
     sha256_file,
     write_json_atomic,
 )
-from edgeship.lineage import environment
+from edgeship.core.lineage import environment
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1

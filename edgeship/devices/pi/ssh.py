@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, ClassVar, Literal
 
-from edgeship.errors import EdgeshipError, InputError, MissingDependencyError
-from edgeship.fsutil import atomic_path
-from edgeship.pi import (
+from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.fsutil import atomic_path
+from edgeship.devices.pi import (
     RemoteCommandError,
     SyncResult,
     command_failed,

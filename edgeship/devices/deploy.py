@@ -1,6 +1,6 @@
 """Deploy exported models to a Raspberry Pi (or the emulated one), and benchmark them there.
 
-One code path for both kinds of device (``edgeship.pi.Device``: ``SshTarget`` or ``EmulatedPi``):
+One code path for both kinds of device (``edgeship.devices.pi.Device``: ``SshTarget`` or ``EmulatedPi``):
 
 1. probe: one ``python3`` call on the device reports its CPU, Python, venv support, free space
    and the remote folder's state (created and marked on first use; a foreign non-empty folder
@@ -45,9 +45,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edgeship.errors import EdgeshipError, InputError, RunError
-from edgeship.fsutil import read_json
-from edgeship.pi import (
+from edgeship.core.errors import EdgeshipError, InputError, RunError
+from edgeship.core.fsutil import read_json
+from edgeship.core.runstore import RunDir
+from edgeship.devices.pi import (
     Device,
     RemoteCommandError,
     SyncResult,
@@ -56,7 +57,6 @@ from edgeship.pi import (
     local_manifest,
     remote_path,
 )
-from edgeship.runstore import RunDir
 
 DEFAULT_REMOTE_DIR = "edgeship"
 MARKER = ".edgeship-deploy"
@@ -98,7 +98,7 @@ class VerifyError(DeployError):
 
 
 class Progress(Protocol):
-    """What deploy reports to (``edgeship.console.progress`` yields one)."""
+    """What deploy reports to (``edgeship.core.console.progress`` yields one)."""
 
     def update(self, advance: int = 1, status: str = "") -> None: ...
 
@@ -259,7 +259,7 @@ def select_artifacts(
 
     The CPU check comes later (``for_device``): only the device says what it is.
     """
-    from benchmarks.harness import select_artifacts as select
+    from edgeship.benchmarks.harness import select_artifacts as select
 
     found = select(run, variants, formats, runnable_here=False, allowed_formats=PI_FORMATS, log=log)
     wanted = _names(quantize)
@@ -351,7 +351,7 @@ def pack_bundle(
         shipped.append(DeployedArtifact(rel=art.rel, remote=remote, variant=art.variant,
                                         format=art.format, quantize=art.meta.get("quantize"),
                                         target=target_name))
-    from benchmarks.evaluation import write_run_testset
+    from edgeship.benchmarks.evaluation import write_run_testset
 
     testset = write_run_testset(run, dest)  # accuracy is measured on the device, on this split
     header = f"# edge_runtime on the device: {', '.join(sorted({a.format for a in shipped}))}\n"
@@ -455,7 +455,7 @@ def deploy(
     The emulated Pi always installs from shipped wheels (``offline``): pip under QEMU is slow
     enough without the network.
     """
-    from edgeship.pi.emulator import cache_dir, download_wheels
+    from edgeship.devices.pi.emulator import cache_dir, download_wheels
 
     say = log or (lambda _m: None)
     step = _Steps(progress)
@@ -575,7 +575,7 @@ def install_venv(
     ``--without-pip`` and pip runs in-process from Debian's pip wheel, ``--no-compile``; the
     .pyc files are then written by this machine's Python (``EmulatedPi.precompile``).
     """
-    from edgeship.pi.emulator import EmulatedPi
+    from edgeship.devices.pi.emulator import EmulatedPi
 
     rdir = remote_path(remote_dir)
     emulated = isinstance(device, EmulatedPi)
@@ -758,12 +758,12 @@ def open_device(
         extra += [k for k, v in ssh_options.items() if v is not None]
         if extra:
             raise InputError(f"{extra[0]} goes with --host, not --emulated")
-        from edgeship.pi.emulator import EmulatedPi
+        from edgeship.devices.pi.emulator import EmulatedPi
 
         return EmulatedPi(progress=setup_progress)
     if not host:
         raise InputError("give --host USER@HOST (a Pi over SSH) or --emulated (the emulated Pi)")
-    from edgeship.pi.ssh import SshTarget
+    from edgeship.devices.pi.ssh import SshTarget
 
     return SshTarget(host, port=port, identity=Path(identity).expanduser() if identity else None,
                      accept_new_host_key=accept_new_host_key,
@@ -795,7 +795,7 @@ def deploy_pi(
     **ssh_options: Any,
 ) -> Deployment:
     """``edgeship deploy pi``: deploy, and with ``bench`` measure there and store the results."""
-    from benchmarks.harness import check_counts, parse_threads
+    from edgeship.benchmarks.harness import check_counts, parse_threads
 
     thread_counts = parse_threads(threads)
     if bench:
@@ -804,7 +804,7 @@ def deploy_pi(
     dep = deploy(run, device, variants=variant, formats=format, quantize=quantize,
                  remote_dir=remote_dir, offline=offline, progress=progress, log=log)
     if bench:
-        from benchmarks.store import save_results
+        from edgeship.benchmarks.store import save_results
 
         dep.results = _finish(run, bench_deployed(device, dep, threads=thread_counts, runs=runs,
                                                   warmup=warmup, rounds=rounds, progress=progress, log=log))
@@ -834,7 +834,7 @@ def bench_pi(
 
     Returns schema results (``on: "pi"``; emulated ones say so); ``bench_run`` stores them.
     """
-    from benchmarks.harness import check_counts, parse_threads
+    from edgeship.benchmarks.harness import check_counts, parse_threads
 
     check_counts(runs, warmup, rounds)
     thread_counts = parse_threads(threads)
@@ -847,8 +847,8 @@ def bench_pi(
 
 def _finish(run: RunDir, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Top-1 agreement with the Keras model; the export's accuracy where the device had no test split."""
-    from benchmarks.evaluation import export_accuracy, finish_evaluation
-    from export.stage import list_artifacts
+    from edgeship.benchmarks.evaluation import export_accuracy, finish_evaluation
+    from edgeship.export.stage import list_artifacts
 
     metas = {m["dir"]: m for m in list_artifacts(run, include_failed=False)}
     for r in results:
