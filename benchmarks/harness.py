@@ -6,13 +6,13 @@ top floor, since the Pi's driver lives above this layer.
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from edgeship.core.errors import InputError, RunError
+from edgeship.core.names import host_arch, split_names
 from edgeship.core.runstore import RunDir
 
 HOST_FORMATS = ("tflite", "onnx", "tvm")
@@ -57,18 +57,6 @@ def check_counts(runs: int, warmup: int, rounds: int = 1) -> None:
         raise InputError(f"--warmup must be 0 or more, got {warmup}")
 
 
-def _names(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
-    return [s.strip() for s in items if s.strip()]
-
-
-def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-
-
 @dataclass(frozen=True)
 class Artifact:
     """One export that can be benchmarked: its folder and artifact.json."""
@@ -109,13 +97,13 @@ def select_artifacts(
     if not all_metas:
         raise RunError(f"run {run.id} has no exports; make them with `edgeship export {run.id}`")
     known_variants = sorted({str(m.get("variant") or Path(m["dir"]).parent.name) for m in all_metas})
-    want_v = _names(variants) or ["all"]
+    want_v = split_names(variants) or ["all"]
     if "all" not in want_v:
         unknown = [v for v in want_v if v not in known_variants]
         if unknown:
             raise InputError(f"no exports of variant '{unknown[0]}' in run {run.id}; "
                              f"exported variants: {', '.join(known_variants)} (or all)")
-    want_f = _names(formats) or ["all"]
+    want_f = split_names(formats) or ["all"]
     out: list[Artifact] = []
     matched_formats: set[str] = set()
     for meta in all_metas:

@@ -27,6 +27,7 @@ import numpy as np
 from edge_runtime.artifact import ARTIFACT_FILE
 from edgeship.core.errors import DataError, InputError, MissingDependencyError, RunError
 from edgeship.core.fsutil import read_json
+from edgeship.core.names import split_names
 from edgeship.core.runstore import RunDir
 from edgeship.export import (
     FORMATS,
@@ -257,14 +258,7 @@ def export_run(
 # ---------------------------------------------------------------- planning
 
 
-def _names(value: Sequence[str] | str | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
-    return [s.strip() for s in items if s.strip()]
-
-
-def variant_names(manifest: dict[str, Any]) -> list[str]:
+def variantsplit_names(manifest: dict[str, Any]) -> list[str]:
     return [BASE, *[v for v in (manifest.get("variants") or {}) if v != BASE]]
 
 
@@ -285,8 +279,8 @@ def plan(
     for becomes int8 in formats that have it (see ``qat_forms``), with one note per variant.
     ``qat_float`` keeps float32 (the artifact then carries a warning).
     """
-    known = variant_names(manifest)
-    wanted_variants = _names(variants) or [BASE]
+    known = variantsplit_names(manifest)
+    wanted_variants = split_names(variants) or [BASE]
     if "all" in wanted_variants:
         wanted_variants = known
     for v in wanted_variants:
@@ -296,7 +290,7 @@ def plan(
         _model_path(run, manifest, v)  # raises if the model file is missing
 
     notes: list[str] = []
-    fmt_names = _names(formats) or ["all"]
+    fmt_names = split_names(formats) or ["all"]
     explicit = "all" not in fmt_names
     if not explicit:
         fmt_names = list(FORMATS)
@@ -314,13 +308,13 @@ def plan(
             notes.append(f"skipping {f.name}: {reason}")
             fmts.remove(f)
 
-    wanted_q = _names(quantize)
+    wanted_q = split_names(quantize)
     for q in wanted_q:
         if q not in QUANTIZE_CHOICES:
             raise InputError(f"unknown quantization '{q}'; choose from {', '.join(QUANTIZE_CHOICES)}")
     if io not in IO_CHOICES:
         raise InputError(f"unknown --io '{io}'; choose int8 or float32")
-    target_list = _names(targets) or ["host"]
+    target_list = split_names(targets) or ["host"]
 
     qat = {v for v in wanted_variants if variant_is_qat(run, manifest, v)}
     jobs: list[Job] = []

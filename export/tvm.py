@@ -40,13 +40,11 @@ untuned one (then the untuned one ships and ``tuning["note"]`` says why).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import time
@@ -59,6 +57,8 @@ from typing import Any
 import numpy as np
 
 from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.fsutil import locked
+from edgeship.core.names import host_arch
 
 MODEL_FILE = "model.so"
 TARGET_NAMES = ("host", "rpi4", "rpi5")
@@ -136,11 +136,6 @@ class TVMBuildResult:
 
 
 # ---------------------------------------------------------------- targets
-
-
-def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 @functools.cache
@@ -510,16 +505,9 @@ def _cache_key(model_hash: str, spec: TargetSpec) -> str:
     return f"{model_hash}-{spec.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def _locked(folder: Path) -> Any:
     """One tuner per cache folder: two exports of the same model wait rather than interleave."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return locked(folder / ".lock")
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:

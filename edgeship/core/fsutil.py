@@ -93,3 +93,19 @@ def replace_tree(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+
+
+@contextmanager
+def locked(lock_file: str | Path) -> Iterator[None]:
+    """An exclusive advisory lock held while the block runs: two processes building the same
+    cache entry (two terminals, parallel tests) wait for each other instead of interleaving."""
+    import fcntl
+
+    path = Path(lock_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from edgeship.core.errors import EdgeshipError, InputError, RunError
 from edgeship.core.fsutil import read_json
+from edgeship.core.names import split_names
 from edgeship.core.runstore import RunDir
 from edgeship.devices.pi import (
     Device,
@@ -262,7 +263,7 @@ def select_artifacts(
     from edgeship.benchmarks.harness import select_artifacts as select
 
     found = select(run, variants, formats, runnable_here=False, allowed_formats=PI_FORMATS, log=log)
-    wanted = _names(quantize)
+    wanted = split_names(quantize)
     if not wanted:
         return found
     kept = [a for a in found if str(a.meta.get("quantize")) in wanted]
@@ -862,11 +863,6 @@ def _finish(run: RunDir, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # -- small helpers -------------------------------------------------------------------------
 
 
-def _names(value: str | Sequence[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
-    return [s.strip() for s in items if s.strip()]
 
 
 def _json_line(stdout: str, what: str) -> dict[str, Any]:

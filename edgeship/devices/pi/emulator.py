@@ -30,7 +30,6 @@ built, and renamed into place only when complete. The root filesystem is built o
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import hashlib
 import json
@@ -42,7 +41,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,7 +49,7 @@ from typing import Any, ClassVar, Protocol
 
 from edgeship.core import console
 from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
-from edgeship.core.fsutil import atomic_path, read_json, replace_tree, write_json_atomic
+from edgeship.core.fsutil import atomic_path, locked, read_json, replace_tree, write_json_atomic
 from edgeship.devices.pi import (
     RemoteCommandError,
     SyncResult,
@@ -132,16 +131,9 @@ def rootfs_dir() -> Path:
 
 
 @contextmanager
-def _locked(name: str) -> Iterator[None]:
+def _locked(name: str) -> Any:
     """Serialise builds of one cache entry across processes (parallel tests, two terminals)."""
-    cache = cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f".{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return locked(cache_dir() / f".{name}.lock")
 
 
 # -- QEMU ----------------------------------------------------------------------------------
