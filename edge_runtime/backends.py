@@ -18,7 +18,7 @@ import numpy as np
 
 from edge_runtime.errors import ArtifactError, MissingRuntimeError
 
-# What to pip install when an artifact.json names no requirements (pins from PLATFORM.md).
+# What to pip install when an artifact.json names no requirements (the pins in requirements-*.txt).
 DEFAULT_REQUIREMENTS = {
     "tflite": ["ai-edge-litert==2.3.0"],
     "onnx": ["onnxruntime==1.32.0"],

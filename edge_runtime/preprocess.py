@@ -1,4 +1,4 @@
-"""The preprocessing spec (docs/contracts.md) applied with numpy alone.
+"""The preprocessing spec (docs/architecture.md) applied with numpy alone.
 
 Training fits the spec on the train split and every ``artifact.json`` carries a copy, so a
 device turns raw inputs into model inputs exactly as training did, without the run directory,

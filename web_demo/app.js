@@ -1,5 +1,5 @@
 // edgeship in-browser demo: loads bundle.json + the ONNX model, runs onnxruntime-web (WebAssembly)
-// from files in this folder, applies the preprocessing spec of docs/contracts.md exactly, and
+// from files in this folder, applies the preprocessing spec of docs/architecture.md exactly, and
 // exposes window.edgeship for automation (ready, predict, preprocess, benchmark, evaluate, env).
 
 const boot = window.edgeship._boot;
@@ -112,7 +112,7 @@ function summarize(lat, warmup) {
   };
 }
 
-// ---------------------------------------------------------------- preprocessing (docs/contracts.md)
+// ---------------------------------------------------------------- preprocessing (docs/architecture.md)
 
 function imageSpec() {
   return S.bundle.preprocessing;
