@@ -106,16 +106,22 @@ def run_session(
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=_device_env())
     errors: list[str] = []
+    # One reader per pipe: stderr (progress) in a thread, stdout (the results) here, so neither
+    # pipe fills up while the other is waited on; a timer ends a session that hangs.
     reader = threading.Thread(target=_follow, args=(proc.stderr, progress, log, errors), daemon=True)
     reader.start()
+    expired = threading.Event()
+    timer = threading.Timer(limit, lambda: (expired.set(), proc.kill()))
+    timer.start()
     try:
-        out, _ = proc.communicate(timeout=limit)
-    except subprocess.TimeoutExpired as e:
-        proc.kill()
-        proc.communicate()
-        raise HostBenchError(f"the benchmark session took over {limit:.0f} s; lower --runs or --rounds") \
-            from e
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
     reader.join(timeout=5)
+    if expired.is_set():
+        raise HostBenchError(f"the benchmark session took over {limit:.0f} s; lower --runs or --rounds")
     results = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not results:
         msg = errors[-1] if errors else f"exit code {proc.returncode}"
