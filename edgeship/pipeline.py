@@ -44,6 +44,7 @@ class PipelineResult:
     bench: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     report: dict[str, str] = field(default_factory=dict)
+    failed: list[str] = field(default_factory=list)  # artifacts that failed validation (set aside)
 
 
 def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory) -> PipelineResult:
@@ -102,6 +103,7 @@ def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
         results = export_run(run, log=once, **batch)
         result.artifacts.extend(r.summary() for r in results)
         failed = [r for r in results if not r.passed]
+        result.failed.extend(str(r.dir.relative_to(run.path)) for r in failed)
         if failed:
             warn(f"{len(failed)} export(s) failed validation and were set aside: "
                  + ", ".join(r.dir.name for r in failed))

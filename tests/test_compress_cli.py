@@ -76,11 +76,18 @@ def test_bring_your_own_model(tmp_path: Path, suffix: str) -> None:
 
 
 BAD = [
-    (["--prune", "1.0"], ["sparsity must be in [0, 1)"]),
-    (["--prune", "-0.1"], ["sparsity must be in [0, 1)"]),
-    (["--cluster", "1"], ["at least 2 clusters"]),
+    (["--prune", "1.0"], ["--prune", "allowed: 0 <= x < 1"]),
+    (["--prune", "-0.1"], ["--prune", "allowed: 0 <= x < 1"]),
+    (["--cluster", "1"], ["--cluster", "allowed: 2 <= x <= 256"]),
     (["--distill", "--student", "resnet"], ["unknown model", "cnn"]),
-    (["--search", "--accuracy-budget", "-1"], ["--accuracy-budget -1"]),
+    (["--search", "--accuracy-budget", "-1"], ["--accuracy-budget", "allowed: 0 <= x <= 100"]),
+    (["--batch-size", "0", "--prune", "0.5"], ["--batch-size", "allowed: 1 <= x"]),
+    (["--distill", "--temperature", "nan"], ["--temperature", "not a finite number"]),
+    (["--distill", "--alpha", "-1"], ["--alpha", "allowed: 0 <= x <= 1"]),
+    (["--learning-rate", "-0.1", "--prune", "0.5"], ["--learning-rate", "allowed: 0 < x <= 10"]),
+    (["--search", "--time-budget", " "], ["--time-budget", "is not a duration"]),
+    (["--search", "--time-budget", "nan"], ["--time-budget", "is not a duration"]),
+    (["--search", "--time-budget", "-5m"], ["--time-budget", "is not a duration"]),
     ([], ["no compression pass given"]),
     (["--from", "nope", "--prune", "0.5"], ["no variant 'nope'", "base"]),
 ]

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from edgeship.cli.options import json_option, pass_app
+from edgeship.cli.options import PORT, json_option, pass_app
 from edgeship.core.errors import InputError
 
 
@@ -28,7 +28,7 @@ from edgeship.core.errors import InputError
 @click.option("--host", "ssh_host", metavar="USER@HOST", help="--on pi: the Pi to measure on.")
 @click.option("--emulated", is_flag=True,
               help="--on pi: the emulated aarch64 Pi under QEMU (timings labelled emulated).")
-@click.option("--port", type=int, help="--on pi: SSH port.")
+@click.option("--port", type=PORT, help="--on pi: SSH port.")
 @click.option("--identity", type=click.Path(dir_okay=False), help="--on pi: SSH private key file.")
 @click.option("--accept-new-host-key", is_flag=True,
               help="--on pi: trust the Pi's host key on first contact (ssh accept-new).")

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from edgeship.cli.options import json_option, parse_duration, pass_app
+from edgeship.cli.options import COUNT, DURATION, POSITIVE, SEED, Number, json_option, pass_app
 from edgeship.core.console import emit_json, out, progress
 from edgeship.core.errors import InputError
 
@@ -15,32 +15,38 @@ from edgeship.core.errors import InputError
 @click.argument("run_ref", metavar="RUN", required=False)
 @click.option("--from", "source", default="base", show_default=True,
               help="The variant to compress (base is the trained model).")
-@click.option("--prune", type=float, help="Target sparsity in [0, 1), e.g. 0.75.")
+@click.option("--prune", type=Number(float, min=0, max=1, max_open=True),
+              help="Target sparsity in [0, 1), e.g. 0.75.")
 @click.option("--prune-structure", type=click.Choice(["2:4"]), help="Structured 2:4 sparsity.")
-@click.option("--cluster", type=int, help="Distinct values per kernel, e.g. 16.")
+@click.option("--cluster", type=Number(int, min=2, max=256), help="Distinct values per kernel, e.g. 16.")
 @click.option("--quantize", type=click.Choice(["qat", "dynamic", "float16", "int8"]),
               help="qat trains with fake quantization (exported as int8 only); the others apply at "
                    "export. int8 is measured on the calibration rows export uses.")
 @click.option("--distill", is_flag=True, help="Train a smaller student from this model.")
 @click.option("--student", help="Student from the model registry (default: this architecture, narrower).")
-@click.option("--student-width", type=float, default=0.25, show_default=True)
-@click.option("--temperature", type=float, default=4.0, show_default=True)
-@click.option("--alpha", type=float, default=0.1, show_default=True, help="Weight of the hard-label loss.")
-@click.option("--distill-epochs", type=int, default=30, show_default=True)
+@click.option("--student-width", type=Number(float, min=0, max=1, min_open=True),
+              default=0.25, show_default=True)
+@click.option("--temperature", type=POSITIVE, default=4.0, show_default=True)
+@click.option("--alpha", type=Number(float, min=0, max=1),
+              default=0.1, show_default=True, help="Weight of the hard-label loss.")
+@click.option("--distill-epochs", type=COUNT, default=30, show_default=True)
 @click.option("--low-rank", help="SVD rank for Dense and 1x1 convolutions, or 'auto'.")
-@click.option("--low-rank-energy", type=float, default=0.9, show_default=True,
+@click.option("--low-rank-energy", type=Number(float, min=0, max=1, min_open=True),
+              default=0.9, show_default=True,
               help="auto: keep this share of the singular values' energy.")
-@click.option("--epochs", type=int, default=6, show_default=True, help="Fine-tuning epochs per pass.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=5e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=COUNT, default=6, show_default=True, help="Fine-tuning epochs per pass.")
+@click.option("--batch-size", type=COUNT, default=32, show_default=True)
+@click.option("--learning-rate", type=Number(float, min=0, min_open=True, max=10), default=5e-4,
+              show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--name", help="Variant name (default: made from the passes).")
 @click.option("--recipe", help="A named set of variants: 'default' is what `edgeship run` makes.")
 @click.option("--search", "do_search", is_flag=True, help="Search recipes under --accuracy-budget.")
-@click.option("--accuracy-budget", type=float, default=1.0, show_default=True,
+@click.option("--accuracy-budget", type=Number(float, min=0, max=100), default=1.0, show_default=True,
               help="Search: largest validation accuracy drop allowed, in points.")
 @click.option("--objective", type=click.Choice(["size", "latency"]), default="size", show_default=True)
-@click.option("--time-budget", default="10m", show_default=True, help="Search: stop trying after this.")
+@click.option("--time-budget", type=DURATION, default="10m", show_default=True,
+              help="Search: stop trying after this.")
 @click.option("--model", "model_file", type=click.Path(dir_okay=False),
               help="Start a new run from your own Keras model (.keras or .h5).")
 @click.option("--dataset", help="With --model: the dataset to measure it on.")
@@ -53,7 +59,7 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
              student_width: float, temperature: float, alpha: float, distill_epochs: int,
              low_rank: str | None, low_rank_energy: float, epochs: int, batch_size: int,
              learning_rate: float, seed: int, name: str | None, recipe: str | None, do_search: bool,
-             accuracy_budget: float, objective: str, time_budget: str, model_file: str | None,
+             accuracy_budget: float, objective: str, time_budget: float | None, model_file: str | None,
              dataset: str | None, target: str | None, image_size: str, as_json: bool) -> None:
     """Compress a model of RUN into a new, measured variant.
 
@@ -91,7 +97,7 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
         from edgeship.compression.search import SearchConfig, search
 
         scfg = SearchConfig(accuracy_budget=accuracy_budget, objective=objective,
-                            time_budget_s=parse_duration(time_budget), seed=seed)
+                            time_budget_s=time_budget, seed=seed)
         scfg.check()
         with progress("searching", total=12) as bar:
             result = search(run, scfg, progress=bar)

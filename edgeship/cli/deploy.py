@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgeship.cli.options import json_option, pass_app
+from edgeship.cli.options import PORT, json_option, pass_app
 
 EMULATED_NOTE = "emulated (not device latency)"
 
@@ -30,7 +30,7 @@ def deploy() -> None:
               help="tflite, tvm (a build for the Pi's CPU: --target rpi4/rpi5 at export), onnx, "
                    "an export folder (tflite-int8), or a comma list.")
 @click.option("--quantize", help="Only exports with this quantization (comma list): float32, int8, ...")
-@click.option("--port", type=int, help="SSH port (default: ~/.ssh/config, else 22).")
+@click.option("--port", type=PORT, help="SSH port (default: ~/.ssh/config, else 22).")
 @click.option("--identity", type=click.Path(dir_okay=False, path_type=Path), help="SSH private key file.")
 @click.option("--remote-dir", default="edgeship", show_default=True,
               help="Folder on the device, relative to the login's home or absolute.")

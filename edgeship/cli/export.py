@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edgeship.cli.options import json_option, parse_duration
+from edgeship.cli.options import DURATION, Number, json_option
 from edgeship.core import console
 
 
@@ -27,14 +27,16 @@ from edgeship.core import console
               help="TFLite int8 only: int8 or float32 model input/output.")
 @click.option("--target", "targets", default="host", show_default=True,
               help="TVM only: host, rpi4, rpi5 or a JSON target (comma list of names).")
-@click.option("--trials", type=int, default=None, help="TVM only: MetaSchedule tuning trials.")
-@click.option("--time-budget", default=None, help="TVM only: tuning time budget (90s, 10m, 1h).")
+@click.option("--trials", type=Number(int, min=0), default=None, help="TVM only: MetaSchedule tuning trials.")
+@click.option("--time-budget", type=DURATION, default=None,
+              help="TVM only: tuning time budget (90s, 10m, 1h).")
 @click.option("--qat-float", is_flag=True,
               help="Also export float32 of QAT variants (keeps the fake-quant ops: several times slower).")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: str | None, io: str,
-           targets: str, trials: int | None, time_budget: str | None, qat_float: bool, as_json: bool) -> None:
+           targets: str, trials: int | None, time_budget: float | None, qat_float: bool,
+           as_json: bool) -> None:
     """Export a run's models to TFLite, ONNX and TVM, each validated against its Keras model.
 
     QAT variants export to int8 only: float32 keeps their fake-quant ops and runs several
@@ -50,7 +52,7 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
     run_dir = ctx.obj.store.resolve(run)
     results = export_run(
         run_dir, variants=variants, formats=formats, quantize=quantize, io=io,
-        targets=_targets(targets), trials=trials, time_budget_s=parse_duration(time_budget),
+        targets=_targets(targets), trials=trials, time_budget_s=time_budget,
         log=console.info, qat_float=qat_float,
     )
     if as_json:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -70,18 +72,77 @@ def parse_size(value: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+MAX_DURATION_S = 7 * 24 * 3600
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smh]?)")
+
+
 def parse_duration(value: str | None) -> float | None:
-    """'90s', '10m', '1h' or plain seconds."""
-    if value in (None, "", "none"):
+    """'90s', '10m', '1h' or plain seconds; anything else (blank, NaN, negative, '1x') is refused."""
+    if value is None or value.strip().lower() in ("none", "off"):
         return None
-    units = {"s": 1, "m": 60, "h": 3600}
-    text = value.strip().lower()
-    scale = units.get(text[-1])
-    number = text[:-1] if scale else text
-    try:
-        seconds = float(number) * (scale or 1)
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not a duration: use 90s, 10m or 1h") from None
-    if seconds <= 0:
-        raise click.BadParameter(f"'{value}': use a positive duration")
+    match = _DURATION.fullmatch(value.strip().lower())
+    if not match:
+        raise click.BadParameter(f"{value!r} is not a duration: use a number of seconds, or 90s, 10m, 1h")
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not 0 < seconds <= MAX_DURATION_S:
+        raise click.BadParameter(f"{value!r}: use a duration above 0 and at most 7 days (e.g. 10m)")
     return seconds
+
+
+class Duration(click.ParamType):
+    """``--time-budget``: checked when the command line is parsed, before any run is opened."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, float):
+            return value
+        try:
+            return parse_duration(str(value))
+        except click.BadParameter as e:
+            self.fail(e.message, param, ctx)
+
+
+DURATION = Duration()
+
+
+class Number(click.ParamType):
+    """A finite number within a range, checked at parse time: NaN and infinity are refused (click's
+    FloatRange lets NaN through, since every comparison with it is false), and the message names
+    the allowed range."""
+
+    def __init__(self, kind: type = float, *, min: float | None = None, max: float | None = None,
+                 min_open: bool = False, max_open: bool = False) -> None:
+        self.kind, self.min, self.max, self.min_open, self.max_open = kind, min, max, min_open, max_open
+        self.name = "integer" if kind is int else "number"
+
+    def describe(self) -> str:
+        def show(v: float) -> str:
+            return str(int(v)) if self.kind is int else f"{v:g}"
+
+        lo = "" if self.min is None else f"{show(self.min)} {'<' if self.min_open else '<='} "
+        hi = "" if self.max is None else f" {'<' if self.max_open else '<='} {show(self.max)}"
+        return f"{lo}x{hi}" if (lo or hi) else "any finite value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, self.kind) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'} "
+                          f"(allowed: {self.describe()})", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number (allowed: {self.describe()})", param, ctx)
+        too_low = self.min is not None and (number <= self.min if self.min_open else number < self.min)
+        too_high = self.max is not None and (number >= self.max if self.max_open else number > self.max)
+        if too_low or too_high:
+            self.fail(f"{value!r} is out of range (allowed: {self.describe()})", param, ctx)
+        return number
+
+
+COUNT = Number(int, min=1)  # epochs, runs, batch sizes: at least one
+SEED = Number(int, min=0, max=2**32 - 1)  # numpy and TensorFlow seeds are unsigned 32-bit
+PORT = Number(int, min=1, max=65535)
+POSITIVE = Number(float, min=0, min_open=True)

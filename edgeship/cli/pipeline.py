@@ -6,17 +6,17 @@ from typing import Any
 
 import click
 
-from edgeship.cli.options import json_option, pass_app
+from edgeship.cli.options import COUNT, SEED, Number, json_option, pass_app
 from edgeship.core.console import emit_json, out, progress
 
 
 @click.command()
 @click.option("--dataset", default="digits", show_default=True, help="The dataset to train on.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--epochs", type=int, default=60, show_default=True, help="Training epochs (upper bound).")
-@click.option("--tvm-trials", type=int, default=32, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--epochs", type=COUNT, default=60, show_default=True, help="Training epochs (upper bound).")
+@click.option("--tvm-trials", type=Number(int, min=0), default=32, show_default=True,
               help="MetaSchedule trials for the host TVM build (0: untuned).")
-@click.option("--runs", type=int, default=200, show_default=True, help="Timed runs per benchmark.")
+@click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed runs per benchmark.")
 @click.option("--browser/--no-browser", default=True, show_default=True,
               help="Export the web bundle and benchmark it in headless Chromium.")
 @click.option("--pi", help="Also deploy to and benchmark on a Pi: USER@HOST, or 'emulated'.")
@@ -49,7 +49,8 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
         emit_json({"run_id": result.run.id, "run_dir": str(result.run.path), "train": trained,
                    "variants": result.variants, "artifacts": result.artifacts,
                    "bench": result.bench, "recommendations": recs, "report": result.report,
-                   "skipped": result.skipped})
+                   "skipped": result.skipped, "failed": result.failed})
+        _exit_if_failed(result.failed)
         return
     print_train_summary(trained)
     print_variants(result.run, result.variants, None)
@@ -61,3 +62,12 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
         out.print(f"[yellow]skipped:[/] {line}")
     print_ship_lines(recs, out)
     out.print(f"next: edgeship show {result.run.id}   |   edgeship demo {result.run.id}")
+    _exit_if_failed(result.failed)
+
+
+def _exit_if_failed(failed: list[str]) -> None:
+    """Exit 1, as `edgeship export` does, once everything else has run and been reported."""
+    if failed:
+        click.echo(f"error: {len(failed)} artifact(s) failed validation and were set aside: "
+                   f"{', '.join(failed)}", err=True)
+        raise SystemExit(1)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from edgeship.cli.options import json_option, parse_size, pass_app
+from edgeship.cli.options import COUNT, SEED, Number, json_option, parse_size, pass_app
 from edgeship.core.console import emit_json, out, progress
 
 
@@ -19,20 +19,24 @@ from edgeship.core.console import emit_json, out, progress
               help="Resize image-folder images to this (32 or HxW).")
 @click.option("--model", "model_name", default="auto", show_default=True,
               help="cnn, dscnn, mobilenetv2 (images) or mlp (tables); auto picks by data.")
-@click.option("--width", type=float, default=1.0, show_default=True, help="Width multiplier.")
-@click.option("--alpha", type=float, default=0.35, show_default=True,
+@click.option("--width", type=Number(float, min=0, min_open=True, max=8),
+              default=1.0, show_default=True, help="Width multiplier.")
+@click.option("--alpha", type=Number(float, min=0, min_open=True, max=2), default=0.35, show_default=True,
               help="MobileNetV2 alpha.")
-@click.option("--epochs", type=int, default=60, show_default=True,
+@click.option("--epochs", type=COUNT, default=60, show_default=True,
               help="Upper bound; early stopping on validation loss usually ends sooner.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
-@click.option("--patience", type=int, default=8, show_default=True,
+@click.option("--batch-size", type=COUNT, default=32, show_default=True)
+@click.option("--learning-rate", type=Number(float, min=0, min_open=True, max=10), default=1e-3,
+              show_default=True)
+@click.option("--patience", type=COUNT, default=8, show_default=True,
               help="Early-stopping patience in epochs.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none",
               show_default=True, help="'balanced' for imbalanced classes.")
-@click.option("--val-fraction", type=float, default=0.15, show_default=True)
-@click.option("--test-fraction", type=float, default=0.15, show_default=True)
+@click.option("--val-fraction", type=Number(float, min=0, max=1, min_open=True, max_open=True),
+              default=0.15, show_default=True)
+@click.option("--test-fraction", type=Number(float, min=0, max=1, min_open=True, max_open=True),
+              default=0.15, show_default=True)
 @json_option
 @pass_app
 def train(app: Any, dataset: str, target: str | None, time_column: str | None, image_size: str,
