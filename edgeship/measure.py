@@ -21,7 +21,7 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "host": ("edgeship.benchmarks.host:bench_host", "reinstall edgeship"),
     "browser": ("edgeship.benchmarks.browser_bench:bench_browser",
                 "the browser driver is not installed in this checkout"),
-    "pi": ("edgeship.devices.deploy:bench_pi", "the Raspberry Pi driver is not installed in this checkout"),
+    "pi": ("edgeship.devices.bench:bench_pi", "the Raspberry Pi driver is not installed in this checkout"),
 }
 
 

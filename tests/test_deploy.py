@@ -23,21 +23,13 @@ import pytest
 from edge_runtime.result import validate_result
 from edgeship.core.errors import MissingDependencyError
 from edgeship.core.runstore import RunDir
-from edgeship.devices.deploy import (
-    DeployError,
-    DeviceInfo,
-    DevicePythonError,
-    NoSpaceError,
-    PipInstallError,
-    VerifyError,
-    check_space,
-    deploy,
-    deploy_pi,
-    pip_error,
-    probe,
-)
+from edgeship.devices import wheels
+from edgeship.devices.deploy import deploy, deploy_pi
+from edgeship.devices.errors import DeployError, DevicePythonError, NoSpaceError, PipInstallError, VerifyError
+from edgeship.devices.install import check_space, pip_error
 from edgeship.devices.pi import SyncResult, emulator
 from edgeship.devices.pi.ssh import ChangedHostKeyError, SshTarget, UnknownHostKeyError
+from edgeship.devices.probe import DeviceInfo, probe
 from tests import sshd
 from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
@@ -202,7 +194,7 @@ def test_failed_pip_install_leaves_no_venv(
     empty = tmp_path / "no-wheels"
     empty.mkdir()
     (empty / "wheels.json").write_text('{"files": {}}')
-    monkeypatch.setattr(emulator, "download_wheels", lambda *a, **k: empty)
+    monkeypatch.setattr(wheels, "download_wheels", lambda *a, **k: empty)
     remote = tmp_path / "remote"
     before = _deploy_stages(exported)
     with pytest.raises(PipInstallError) as e:
@@ -254,6 +246,8 @@ class _Scripted:
 
     name = "pi@test"
     emulated = False
+    board = None
+    venv_args = ()
 
     def __init__(self, rc: int = 0, stdout: str = ""):
         self.rc, self.stdout = rc, stdout

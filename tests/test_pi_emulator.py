@@ -22,22 +22,24 @@ import numpy as np
 import pytest
 
 from edgeship.core.errors import MissingDependencyError
+from edgeship.devices import cache, wheels
 from edgeship.devices.deploy import open_device
-from edgeship.devices.pi import RemoteCommandError, emulator, local_manifest
+from edgeship.devices.pi import RemoteCommandError, emulator, local_manifest, qemu
+from edgeship.devices.pi import rootfs as rfs
 from tests.clihelp import assert_one_line_error, invoke
 
-TFLITE = emulator.RUNTIME_REQUIREMENTS["tflite"]
+TFLITE = wheels.RUNTIME_REQUIREMENTS["tflite"]
 
 
 def _emulation_missing() -> str | None:
     try:
-        emulator.check_qemu()
+        qemu.check_qemu()
     except MissingDependencyError as e:
         return str(e)
     try:
-        emulator.build_command()  # debootstrap, and fakeroot unless root
+        rfs.build_command()  # debootstrap, and fakeroot unless root
     except MissingDependencyError as e:
-        return str(e) if emulator.rootfs_info() is None else None
+        return str(e) if rfs.rootfs_info() is None else None
     return None
 
 
@@ -56,22 +58,22 @@ def test_old_qemu_is_refused_naming_the_fix(
     fake.write_text("#!/bin/sh\necho 'qemu-aarch64 version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)'\n")
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    emulator.check_qemu.cache_clear()
+    qemu.check_qemu.cache_clear()
     try:
         with pytest.raises(MissingDependencyError) as e:
-            emulator.check_qemu()
+            qemu.check_qemu()
     finally:
-        emulator.check_qemu.cache_clear()
+        qemu.check_qemu.cache_clear()
     msg = str(e.value)
     assert "7.2" in msg and "apt-get install -t bookworm-backports qemu-user-static" in msg
     assert "\n" not in msg
 
 
 def test_cache_dir_follows_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "pi"))
-    assert emulator.cache_dir() == tmp_path / "pi"
-    assert emulator.rootfs_dir().parent == tmp_path / "pi"
-    assert emulator.rootfs_info() is None
+    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "pi"))
+    assert cache.cache_dir() == tmp_path / "pi"
+    assert rfs.rootfs_dir().parent == tmp_path / "pi"
+    assert rfs.rootfs_info() is None
 
 
 @pytest.fixture()
@@ -82,14 +84,14 @@ def fresh_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     """
     tools = tmp_path / "bin"
     tools.mkdir()
-    _tool(tools, emulator.QEMU, "echo 'qemu-aarch64 version 10.0.2 (stand-in)'")
+    _tool(tools, qemu.QEMU, "echo 'qemu-aarch64 version 10.0.2 (stand-in)'")
     _tool(tools, "dpkg")
     monkeypatch.setenv("PATH", str(tools))
-    monkeypatch.setattr(emulator, "SBIN_DIRS", ())  # no /usr/sbin/debootstrap fallback
-    monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "pi"))
-    emulator.check_qemu.cache_clear()
+    monkeypatch.setattr(rfs, "SBIN_DIRS", ())  # no /usr/sbin/debootstrap fallback
+    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "pi"))
+    qemu.check_qemu.cache_clear()
     yield tools
-    emulator.check_qemu.cache_clear()
+    qemu.check_qemu.cache_clear()
 
 
 def _tool(folder: Path, name: str, body: str = "exit 0") -> None:
@@ -109,19 +111,19 @@ def test_first_use_without_the_tools_names_what_to_install(
 ) -> None:
     for name in present:
         _tool(fresh_machine, name)
-    monkeypatch.setattr(emulator.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(rfs.os, "geteuid", lambda: euid)
     with pytest.raises(MissingDependencyError) as e:
         open_device(emulated=True)
     msg = str(e.value)
     assert msg.endswith(install) and "\n" not in msg, msg
-    assert emulator.FIRST_USE not in capsys.readouterr().err  # no promise of a build first
-    assert not emulator.rootfs_dir().exists()
+    assert rfs.FIRST_USE not in capsys.readouterr().err  # no promise of a build first
+    assert not rfs.rootfs_dir().exists()
 
 
 def test_first_use_without_qemu_names_the_backports_package(fresh_machine: Path) -> None:
-    (fresh_machine / emulator.QEMU).unlink()
+    (fresh_machine / qemu.QEMU).unlink()
     _tool(fresh_machine, "debootstrap")
-    with pytest.raises(MissingDependencyError, match=f"not found: {emulator.QEMU_FIX}$"):
+    with pytest.raises(MissingDependencyError, match=f"not found: {qemu.QEMU_FIX}$"):
         emulator.EmulatedPi()
 
 
@@ -131,13 +133,13 @@ def test_cli_setup_without_debootstrap_is_one_line(fresh_machine: Path, tmp_path
 
 
 def test_mirror_comes_from_env_or_apt_sources(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(emulator.ENV_MIRROR, "http://mirror.example/debian")
-    assert emulator.apt_mirror() == "http://mirror.example/debian"
-    monkeypatch.delenv(emulator.ENV_MIRROR)
+    monkeypatch.setenv(rfs.ENV_MIRROR, "http://mirror.example/debian")
+    assert rfs.apt_mirror() == "http://mirror.example/debian"
+    monkeypatch.delenv(rfs.ENV_MIRROR)
     try:
-        url = emulator.apt_mirror()
-    except emulator.EmulatorError as e:
-        assert emulator.ENV_MIRROR in str(e)
+        url = rfs.apt_mirror()
+    except rfs.EmulatorError as e:
+        assert rfs.ENV_MIRROR in str(e)
     else:
         assert url.startswith(("http://", "https://"))
 
@@ -148,11 +150,11 @@ def test_install_wheels_unpacks_purelib(tmp_path: Path) -> None:
         z.writestr("demo/__init__.py", "X = 1\n")
         z.writestr("demo-1.0.data/purelib/demo_extra.py", "Y = 2\n")
         z.writestr("demo-1.0.dist-info/METADATA", "Name: demo\n")
-    site = emulator.install_wheels([whl], tmp_path / "site")
+    site = wheels.install_wheels([whl], tmp_path / "site")
     assert (site / "demo" / "__init__.py").is_file()
     assert (site / "demo_extra.py").is_file()
     assert not list(site.glob("*.data"))
-    emulator.install_wheels([whl], site)  # again: replaced, not merged or failed
+    wheels.install_wheels([whl], site)  # again: replaced, not merged or failed
     assert json.loads((site / "edgeship-site.json").read_text())["wheels"] == [whl.name]
 
 
@@ -161,20 +163,20 @@ def test_install_wheels_unpacks_purelib(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def rootfs() -> Path:
-    return emulator.ensure_rootfs()
+    return rfs.ensure_rootfs()
 
 
 @pytest.fixture(scope="module")
 def tflite_site(rootfs: Path) -> Path:
-    return emulator.ensure_site(TFLITE)
+    return wheels.ensure_site(TFLITE)
 
 
 @pytest.mark.slow
 @needs_emulation
 def test_rootfs_is_aarch64_python311_and_cached(rootfs: Path) -> None:
-    info = emulator.rootfs_info(rootfs)
+    info = rfs.rootfs_info(rootfs)
     assert info is not None and info["machine"] == "aarch64" and info["python"].startswith("3.11")
-    assert emulator.ensure_rootfs() == rootfs  # stamped: no rebuild
+    assert rfs.ensure_rootfs() == rootfs  # stamped: no rebuild
     done = emulator.run(["python3", "-c", "import platform; print(platform.machine())"])
     assert done.stdout.strip() == "aarch64"
     with pytest.raises(RemoteCommandError, match=r"exit 3"):
@@ -265,7 +267,7 @@ def test_emulated_pi_deploy_steps_venv_pip_offline(rootfs: Path, tmp_path: Path)
     """The deploy's steps on the emulated device: sync, venv, offline pip, verify, run, fetch."""
     bundle = tmp_path / "bundle"
     (bundle / "wheels").mkdir(parents=True)
-    for whl in emulator.download_wheels(TFLITE).glob("*.whl"):
+    for whl in wheels.download_wheels(TFLITE).glob("*.whl"):
         shutil.copy2(whl, bundle / "wheels")
     (bundle / "requirements.txt").write_text("\n".join(TFLITE) + "\n")
     (bundle / "check.py").write_text(
@@ -314,11 +316,11 @@ def _first_use(recorder: _Recorder, capsys: pytest.CaptureFixture[str]) -> tuple
     start = time.monotonic()
     pi = open_device(emulated=True, setup_progress=recorder)
     seconds = time.monotonic() - start
-    assert emulator.FIRST_USE in capsys.readouterr().err
-    assert recorder.bars == [("emulated Pi setup", emulator.ROOTFS_STEPS)]
-    assert sum(a for a, _ in recorder.updates) == emulator.ROOTFS_STEPS
+    assert rfs.FIRST_USE in capsys.readouterr().err
+    assert recorder.bars == [("emulated Pi setup", rfs.ROOTFS_STEPS)]
+    assert sum(a for a, _ in recorder.updates) == rfs.ROOTFS_STEPS
     assert "built in" in recorder.updates[-1][1]
-    assert pi.rootfs == emulator.rootfs_dir() and pi.home.parent == emulator.cache_dir()
+    assert pi.rootfs == rfs.rootfs_dir() and pi.home.parent == cache.cache_dir()
     dev = pi.rootfs / "dev"  # no plain file may shadow the host's /dev/null, /dev/urandom
     assert not [p for p in dev.iterdir() if p.is_file() and not p.is_symlink()]
     done = pi.run(["python3", "-c", "import os, platform; print(platform.machine(), "
@@ -326,7 +328,7 @@ def _first_use(recorder: _Recorder, capsys: pytest.CaptureFixture[str]) -> tuple
     assert done.stdout.split() == ["aarch64", "8"]
     again = _Recorder()
     open_device(emulated=True, setup_progress=again)  # set up: no bar, no message
-    assert again.bars == [] and emulator.FIRST_USE not in capsys.readouterr().err
+    assert again.bars == [] and rfs.FIRST_USE not in capsys.readouterr().err
     return pi, seconds
 
 
@@ -335,9 +337,9 @@ def _first_use(recorder: _Recorder, capsys: pytest.CaptureFixture[str]) -> tuple
 def test_first_use_sets_the_emulated_pi_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "fresh"))
+    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "fresh"))
     pi, seconds = _first_use(_Recorder(), capsys)
-    info = emulator.rootfs_info(pi.rootfs)
+    info = rfs.rootfs_info(pi.rootfs)
     assert info is not None and info["python"].startswith("3.11.")
     print(f"first-use setup: {seconds:.1f} s")
 
@@ -349,8 +351,8 @@ def test_first_use_as_a_user_builds_under_fakeroot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """What a user without root gets: debootstrap under fakeroot, no fake device files."""
-    monkeypatch.setenv(emulator.ENV_CACHE, str(tmp_path / "fresh"))
-    monkeypatch.setattr(emulator.os, "geteuid", lambda: 1000)
-    assert emulator.build_command()[0] == shutil.which("fakeroot")
+    monkeypatch.setenv(cache.ENV_CACHE, str(tmp_path / "fresh"))
+    monkeypatch.setattr(rfs.os, "geteuid", lambda: 1000)
+    assert rfs.build_command()[0] == shutil.which("fakeroot")
     _, seconds = _first_use(_Recorder(), capsys)
     print(f"first-use setup under fakeroot: {seconds:.1f} s")

@@ -89,10 +89,11 @@ def _print(dep: Any) -> None:
     s = dep.sync
     where = f"{dep.device}:{dep.remote_dir}"
     console.out.print(
-        f"deployed {len(dep.artifacts)} artifact(s) of {dep.run_id} to {where} in "
-        f"{sum(dep.seconds.values()):.1f} s: sent {len(s.sent)} file(s) "
-        f"({s.bytes_sent / 1024:.1f} KiB), {s.unchanged} unchanged; sha256 verified for "
-        f"{dep.verified_files} files; venv {dep.venv}"
+        console.escape(
+            f"deployed {len(dep.artifacts)} artifact(s) of {dep.run_id} to {where} in "
+            f"{sum(dep.seconds.values()):.1f} s: sent {len(s.sent)} file(s) "
+            f"({s.bytes_sent / 1024:.1f} KiB), {s.unchanged} unchanged; sha256 verified for "
+            f"{dep.verified_files} files; venv {dep.venv}")
         + (" [yellow](emulated)[/]" if dep.emulated else "")
     )
     if dep.results:
@@ -109,14 +110,14 @@ def _table(dep: Any) -> None:
     from edgeship.core import console
 
     title = f"on {dep.device}: ms per call (invoke alone; e2e with pre/post)"
-    table = Table(title=title + (f" - {EMULATED_NOTE}" if dep.emulated else ""))
+    table = Table(title=console.escape(title + (f" - {EMULATED_NOTE}" if dep.emulated else "")))
     right = ("thr", "p50", "p90", "p99", "e2e p50", "init ms", "RSS MB")
     for col in ("artifact", *right):
         table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
     for r in dep.results:
         lat, e2e = r["latency_ms"], r.get("end_to_end_ms") or {}
         table.add_row(
-            str(r["artifact"]).removeprefix("exports/"), str(r.get("threads") or "-"),
+            console.escape(str(r["artifact"]).removeprefix("exports/")), str(r.get("threads") or "-"),
             f"{lat['p50']:.4f}", f"{lat['p90']:.4f}", f"{lat['p99']:.4f}",
             "-" if not e2e else f"{e2e['p50']:.4f}",
             "-" if r.get("init_ms") is None else f"{r['init_ms']:.1f}",
@@ -124,4 +125,5 @@ def _table(dep: Any) -> None:
         )
     console.out.print(table)
     if dep.bench_files:
-        console.out.print(f"results: {dep.bench_files[0].parent}   report: edgeship report {dep.run_id}")
+        console.out.print(f"results: {dep.bench_files[0].parent}   report: edgeship report {dep.run_id}",
+                          markup=False)

@@ -80,7 +80,8 @@ def setup(runtime: str, force: bool, as_json: bool) -> None:
     console.out.print(
         f"emulated Pi ready: {summary['machine']} Python {summary['python']} under QEMU "
         f"{summary['qemu_version']} ({'cached' if had else 'built'} in {root})\n"
-        "next: edgeship deploy pi latest --emulated --bench   (timings are labelled emulated)"
+        "next: edgeship deploy pi latest --emulated --bench   (timings are labelled emulated)",
+        markup=False,
     )
 
 

@@ -1,11 +1,13 @@
-"""The Raspberry Pi side: a device is something you can sync a folder to, run commands on and
-fetch files from.
+"""The Device protocol: what a deploy needs from a Pi, real or emulated, and helpers for both.
 
-Two devices implement the same small interface, so ``edgeship deploy pi`` has one code path:
-``ssh.SshTarget`` (a real Pi through the system OpenSSH) and ``emulator.EmulatedPi`` (an aarch64
-Debian 12 userland under QEMU on this machine). The deploy is then: build a bundle folder ->
-``device.sync(bundle, remote_dir)`` -> ``device.sha256_manifest(remote_dir)`` to verify ->
-``device.run([...], cwd=remote_dir)`` -> ``device.fetch(remote_file, local_file)``.
+A device is something you can sync a folder to, run commands on, fetch files from and build
+a venv on. Two devices implement it, so ``edgeship deploy pi`` has one code path and never asks
+which device it has: ``ssh.SshTarget`` (a real Pi through the system OpenSSH) and
+``emulator.EmulatedPi`` (an aarch64 Debian 12 userland under QEMU on this machine). The deploy
+is then: build a bundle folder -> ``device.sync(bundle, remote_dir)`` ->
+``device.sha256_manifest(remote_dir)`` to verify -> ``device.run([...], cwd=remote_dir)`` (the
+venv: ``venv_args``, ``pip_argv``, ``install_flags``, ``after_install``) ->
+``device.fetch(remote_file, local_file)``.
 
 This module stays stdlib-only so importing it costs nothing.
 """
@@ -13,13 +15,14 @@ This module stays stdlib-only so importing it costs nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgeship.core.errors import EdgeshipError, InputError
 
@@ -55,6 +58,29 @@ class Device(Protocol):
     @property
     def emulated(self) -> bool:
         """True for QEMU: its timings must never be shown as device latency."""
+        ...
+
+    @property
+    def board(self) -> str | None:
+        """The board, when the device says it other than by /proc/device-tree (QEMU has none)."""
+        ...
+
+    @property
+    def venv_args(self) -> tuple[str, ...]:
+        """Extra words for ``python3 -m venv`` (``--without-pip`` under emulation)."""
+        ...
+
+    @property
+    def install_flags(self) -> tuple[str, ...]:
+        """Extra words for ``pip install`` (``--no-compile`` under emulation)."""
+        ...
+
+    def pip_argv(self, venv_python: str) -> list[str]:
+        """How to start pip with the venv's interpreter (``VENV_PYTHON -m pip`` on a real Pi)."""
+        ...
+
+    def after_install(self, venv_dir: str) -> None:
+        """Finish a venv once pip succeeded (the emulated Pi writes its .pyc files here)."""
         ...
 
     def run(
@@ -104,6 +130,21 @@ def last_line(text: str) -> str:
     """The last non-empty line of a tool's output: usually the one that says what failed."""
     lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     return lines[-1] if lines else ""
+
+
+def json_lines(stdout: str) -> list[dict[str, Any]]:
+    """Every line of ``stdout`` that is a JSON object (native libraries may print around them)."""
+    found = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                found.append(data)
+    return found
 
 
 def remote_path(path: str) -> str:

@@ -124,6 +124,9 @@ class SshTarget:
     ssh_config: Path | None = None
 
     emulated: ClassVar[bool] = False
+    board: ClassVar[str | None] = None  # the probe reads /proc/device-tree/model on the Pi
+    venv_args: ClassVar[tuple[str, ...]] = ()  # a plain venv, with pip (ensurepip)
+    install_flags: ClassVar[tuple[str, ...]] = ()  # pip compiles the .pyc files there
 
     def __post_init__(self) -> None:
         if not self.host or self.host.startswith("-") or any(c.isspace() for c in self.host):
@@ -224,6 +227,13 @@ class SshTarget:
         if check and done.returncode != 0:
             raise command_failed(argv, done, self.name)
         return done
+
+    def pip_argv(self, venv_python: str) -> list[str]:
+        """The venv's own pip: ``VENV_PYTHON -m pip``."""
+        return [venv_python, "-m", "pip"]
+
+    def after_install(self, venv_dir: str) -> None:
+        """Nothing to finish: pip wrote the .pyc files on the device."""
 
     def has_command(self, name: str) -> bool:
         """Whether ``name`` is on the device's PATH (for choosing rsync, finding python3)."""

@@ -1,0 +1,176 @@
+"""Install the runtime on the device: space check, sha256 verify, the venv, and pip's errors.
+
+The venv is ``DIR/venv``, built from ``DIR/bundle``; the device says how (``Device.venv_args``,
+``pip_argv``, ``install_flags``, ``after_install``), so a real Pi and the emulated one take the
+same steps. The stamp ``venv/edgeship-venv.json`` is written last and the venv is removed if any
+step fails, so a half-installed venv is never used; while the stamp lists the requirements, the
+next deploy reuses the venv.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import posixpath
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from edgeship.core.errors import EdgeshipError
+from edgeship.devices.errors import DeployError, DevicePythonError, NoSpaceError, PipInstallError, VerifyError
+from edgeship.devices.pi import Device, RemoteCommandError, command_failed, last_line, remote_path
+from edgeship.devices.probe import VENV_STAMP, DeviceInfo
+
+INSTALL_TIMEOUT_S = 1800.0
+# Rough installed size of each runtime with numpy, for the free-space check before pip runs.
+VENV_MB = {"tflite": 150, "onnx": 150, "tvm": 350}
+WHEEL_UNPACK_FACTOR = 3.5  # installed size / wheel size, measured for LiteRT + TVM + numpy
+_RUNTIME_DIST = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "tvm": "apache-tvm"}
+
+_STAMP_PY = """\
+import os, sys
+tmp = sys.argv[1] + ".tmp"
+with open(tmp, "w") as f:
+    f.write(sys.argv[2])
+os.replace(tmp, sys.argv[1])
+"""
+
+
+def venv_reusable(info: DeviceInfo, requirements: Sequence[str]) -> bool:
+    """Whether the device's venv (its stamp, read by the probe) already holds ``requirements``.
+
+    A venv survives Python patch releases (3.11.2 -> 3.11.4), not minor ones.
+    """
+    stamp = info.venv_stamp or {}
+    return (str(stamp.get("python", "")).split(".")[:2] == info.python.split(".")[:2]
+            and set(requirements) <= set(stamp.get("requirements") or ()))
+
+
+def check_space(
+    device_name: str,
+    rdir: str,
+    info: DeviceInfo,
+    bundle: Path,
+    requirements: Sequence[str],
+    wheels: Path | None,
+    *,
+    install: bool,
+) -> None:
+    """Refuse before sending anything when the device's disk clearly cannot take the deploy."""
+    if info.free_bytes is None:
+        return
+    mb = 1024 * 1024
+    need = 0 if info.dir_state == "ours" else sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    if install:
+        if wheels is not None:
+            need += int(WHEEL_UNPACK_FACTOR * sum(p.stat().st_size for p in wheels.glob("*.whl")))
+        else:
+            fmts = {f for f in VENV_MB if any(r.startswith(_RUNTIME_DIST[f]) for r in requirements)}
+            need += sum(VENV_MB[f] for f in fmts) * mb
+    need += 16 * mb
+    if info.free_bytes < need:
+        raise NoSpaceError(
+            f"no space left on {device_name}: {info.free_bytes / mb:.0f} MB free for {rdir}, the "
+            f"deploy needs about {need / mb:.0f} MB (bundle + venv): free space there "
+            "(e.g. `sudo apt clean`), or pass --remote-dir on a bigger disk"
+        )
+
+
+@contextlib.contextmanager
+def no_space(where: str, rdir: str) -> Iterator[None]:
+    """A full disk, on the device or (emulated) here, as one NoSpaceError."""
+    try:
+        yield
+    except RemoteCommandError as e:
+        if "No space left on device" in f"{e} {e.stderr}":
+            raise NoSpaceError(f"no space left on {where} writing {rdir}: free some space there, "
+                               "or pass --remote-dir on a bigger disk") from e
+        raise
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise NoSpaceError(f"no space left on {where} writing {rdir} ({e.filename}): free some "
+                               "space, or pass --remote-dir on a bigger disk") from e
+        raise
+
+
+def verify(device: Device, bundle_dir: str, local: dict[str, str]) -> int:
+    """Compare the device's sha256 of every bundle file with ours; returns the file count."""
+    remote = device.sha256_manifest(bundle_dir)
+    bad = sorted(p for p, digest in local.items() if remote.get(p) != digest)
+    if bad:
+        shown = ", ".join(bad[:3]) + (" ..." if len(bad) > 3 else "")
+        raise VerifyError(
+            f"sha256 mismatch on {device.name}: {len(bad)} of {len(local)} bundle file(s) differ "
+            f"from what was sent ({shown}): the copy was damaged or changed there; deploy again "
+            "to resend them"
+        )
+    return len(local)
+
+
+def install_venv(
+    device: Device, remote_dir: str, requirements: Sequence[str], *, python: str, offline: bool,
+    machine: str = "aarch64",
+) -> None:
+    """Build ``DIR/venv`` from ``DIR/bundle``; the stamp goes last, any failure removes the venv.
+
+    Real device: ``python3 -m venv`` (with pip) and ``venv/bin/python -m pip install``. Emulated:
+    ``--without-pip``, Debian's pip wheel in-process, ``--no-compile``, then .pyc files written
+    by this machine's Python; the device's protocol members say which (see the module docstring).
+    """
+    rdir = remote_path(remote_dir)
+    env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
+    try:
+        device.run(["rm", "-rf", "--", "venv"], cwd=rdir, timeout=600)
+        _make_venv(device, rdir)
+        argv = [*device.pip_argv("venv/bin/python"), "install", "--progress-bar", "off"]
+        if offline:
+            argv += ["--no-index", "--find-links", "bundle/wheels"]
+        argv += [*device.install_flags, "-r", "bundle/requirements.txt"]
+        done = device.run(argv, cwd=rdir, env=env, check=False, timeout=INSTALL_TIMEOUT_S)
+        if done.returncode != 0:
+            raise pip_error(done, device.name, offline, machine=machine)
+        device.after_install(posixpath.join(rdir, "venv"))
+        stamp = {"python": python, "requirements": list(requirements), "offline": offline,
+                 "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        device.run(["venv/bin/python", "-c", _STAMP_PY, f"venv/{VENV_STAMP}", json.dumps(stamp)],
+                   cwd=rdir, timeout=300)
+    except BaseException:
+        with contextlib.suppress(EdgeshipError, OSError):
+            device.run(["rm", "-rf", "--", "venv"], cwd=rdir, check=False, timeout=600)
+        raise
+
+
+def _make_venv(device: Device, rdir: str) -> None:
+    """``python3 -m venv [device.venv_args] venv`` in ``rdir``; no ensurepip is one clear error."""
+    argv = ["python3", "-m", "venv", *device.venv_args, "venv"]
+    done = device.run(argv, cwd=rdir, check=False, timeout=600)
+    if done.returncode == 0:
+        return
+    text = done.stdout + done.stderr
+    if "ensurepip" in text or "python3-venv" in text:
+        raise DevicePythonError(
+            f"`python3 -m venv` failed on {device.name} (ensurepip is not available): "
+            "install it there with `sudo apt install python3-venv`"
+        )
+    raise command_failed(argv, done, device.name)
+
+
+def pip_error(done: Any, where: str, offline: bool, *, machine: str = "aarch64") -> DeployError:
+    """One line for a failed pip: its last ``ERROR:`` line (or last line) and what to try."""
+    text = f"{done.stderr}\n{done.stdout}"
+    if "No space left on device" in text:
+        return NoSpaceError(f"no space left on {where} while pip installed the runtime: free some "
+                            "space there, or pass --remote-dir on a bigger disk")
+    errors = [ln.strip() for ln in done.stderr.splitlines() if ln.strip().startswith("ERROR:")]
+    line = errors[-1] if errors else (last_line(done.stderr) or last_line(done.stdout)
+                                      or f"exit {done.returncode}")
+    if machine not in ("aarch64", "x86_64"):
+        hint = (f"the device is {machine}: LiteRT and TVM publish aarch64 and x86_64 wheels only, "
+                "install the 64-bit Raspberry Pi OS")
+    elif offline:
+        hint = "the shipped wheels do not satisfy requirements.txt for this device's CPU and Python"
+    else:
+        hint = "check that the device reaches PyPI, or deploy with --offline"
+    return PipInstallError(f"pip install on {where} failed: {line} ({hint})")
