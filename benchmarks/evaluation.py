@@ -16,9 +16,9 @@ import numpy as np
 
 from edgeship.core.fsutil import read_json
 from edgeship.core.runstore import RunDir
+from edgeship.export.inputs import REFERENCE_FILE
 
 TESTSET_STEM = "testset"
-REFERENCE_FILE = "reference.json"  # exports/<variant>/reference.json, written by export
 
 
 def write_run_testset(run: RunDir, folder: Path) -> Path | None:

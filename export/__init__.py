@@ -137,7 +137,7 @@ class ExportFormat:
         return fn
 
     def dirname(self, quantize: str, io: str = "int8", target: str | None = None) -> str:
-        """The artifact folder under exports/<variant>/ (see docs/contracts.md)."""
+        """The artifact folder under exports/<variant>/ (see docs/architecture.md)."""
         if self.targets:
             name = f"{self.name}-{target_name(target)}"
             return name if quantize == "float32" else f"{name}-{quantize}"

@@ -1,4 +1,4 @@
-"""Writing ``artifact.json`` (schema in docs/contracts.md), the one file a device reads.
+"""Writing ``artifact.json`` (schema in docs/architecture.md), the one file a device reads.
 
 Everything a device needs besides the model file goes here, copied out of the run: labels,
 the preprocessing spec, the I/O spec with quantisation parameters, the runtime to install and

@@ -4,7 +4,7 @@ The page (``web_demo/``), the model, onnxruntime-web's three WebAssembly files a
 ``bundle.json`` manifest are copied side by side, so any static host that sends the
 cross-origin isolation headers (``edgeship.benchmarks.webserver``) can serve it and nothing is fetched
 from a CDN. The manifest carries what the page needs to turn a raw input into the model's
-input (the preprocessing spec of docs/contracts.md) plus the sha256 of every file, so a
+input (the preprocessing spec of docs/architecture.md) plus the sha256 of every file, so a
 damaged copy is detected in the page rather than mispredicting. The folder is built in a
 temporary sibling and renamed into place: a reader never sees half a bundle.
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -30,6 +29,15 @@ from edgeship.core import __version__
 from edgeship.core.errors import InputError, MissingDependencyError, RunError
 from edgeship.core.fsutil import replace_tree, sha256_file, write_text_atomic
 from edgeship.export import ExportedModel, ExportError, ExportRequest, get_format
+from edgeship.export.web_manifest import (
+    MAX_IR_VERSION,
+    OUTPUT_KINDS,
+    SCHEMA_VERSION,
+    check_json,
+    checked_examples,
+    model_interface,
+    plain,
+)
 
 WEB_DEMO_DIR = Path(__file__).resolve().parents[1] / "web_demo"
 PAGE_FILES = ("index.html", "app.js", "style.css")
@@ -37,10 +45,6 @@ ORT_PACKAGE = "onnxruntime-web"
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 MODEL_FILE = "model.onnx"
 MANIFEST = "bundle.json"
-SCHEMA_VERSION = 1
-INPUT_DTYPES = {"float32", "int8", "uint8"}
-OUTPUT_KINDS = {"probabilities", "logits"}
-MAX_IR_VERSION = 13  # onnxruntime-web 1.30.0 refuses newer: "max supported IR version: 13"
 NPM_HINT = "run `npm ci --prefix web_demo` in the edgeship checkout (needs node and npm)"
 # Examples embedded in bundle.json: the whole test split of small datasets, a sample of big images.
 MAX_EXAMPLES = 1000
@@ -238,13 +242,8 @@ def build_web_bundle(
     if output_kind not in OUTPUT_KINDS:
         raise InputError(f"output_kind {output_kind!r} is not one of {sorted(OUTPUT_KINDS)}")
     labels = [str(v) for v in labels]
-    prep = _plain(dict(preprocessing))
-    spec = _input_spec(input_spec, prep)
-    model_io = _read_model_io(onnx_path)
-    if model_io is not None:
-        spec, output = _check_against_model(spec, model_io, onnx_path)
-    else:
-        output = None
+    prep = plain(dict(preprocessing))
+    spec, output = model_interface(input_spec, prep, onnx_path)
     demo = Path(web_demo_dir) if web_demo_dir is not None else WEB_DEMO_DIR
     dist, ort_version = ort_web_dist(demo)
     page_missing = [f for f in PAGE_FILES if not (demo / f).is_file()]
@@ -256,38 +255,10 @@ def build_web_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        for name in PAGE_FILES:
-            shutil.copyfile(demo / name, tmp / name)
-        for name in ORT_FILES:
-            shutil.copyfile(dist / name, tmp / name)
-        shutil.copyfile(onnx_path, tmp / MODEL_FILE)
-        files = {
-            p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-            for p in sorted(tmp.iterdir())
-            if p.is_file()
-        }
-        manifest: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "format": "web",
-            "model": {"file": MODEL_FILE, **files[MODEL_FILE]},
-            "labels": labels,
-            "output_kind": output_kind,
-            "preprocessing": prep,
-            "input": spec,
-            "output": output,
-            "examples": _examples(examples, prep, len(labels)),
-            "runtime": {
-                "name": ORT_PACKAGE,
-                "version": ort_version,
-                "backend": "wasm",
-                "files": list(ORT_FILES),
-            },
-            "files": files,
-            "metadata": _plain(dict(metadata or {})),
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "edgeship_version": __version__,
-        }
-        _check_json(manifest)
+        files = _copy_files(tmp, demo, dist, onnx_path)
+        manifest = _manifest(files, labels, output_kind, prep, spec, output,
+                             checked_examples(examples, prep, len(labels)), ort_version, metadata)
+        check_json(manifest)
         # Compact: the examples are most of it, and indented they triple its size.
         write_text_atomic(tmp / MANIFEST, json.dumps(manifest, separators=(",", ":"), allow_nan=False) + "\n")
         tmp.chmod(0o755)
@@ -298,153 +269,52 @@ def build_web_bundle(
     return manifest
 
 
-def _input_spec(
-    input_spec: Mapping[str, Any] | Sequence[Mapping[str, Any]], prep: Mapping[str, Any]
-) -> dict[str, Any]:
-    """One input, validated against the preprocessing spec (sizes must agree)."""
-    if not isinstance(input_spec, Mapping):
-        specs = list(input_spec)
-        if len(specs) != 1:
-            raise InputError(f"the web page feeds one input; this model has {len(specs)}")
-        input_spec = specs[0]
-    spec = _plain(dict(input_spec))
-    shape = spec.get("shape")
-    if not isinstance(shape, list) or len(shape) < 2:
-        raise InputError(f"input shape {shape!r} must be a list [batch, ...] with a batch dimension")
-    spec["shape"] = [d if isinstance(d, int) and d > 0 else -1 for d in shape]
-    spec.setdefault("dtype", "float32")
-    if spec["dtype"] not in INPUT_DTYPES:
-        raise InputError(f"input dtype {spec['dtype']!r} is not one of {sorted(INPUT_DTYPES)}")
-    if spec["dtype"] != "float32" and not spec.get("quantization"):
-        raise InputError(f"a {spec['dtype']} input needs 'quantization': {{scale, zero_point}}")
-    per_sample = spec["shape"][1:]
-    if any(d < 0 for d in per_sample):
-        raise InputError(f"input shape {shape!r} may be free only in the batch dimension")
-    size = math.prod(per_sample)
-    kind = prep.get("kind")
-    if kind == "image":
-        h, w, c = prep["height"], prep["width"], prep["channels"]
-        if size != h * w * c:
-            raise InputError(
-                f"input shape {shape} does not hold a {h}x{w}x{c} image from the preprocessing spec"
-            )
-        if "layout" not in spec and len(per_sample) == 3:
-            spec["layout"] = "NHWC" if per_sample[2] == c else "NCHW"
-    elif kind == "tabular":
-        n = sum(
-            1 if col["type"] == "numeric" else len(col["vocabulary"]) for col in prep["columns"]
-        )
-        if size != n:
-            raise InputError(
-                f"input shape {shape} has {size} features; the preprocessing spec makes {n}"
-            )
-    else:
-        raise InputError(f"preprocessing kind {kind!r} is neither 'image' nor 'tabular'")
-    return spec
-
-
-def _read_model_io(onnx_path: Path) -> dict[str, Any] | None:
-    """Input/output names and shapes from the ONNX graph (None when onnx is not installed)."""
-    try:
-        import onnx
-        from google.protobuf.message import DecodeError
-    except ImportError:
-        return None
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except (DecodeError, OSError, ValueError) as e:
-        raise InputError(f"{onnx_path} is not a readable ONNX model: {e}") from e
-    inits = {i.name for i in model.graph.initializer}
-
-    def io(v: Any) -> dict[str, Any]:
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-        return {"name": v.name, "shape": dims}
-
-    if model.ir_version > MAX_IR_VERSION:
-        raise InputError(
-            f"{onnx_path.name} has ONNX IR version {model.ir_version}; onnxruntime-web reads up to "
-            f"{MAX_IR_VERSION}: set model.ir_version = {MAX_IR_VERSION} (or export with tf2onnx)"
-        )
+def _copy_files(tmp: Path, demo: Path, dist: Path, onnx_path: Path) -> dict[str, dict[str, Any]]:
+    """The page, onnxruntime-web's files and the model copied into ``tmp``: {name: sha256, bytes}."""
+    for name in PAGE_FILES:
+        shutil.copyfile(demo / name, tmp / name)
+    for name in ORT_FILES:
+        shutil.copyfile(dist / name, tmp / name)
+    shutil.copyfile(onnx_path, tmp / MODEL_FILE)
     return {
-        "inputs": [io(v) for v in model.graph.input if v.name not in inits],
-        "outputs": [io(v) for v in model.graph.output],
+        p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in sorted(tmp.iterdir())
+        if p.is_file()
     }
 
 
-def _check_against_model(
-    spec: dict[str, Any], model_io: dict[str, Any], onnx_path: Path
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    inputs = model_io["inputs"]
-    if len(inputs) != 1:
-        raise InputError(f"{onnx_path} has {len(inputs)} inputs; the web page feeds exactly one")
-    real = inputs[0]
-    if spec.get("name") and spec["name"] != real["name"]:
-        raise InputError(
-            f"input_spec names input {spec['name']!r} but {onnx_path.name} calls it {real['name']!r}"
-        )
-    spec["name"] = real["name"]
-    if len(real["shape"]) != len(spec["shape"]) or any(
-        a > 0 and b > 0 and a != b for a, b in zip(real["shape"], spec["shape"], strict=True)
-    ):
-        raise InputError(
-            f"input_spec shape {spec['shape']} does not match {onnx_path.name}'s {real['shape']}"
-        )
-    return spec, {"name": model_io["outputs"][0]["name"], "shape": model_io["outputs"][0]["shape"]}
-
-
-def _examples(
-    examples: Mapping[str, Any] | None, prep: Mapping[str, Any], n_labels: int
-) -> dict[str, Any] | None:
-    if examples is None:
-        return None
-    if "x" not in examples:
-        raise InputError("examples must be a mapping with 'x' (raw inputs) and optionally 'y'")
-    xs = _plain(examples["x"])
-    ys = _plain(examples.get("y")) if examples.get("y") is not None else None
-    if ys is not None and len(ys) != len(xs):
-        raise InputError(f"examples have {len(xs)} inputs but {len(ys)} labels")
-    if prep["kind"] == "tabular":
-        n_cols = len(prep["columns"])
-        for row in xs:
-            if isinstance(row, list) and len(row) != n_cols:
-                raise InputError(f"an example row has {len(row)} values; the spec has {n_cols} columns")
-    if ys is not None:
-        for y in ys:
-            if isinstance(y, int) and not 0 <= y < max(n_labels, 1):
-                raise InputError(f"example label index {y} is outside the {n_labels} labels")
-    return {"x": xs, "y": ys}
-
-
-def _plain(obj: Any) -> Any:
-    """numpy values to JSON: arrays to lists, NaN/None/pandas NA to null (JSON has no NaN)."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, str | bytes):
-        return obj.decode() if isinstance(obj, bytes) else obj
-    if hasattr(obj, "tolist") and not isinstance(obj, int | float | bool):
-        return _plain(obj.tolist())
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, bool) or obj is None or isinstance(obj, int):
-        return obj
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, Path):
-        return str(obj)
-    if type(obj).__name__ in {"NAType", "NaTType"}:
-        return None
-    return obj
-
-
-def _check_json(manifest: Mapping[str, Any]) -> None:
-    try:
-        json.dumps(manifest, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise InputError(f"bundle.json cannot hold a value given to build_web_bundle: {e}") from e
+def _manifest(
+    files: dict[str, dict[str, Any]], labels: list[str], output_kind: str, prep: dict[str, Any],
+    spec: dict[str, Any], output: dict[str, Any] | None, examples: dict[str, Any] | None,
+    ort_version: str, metadata: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """bundle.json: what the page needs to turn a raw input into the model's, and every file's hash."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "format": "web",
+        "model": {"file": MODEL_FILE, **files[MODEL_FILE]},
+        "labels": labels,
+        "output_kind": output_kind,
+        "preprocessing": prep,
+        "input": spec,
+        "output": output,
+        "examples": examples,
+        "runtime": {
+            "name": ORT_PACKAGE,
+            "version": ort_version,
+            "backend": "wasm",
+            "files": list(ORT_FILES),
+        },
+        "files": files,
+        "metadata": plain(dict(metadata or {})),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "edgeship_version": __version__,
+    }
 
 
 __all__ = [
     "MANIFEST",
+    "MAX_IR_VERSION",
     "MODEL_FILE",
     "ORT_FILES",
     "PAGE_FILES",

@@ -17,8 +17,9 @@ import pytest
 pytest.importorskip("tvm")
 
 from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.names import host_arch
 from edgeship.export import FORMATS, UnsupportedOperatorError
-from edgeship.export.tvm import build_tvm, elf_machine, host_arch, resolve_target
+from edgeship.export.tvm import build_tvm, elf_machine, resolve_target
 
 TOL = 1e-4
 
@@ -200,11 +201,11 @@ def test_tuning_for_a_pi_needs_the_device(tmp_path: Path) -> None:
 
 
 def test_missing_cross_compiler_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import edgeship.export.tvm as tvm_export
+    import edgeship.export.tvm_build as tvm_build
 
     if host_arch() == "aarch64":
         pytest.skip("no cross compiler needed on an aarch64 host")
-    monkeypatch.setattr(tvm_export.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(tvm_build.shutil, "which", lambda _name: None)
     with pytest.raises(MissingDependencyError, match="apt-get install g\\+\\+-aarch64-linux-gnu"):
         build_tvm(tmp_path / "missing.onnx", tmp_path, "rpi5")
 
