@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 
 from edgeship.core.errors import RunError
 from edgeship.core.fsutil import sha256_file
-from edgeship.core.runstore import SCHEMA_VERSION, RunStore
+from edgeship.core.runstore import SCHEMA_VERSION, RunDir, RunStore
 
 
 def _make_run(store: RunStore, label: str = "demo"):
@@ -122,3 +123,348 @@ def test_manifest_is_plain_json_with_normal_permissions(tmp_path: Path) -> None:
     mask = os.umask(0)
     os.umask(mask)
     assert run.manifest_path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------- concurrency and crashes (issue 12)
+
+_KILL_SCRIPT = """
+import os, signal, sys
+from edgeship.core.runstore import RunDir
+
+point, when = int(sys.argv[2]), sys.argv[3]
+calls = 0
+real_replace = os.replace
+
+
+def replace(src, dst):  # every rename of a commit is a point a kill can land on
+    global calls
+    calls += 1
+    if when == "before" and calls == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+    if when == "after" and calls == point:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+os.replace = replace
+run = RunDir(sys.argv[1])
+with run.stage("second", {"b": 2}) as st:
+    (st.output_dir("model") / "weights.bin").write_bytes(b"new weights")  # replaces a folder
+    (st.output_dir("extra") / "x.txt").write_text("x")  # a new one
+    (st.output_dir("variants/v1") / "w").write_text("v1")  # a new nested one
+    st.set_section("variants", {**run.manifest.get("variants", {}), "v1": {"dir": "variants/v1"}})
+print("renames", calls, flush=True)
+"""
+
+
+def _files(run_path: Path) -> dict[str, str]:
+    """Every visible file of a run but the manifest, by path: its sha256."""
+    return {str(p.relative_to(run_path)): sha256_file(p) for p in sorted(run_path.rglob("*"))
+            if p.is_file() and p.name != "manifest.json"
+            and not any(part.startswith(".") for part in p.relative_to(run_path).parts)}
+
+
+def _matches_manifest(run_path: Path) -> None:
+    """The newest record of each output names a file that is there with that content."""
+    latest: dict[str, str] = {}
+    for stage in json.loads((run_path / "manifest.json").read_text())["stages"]:
+        for out in stage["outputs"]:
+            latest[out["path"]] = out["sha256"]
+    files = _files(run_path)
+    assert {p: files.get(p) for p in latest} == latest
+    for name, v in json.loads((run_path / "manifest.json").read_text()).get("variants", {}).items():
+        assert (run_path / v["dir"]).is_dir(), name
+
+
+def _kill_run(run_path: Path, point: int, when: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(run_path), str(point), when],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_kill_at_any_commit_point_leaves_the_old_or_the_new_run(tmp_path: Path) -> None:
+    """SIGKILL before and after each rename of a commit: `edgeship show` reads the run, and
+    manifest and files are both the state before the stage or both the state after it."""
+    from tests.clihelp import invoke
+
+    with RunStore(tmp_path / "template").new_run("template", 7) as template, \
+            template.stage("first") as st:  # no data section: `show` renders it without a split
+        (st.output_dir("model") / "weights.bin").write_bytes(b"abc")
+    old_manifest = template.manifest_path.read_bytes()
+    old_files = _files(template.path)
+
+    whole = tmp_path / "whole" / template.path.name
+    shutil.copytree(template.path, whole)
+    done = _kill_run(whole, 0, "never")
+    assert done.returncode == 0, done.stderr
+    renames = int(done.stdout.split()[-1])
+    assert renames >= 4  # the outputs, and the manifest after them
+    new_files = _files(whole)
+    assert new_files != old_files
+
+    points = [(k, "before") for k in range(1, renames + 1)] + [(renames, "after")]
+    for k, when in points:
+        case = tmp_path / f"kill-{when}-{k}" / template.path.name
+        shutil.copytree(template.path, case)
+        killed = _kill_run(case, k, when)
+        assert killed.returncode == -signal.SIGKILL, (k, when, killed.stderr)
+
+        shown = invoke(case.parent, "show", str(case))
+        assert shown.exit_code == 0, (k, when, shown.stderr)
+        assert "Traceback" not in shown.stderr
+        manifest = json.loads((case / "manifest.json").read_text())
+        if manifest["stages"][-1]["name"] == "second":
+            assert _files(case) == new_files, (k, when)
+            assert manifest["variants"] == {"v1": {"dir": "variants/v1"}}
+        else:
+            assert (case / "manifest.json").read_bytes() == old_manifest, (k, when)
+            assert _files(case) == old_files, (k, when)
+        _matches_manifest(case)
+        with RunDir(case).writing():  # opening it for writing clears every leftover
+            pass
+        assert not [p.name for p in case.iterdir() if p.name.startswith(".")], (k, when)
+
+
+_CTRL_C_SCRIPT = """
+import os, signal, sys
+from pathlib import Path
+from edgeship.core.runstore import RunDir
+
+at = sys.argv[2]
+real_replace = os.replace
+
+
+def replace(src, dst):  # Ctrl-C just before the named rename
+    dst = Path(dst)
+    where = "staging" if dst.parent.name.startswith(".stage-") else "run"
+    if f"{dst.name} in {where}" == at:
+        os.kill(os.getpid(), signal.SIGINT)
+    real_replace(src, dst)
+
+
+os.replace = replace
+run = RunDir(sys.argv[1])
+try:
+    with run.stage("second") as st:
+        (st.output_dir("model") / "weights.bin").write_bytes(b"new weights")
+except KeyboardInterrupt as e:
+    print("saved" if getattr(e, "stage_saved", False) else "rolled back", flush=True)
+"""
+
+
+@pytest.mark.parametrize(("at", "outcome"), [("manifest.json in staging", "rolled back"),
+                                             (".journal.json in run", "saved"),
+                                             ("model in run", "saved"),
+                                             ("manifest.json in run", "saved")])
+def test_ctrl_c_during_a_commit_says_truly_whether_the_stage_was_saved(
+        tmp_path: Path, at: str, outcome: str) -> None:
+    """Before the journal, Ctrl-C rolls the stage back; from the journal on, the commit
+    completes and the interrupt says so (the CLI prints "had just been saved")."""
+    run = _make_run(RunStore(tmp_path))
+    before = run.manifest_path.read_bytes()
+    done = subprocess.run([sys.executable, "-c", _CTRL_C_SCRIPT, str(run.path), at],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == outcome, done.stderr
+    if outcome == "saved":
+        assert [s["name"] for s in run.stages()] == ["first", "second"]
+        assert (run.path / "model/weights.bin").read_bytes() == b"new weights"
+    else:
+        assert run.manifest_path.read_bytes() == before
+        assert (run.path / "model/weights.bin").read_bytes() == b"abc"
+    _matches_manifest(run.path)
+    assert not [p.name for p in run.path.iterdir() if p.name.startswith(".")]
+
+
+_HOLD_SCRIPT = """
+import sys, time
+from edgeship.core.runstore import RunDir, RunStore
+
+run = RunDir(sys.argv[1])
+with run.stage("slow") as st:
+    (st.output_dir("model") / "weights.bin").write_bytes(b"partial")
+    if len(sys.argv) > 2:
+        with RunStore(sys.argv[2]).new_run("half-made", 0) as new, new.stage("train") as st2:
+            (st2.output_dir("model") / "w").write_text("partial")
+            print("ready", flush=True)
+            time.sleep(float(sys.argv[3]))
+    else:
+        print("ready", flush=True)
+        time.sleep(60)
+"""
+
+
+def _holder(run_path: Path, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_SCRIPT, str(run_path), *extra],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def test_stale_staging_and_pending_runs_are_removed_on_next_open(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    run = _make_run(store)
+    before = run.manifest_path.read_bytes()
+    proc = _holder(run.path, str(tmp_path), "60")
+    proc.kill()
+    proc.wait(timeout=20)
+    assert [p for p in run.path.iterdir() if p.name.startswith(".stage-")]
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".pending-")]
+    assert run.manifest_path.read_bytes() == before
+
+    # a live writer's pending run is left alone
+    live_root = tmp_path / "live"
+    live_root.mkdir()
+    live_run = _make_run(RunStore(live_root), "live")
+    live = _holder(live_run.path, str(tmp_path), "60")
+    try:
+        second = _make_run(store, "second")  # opening the store for writing
+        with run.stage("next") as st:  # and the run
+            (st.output_dir("extra") / "x").write_text("x")
+        pending = [p for p in tmp_path.iterdir() if p.name.startswith(".pending-")]
+        assert len(pending) == 1 and (pending[0] / ".lock").is_file()  # the live one
+    finally:
+        live.kill()
+        live.wait(timeout=20)
+    assert not [p.name for p in run.path.iterdir() if p.name.startswith(".")]
+    assert second.manifest["stages"][0]["name"] == "first"
+    assert [s["name"] for s in run.stages()] == ["first", "next"]
+
+
+def test_a_second_writer_in_process_waits_or_fails_with_no_wait(tmp_path: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    run = _make_run(RunStore(tmp_path))
+    before = run.manifest_path.read_bytes()
+    proc = _holder(run.path)
+    try:
+        with pytest.raises(RunError, match=rf"is being written by pid {proc.pid} \(python -c"), \
+                RunDir(run.path, wait=False).stage("other"):
+            pass
+        assert run.manifest_path.read_bytes() == before
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+    # the holder was killed: its lock went with it, and its staging folder goes on the next open
+    with run.stage("other") as st:
+        (st.output_dir("extra") / "x").write_text("x")
+    assert [s["name"] for s in run.stages()] == ["first", "other"]
+    assert not [p.name for p in run.path.iterdir() if p.name.startswith(".")]
+
+
+def test_sections_merge_by_key_against_what_this_process_read(tmp_path: Path) -> None:
+    """A stage built from an older snapshot keeps the keys another writer committed since,
+    and still removes the keys it dropped itself."""
+    store = RunStore(tmp_path)
+    run = _make_run(store)
+    with run.stage("a") as st:
+        st.set_section("exports", {"x.failed": {"ok": False}, "y": {"ok": True}})
+    snapshot = run.manifest  # what this process builds its next section from
+    other = subprocess.run([sys.executable, "-c", (
+        "import sys\n"
+        "from edgeship.core.runstore import RunDir\n"
+        "run = RunDir(sys.argv[1])\n"
+        "with run.stage('b') as st:\n"
+        "    st.set_section('exports', {**run.manifest['exports'], 'z': {'ok': True}})\n"
+    ), str(run.path)], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0, other.stderr
+    exports = dict(snapshot["exports"])
+    exports.pop("x.failed")
+    exports["x"] = {"ok": True}
+    with run.stage("c") as st:
+        st.set_section("exports", exports)
+    assert run.manifest["exports"] == {"y": {"ok": True}, "z": {"ok": True}, "x": {"ok": True}}
+    assert [s["name"] for s in run.stages()] == ["first", "a", "b", "c"]
+
+
+# ---------------------------------------------------------------- the real CLI on a real run
+
+_COMPRESS_WITH_BARRIER = """
+import os, sys, time
+from pathlib import Path
+
+import edgeship.compression.stage as cs
+from edgeship.core import runstore
+
+barrier, me, other = Path(os.environ["BARRIER"]), os.environ["ME"], os.environ["OTHER"]
+real_write, real_wait = cs.write_variant, getattr(runstore, "_lock_blocking", None)
+
+
+def write_variant(st, run, built):
+    # Both processes are past their snapshot of the manifest before either commits, unless a
+    # lock makes one wait (then it says so here, so the other need not sit out the timeout).
+    real_write(st, run, built)
+    (barrier / me).touch()
+    deadline = time.monotonic() + 60
+    while not (barrier / other).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def lock_blocking(path):
+    (barrier / me).touch()
+    return real_wait(path)
+
+
+cs.write_variant = write_variant
+if real_wait is not None:
+    runstore._lock_blocking = lock_blocking
+from edgeship.cli import main
+
+sys.argv = ["edgeship", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.fixture()
+def digits_copy(digits_run: RunDir, tmp_path: Path) -> RunDir:
+    dst = tmp_path / "runs" / digits_run.path.name
+    shutil.copytree(digits_run.path, dst)
+    return RunDir(dst)
+
+
+@pytest.mark.slow
+def test_two_concurrent_compress_both_land_in_the_manifest(digits_copy: RunDir, tmp_path: Path) -> None:
+    run = digits_copy
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = {}
+    for me, other in (("half", "third"), ("third", "half")):
+        env = {**os.environ, "BARRIER": str(barrier), "ME": me, "OTHER": other}
+        procs[me] = subprocess.Popen(
+            [sys.executable, "-c", _COMPRESS_WITH_BARRIER, "--runs-dir", str(run.path.parent),
+             "compress", str(run.path), "--prune", "0.5" if me == "half" else "0.3", "--epochs", "1",
+             "--name", me, "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    results = {me: (p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for me, p in procs.items()}
+    for me, (code, _out, err) in results.items():
+        assert code == 0, (me, err)
+    waited = [me for me, (_c, _o, err) in results.items() if "is being written by pid" in err]
+    assert len(waited) == 1, {me: err[-500:] for me, (_c, _o, err) in results.items()}
+    line = next(ln for ln in results[waited[0]][2].splitlines() if "is being written" in ln)
+    assert line.startswith(f"run {run.path.name} is being written by pid ")
+    assert "compress" in line and line.endswith("waiting; pass --no-wait to fail instead")
+
+    manifest = run.manifest
+    assert {"half", "third"} <= set(manifest["variants"])
+    assert [s["params"]["name"] for s in manifest["stages"] if s["name"] == "compress"][-2:] \
+        in (["half", "third"], ["third", "half"])
+    for name in ("half", "third"):
+        assert (run.path / "variants" / name / "model.keras").is_file()
+    _matches_manifest(run.path)
+    assert not [p.name for p in run.path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_no_wait_against_a_held_run_is_one_line_exit_2(digits_copy: RunDir) -> None:
+    from tests.clihelp import assert_one_line_error, invoke
+
+    run = digits_copy
+    before = run.manifest_path.read_bytes()
+    proc = _holder(run.path)
+    try:
+        result = invoke(run.path.parent, "--no-wait", "compress", run.path.name, "--prune", "0.5",
+                        "--epochs", "1", "--name", "blocked")
+        assert_one_line_error(result, f"run {run.path.name} is being written by pid {proc.pid}",
+                              "--no-wait")
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+    assert run.manifest_path.read_bytes() == before
+    assert not (run.path / "variants" / "blocked").exists()

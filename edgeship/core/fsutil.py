@@ -54,10 +54,51 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        fsync_file(tmp_path)  # the bytes reach the disk before the name points at them
         os.replace(tmp_path, path)
+        fsync_dir(path.parent)  # and the rename itself survives a power cut
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def fsync_file(path: str | Path) -> None:
+    """Flush one file's data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (creations, renames, removals) to disk; a no-op where the
+    platform cannot open folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the data fsyncs above still count
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """``fsync_file`` every file under ``path`` (or ``path`` itself) and ``fsync_dir`` every folder."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        if path.is_file() and not path.is_symlink():
+            fsync_file(path)
+        return
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            f = Path(folder) / name
+            if not f.is_symlink():
+                fsync_file(f)
+        fsync_dir(folder)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
