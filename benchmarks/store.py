@@ -33,6 +33,8 @@ def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> l
     ``label`` names the measuring session in the manifest (e.g. "host", "browser",
     "pi user@host"). Nothing is written if any result is invalid. Files already in ``bench/``
     with other names are kept: the stage copies them forward, then replaces the folder whole.
+    The copy is read inside the stage, under the run's lock, so a concurrent ``bench`` on the
+    same run cannot commit in between and lose its results.
     """
     if not results:
         raise InputError("no benchmark results to save")
@@ -46,13 +48,13 @@ def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> l
         if name in names:
             raise InputError(f"two results would share bench/{name}; measure each configuration once")
         names[name] = r
-    existing = run.path / BENCH_DIR
     params = {"label": label, "results": sorted(names),
               "on": sorted({r["on"] for r in results}),
               "devices": sorted({str(r.get("device_id")) for r in results}),
               "emulated": any(is_emulated(r) for r in results)}
     with run.stage("bench", params) as st:
         out = st.output_dir(BENCH_DIR)
+        existing = run.path / BENCH_DIR  # read under the lock the stage holds
         if existing.is_dir():
             for old in sorted(existing.glob("*.json")):
                 if old.name not in names:

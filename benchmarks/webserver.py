@@ -5,11 +5,15 @@ needs COOP/COEP on every response; without them ``numThreads`` is silently ignor
 ``SimpleHTTPRequestHandler`` sends neither, lists directories and follows symlinks out of its
 root, so this is a small handler of its own: GET/HEAD of regular files inside the bundle, and
 404 for anything else (traversal, encoded traversal, symlinks escaping, dotfiles, folders).
+The isolation headers go on every response, errors and refused methods included; each
+connection times out after ``BundleHandler.timeout`` seconds, so a client that stalls cannot
+hold a thread.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import sys
 import threading
@@ -53,7 +57,8 @@ def resolve_inside(root: Path, url_path: str) -> Path | None:
 
     The path is percent-decoded once, so ``%2e%2e`` is ``..``; any ``..``/``.`` segment,
     dotfile, NUL or backslash is refused before touching the disk, and the resolved path
-    (symlinks followed) must still lie inside the resolved root.
+    (symlinks followed) must still lie inside the resolved root: checked again after a folder
+    becomes its ``index.html``, which may itself be a symlink.
     """
     path = unquote(urlsplit(url_path).path, errors="strict")
     if "\x00" in path or "\\" in path or not path.startswith("/"):
@@ -63,17 +68,27 @@ def resolve_inside(root: Path, url_path: str) -> Path | None:
         return None
     root = root.resolve()
     candidate = root.joinpath(*parts) if parts else root
+    real = _resolved_inside(root, candidate)
+    if real is not None and real.is_dir():
+        real = _resolved_inside(root, real / "index.html")
+    return real if real is not None and real.is_file() else None
+
+
+def _resolved_inside(root: Path, path: Path) -> Path | None:
+    """``path`` with every symlink followed, if it exists and lies in ``root`` (resolved)."""
     try:
-        real = candidate.resolve(strict=True)
+        real = path.resolve(strict=True)
     except (OSError, RuntimeError):
         return None
-    if real != root and root not in real.parents:
-        return None
-    if real.is_dir():
-        real = real / "index.html"
-        if not real.is_file():
-            return None
-    return real if real.is_file() else None
+    return real if real == root or root in real.parents else None
+
+
+def is_wildcard(address: str) -> bool:
+    """Whether a bound address listens on every interface (0.0.0.0, ::, and their spellings)."""
+    try:
+        return ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified
+    except ValueError:
+        return False
 
 
 class BundleHandler(BaseHTTPRequestHandler):
@@ -82,6 +97,10 @@ class BundleHandler(BaseHTTPRequestHandler):
     server: BundleHTTPServer
     server_version = "edgeship"
     sys_version = ""
+    timeout = 30  # seconds of silence (reading the request or writing the reply) before closing
+    # Errors found before the request line's version is read (a bad or 2.x version) would be
+    # answered HTTP/0.9 style, a body with no status line or headers: answer as HTTP/1.0 instead.
+    default_request_version = "HTTP/1.0"
     extra_headers: ClassVar[dict[str, str]] = {
         **ISOLATION_HEADERS,
         "X-Content-Type-Options": "nosniff",
@@ -111,7 +130,6 @@ class BundleHandler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(data)))
-        self._common_headers()
         self.end_headers()
         if body:
             self.wfile.write(data)
@@ -121,20 +139,21 @@ class BundleHandler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
-        self._common_headers()
         self.end_headers()
         if body:
             self.wfile.write(data)
 
-    def _common_headers(self) -> None:
+    def end_headers(self) -> None:
+        """Every response ends its headers here, ``send_error``'s too (400, 414, 431, 501 for an
+        unknown method, 505): so every one carries the isolation headers."""
         for name, value in self.extra_headers.items():
             self.send_header(name, value)
+        super().end_headers()
 
     def _not_allowed(self) -> None:
         self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
         self.send_header("Allow", "GET, HEAD")
         self.send_header("Content-Length", "0")
-        self._common_headers()
         self.end_headers()
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
@@ -204,9 +223,17 @@ class BundleServer:
         self._thread: threading.Thread | None = None
 
     @property
+    def every_interface(self) -> bool:
+        """Whether the socket listens on every interface, however ``--host`` spelled it
+        (``0.0.0.0``, ``::``, ``0``, an empty string...): judged from the address bound."""
+        return is_wildcard(str(self._httpd.server_address[0]))
+
+    @property
     def url(self) -> str:
-        """The page's address (an IPv6 host in brackets, 0.0.0.0 shown as 127.0.0.1)."""
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        """The page's address (an IPv6 host in brackets, a wildcard bind shown as loopback)."""
+        host = self.host
+        if self.every_interface:
+            host = "::1" if self._httpd.address_family == socket.AF_INET6 else "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}/"
@@ -266,6 +293,7 @@ __all__ = [
     "MIME_TYPES",
     "BundleServer",
     "free_port",
+    "is_wildcard",
     "resolve_inside",
     "serve_bundle",
 ]

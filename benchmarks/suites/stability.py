@@ -1,6 +1,8 @@
 """Do the numbers repeat? ``edgeship bench`` twice on one run, side by side, per device.
 
-    python -m edgeship.benchmarks.stability [RUN] [--on host,browser] [--rounds 5] [--runs 200]
+    python -m edgeship.benchmarks.suites.stability [RUN] [--on host,browser] [--rounds 5] [--runs 200]
+        [--threads 1,2] [--accuracy-budget 1.0] [--runs-dir DIR]
+    python -m edgeship.benchmarks.suites.stability RUN --smoke   # host only, 2 rounds of 20 calls
 
 For every result of the first session it finds the same configuration (device, artifact,
 threads) in the second and prints whether their 95 % p50 intervals overlap, and the spread of
@@ -21,9 +23,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from edgeship.benchmarks.suites.smoke import parse_args
 from edgeship.core.errors import EdgeshipError, InputError
 
 Key = tuple[str, str, Any]
+SMOKE = {"on": "host", "rounds": 2, "runs": 20}
 
 
 def _key(r: dict[str, Any]) -> Key:
@@ -100,16 +104,19 @@ def _print(on: str, stats: dict[str, Any], seconds: tuple[float, float]) -> None
         same = "same" if d["same"] else "DIFFERENT"
         print(f"ship this on {d['device']}: first {d['first'][0]} t{d['first'][1]}, second "
               f"{d['second'][0] if d['second'] else '-'} t{d['second'][1] if d['second'] else '-'} ({same}); "
-              f"recommended p50 / fastest within budget: {d['ratio_first']:.2f}x, "
-              f"{d['ratio_second'] if d['ratio_second'] is None else round(d['ratio_second'], 2)}x")
+              f"recommended p50 / fastest within budget: {_x(d['ratio_first'])}, {_x(d['ratio_second'])}")
     frac = stats["overlap_fraction"]
     print(f"intervals overlapping: {'-' if frac is None else f'{frac:.0%}'} of {len(stats['pairs'])} "
-          f"(target >= 90 %); p50 spread across rounds: median {stats['spread_median']:.2f}x, "
-          f"max {stats['spread_max']:.2f}x")
+          f"(target >= 90 %); p50 spread across rounds: median {_x(stats['spread_median'])}, "
+          f"max {_x(stats['spread_max'])}")
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edgeship.benchmarks.stability",
+    parser = argparse.ArgumentParser(prog="python -m edgeship.benchmarks.suites.stability",
                                      description=(__doc__ or "").split("\n")[0])
     parser.add_argument("run", nargs="?", default="latest", help="run id, path or 'latest' (default)")
     parser.add_argument("--runs-dir", default=None, help="where runs live (default ./runs)")
@@ -118,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--accuracy-budget", type=float, default=1.0)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, SMOKE)
     from edgeship.benchmarks.browser_bench import bench_browser
     from edgeship.benchmarks.host import bench_host
     from edgeship.core.runstore import RunStore

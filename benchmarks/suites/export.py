@@ -1,8 +1,9 @@
 """Export benchmark: the reference models in every format, sizes, export times and TVM's gain.
 
-    python -m edgeship.benchmarks.export_bench [--models digits,mobilenet] [--trials-digits 200]
+    python -m edgeship.benchmarks.suites.export [--models digits,mobilenet] [--trials-digits 200]
         [--minutes-digits 4] [--trials-mobilenet 600] [--minutes-mobilenet 9] [--threads 1]
-        [--cache-dir DIR] [--json FILE]
+        [--epochs 5] [--runs 200] [--rounds 5] [--cache-dir DIR] [--json FILE]
+    python -m edgeship.benchmarks.suites.export --smoke   # digits only, a few trials and calls
 
 Builds the digits CNN (trained a few epochs on scikit-learn's digits) and MobileNetV2
 (alpha 0.35, 96x96x3, random weights), exports each to TFLite float32 and int8
@@ -35,11 +36,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from edgeship.benchmarks.suites.smoke import parse_args
+
 console = Console(width=120)
 err = Console(stderr=True)
 
 UNTUNED_TARGET = 0.3  # tuned TVM latency / untuned TVM latency
 TFLITE_TARGET = 1.0  # tuned TVM latency / TFLite float32 latency
+SMOKE = {"models": "digits", "epochs": 1, "trials_digits": 4, "minutes_digits": 1, "runs": 20, "rounds": 1}
 
 
 @dataclass
@@ -230,7 +234,8 @@ def print_report(r: ModelReport, threads: int, runs: int, rounds: int) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m edgeship.benchmarks.suites.export",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="digits,mobilenet", help="comma list: digits, mobilenet")
     p.add_argument("--trials-digits", type=int, default=200, help="MetaSchedule trials, digits CNN")
     p.add_argument("--minutes-digits", type=float, default=4, help="tuning time budget, digits CNN")
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=None, help="TVM tuning cache (default: fresh)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, SMOKE)
     # Before TVM starts its thread pool (every heavy import here is lazy): the same thread
     # count as TFLite, and no pinning, so both run under the same conditions.
     os.environ["TVM_NUM_THREADS"] = str(args.threads)

@@ -1,0 +1,122 @@
+"""Smoke tests of the benchmark suites: each runs for real, on its ``--smoke`` setting, in a fresh process.
+
+The figures of a smoke run say nothing about speed (a few calls on a briefly trained model);
+these tests check that every suite runs to the end and prints the ratios it promises.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeship.core.runstore import RunDir
+from tests._models import copy_run
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIO = r"(\d+\.\d+)x"
+
+pytestmark = pytest.mark.slow
+
+
+def run_suite(name: str, *args: str, cwd: Path) -> str:
+    """``python -m edgeship.benchmarks.suites.<name> *args``; its stdout, after checking it exited 0."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONIOENCODING": "utf-8", "COLUMNS": "160"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-m", f"edgeship.benchmarks.suites.{name}", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def ratios(pattern: str, text: str) -> list[float]:
+    """The numbers of the first line matching ``pattern`` (a regex with groups), as floats."""
+    m = re.search(pattern, text, re.MULTILINE)
+    assert m, f"no line matching {pattern!r} in:\n{text}"
+    return [float(g) for g in m.groups()]
+
+
+def test_reference_suite_smoke(tmp_path: Path) -> None:
+    out = run_suite("reference", "--smoke", "--out", str(tmp_path), cwd=tmp_path)
+    int8_f32, ort_tflite = ratios(rf"^digits\s+{RATIO}\s+{RATIO}\s+not measured\s+not measured", out)
+    assert 0 < int8_f32 < 100 and 0 < ort_tflite < 100
+    p50s = ratios(r"^digits\s+(\d+\.\d+)\s+(\d+\.\d+)\s+(\d+\.\d+)\s+-\s+-$", out)
+    assert all(p > 0 for p in p50s)
+    (overhead,) = ratios(r"^  digits\s+\d+\.\d+ ms / \d+\.\d+ ms = (\d+\.\d+)x\s+(?:ok|OVER TARGET)$", out)
+    assert overhead > 0
+    cold = ratios(rf"^  digits\s+time \d+ ms / \d+ ms = {RATIO}\s+peak RSS \S+ MB / \S+ MB = {RATIO}", out)
+    assert all(r > 0 for r in cold)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert sorted(p.name for p in (run / "bench").glob("*.json")), "the timings are stored in the run"
+
+
+def test_browser_suite_smoke(tmp_path: Path) -> None:
+    _browser_or_skip()
+    out = run_suite("browser", "--smoke", "--out", str(tmp_path), cwd=tmp_path)
+    for artifact in ("fp32 plain", "fp32 web", "int8 plain", "int8 web"):
+        figures = ratios(rf"^  {artifact}\s+" + r"\s+".join([r"(\d+\.\d+)"] * 4 + [RATIO] * 5) + "$", out)
+        assert all(f > 0 for f in figures)
+    for t in (1, 2):
+        (ratio,) = ratios(rf"^  target t{t}: best browser artifact '[^']+' \S+ ms = {RATIO} native fp32", out)
+        assert ratio > 0
+    (speedup,) = ratios(rf"^  target 2nd thread: best speedup '[^']+' {RATIO}", out)
+    assert speedup > 0
+    assert (tmp_path / "results.json").is_file()
+
+
+def test_export_suite_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("tvm")
+    out = run_suite("export", "--smoke", "--cache-dir", str(tmp_path / "cache"),
+                    "--json", str(tmp_path / "results.json"), cwd=tmp_path)
+    for fmt in ("tflite-float32", "tflite-int8", "onnx", "tvm-untuned", "tvm-tuned"):
+        assert re.search(rf"{fmt}\W+[\d,.]+ KB\W+\d+\.\d s", out), f"no {fmt} row in:\n{out}"
+    (untuned,) = ratios(r"TVM tuned / untuned\s+= (\d+\.\d+)\s+\(target <= 0\.3: (?:met|NOT met)\)", out)
+    (tflite,) = ratios(r"TVM tuned / TFLite f32\s+= (\d+\.\d+)\s+\(target <= 1\.0: (?:met|NOT met)\)", out)
+    assert untuned > 0 and tflite > 0
+    assert (tmp_path / "results.json").is_file()
+
+
+def test_compression_suite_smoke(tmp_path: Path) -> None:
+    out = run_suite("compression", "--smoke", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    for variant in ("int8", "prune75"):  # ... TFLite B, gzip B, x float32, gzip x f32 gzip, wall s
+        size, gzip_size = ratios(rf"^\W*{variant}\W.*\W(\d\.\d{{3}})\W+(\d\.\d{{3}})\W+\d+\W*$", out)
+        assert 0 < size <= 1.5 and 0 < gzip_size <= 1.5
+    (int8,) = ratios(r"int8 <= 0\.30x float32 size\W+(?:yes|no)\W+(\d\.\d{3})x", out)
+    assert int8 < 0.5, "int8 weights take about a quarter of float32's bytes"
+
+
+def test_stability_smoke(digits_run: RunDir, tmp_path: Path) -> None:
+    from edgeship.export.stage import export_run
+
+    run = copy_run(digits_run, tmp_path)
+    export_run(run, formats="tflite")
+    out = run_suite("stability", str(run.path), "--smoke", cwd=tmp_path)
+    pairs = re.findall(r"^\S+ base/tflite-(?:float32|int8) t([12])\s+\d+\.\d+\s+\d+\.\d+\s+(?:yes|NO|-)\s",
+                       out, re.MULTILINE)
+    assert sorted(pairs) == ["1", "1", "2", "2"], out
+    first, second = ratios(rf"^ship this on \S+: first .+ \((?:same|DIFFERENT)\); recommended p50 / "
+                           rf"fastest within budget: {RATIO}, {RATIO}$", out)
+    assert first > 0 and second > 0
+    (overlap,) = ratios(r"^intervals overlapping: (\d+)% of 4", out)
+    assert 0 <= overlap <= 100
+    assert not (run.path / "bench").exists(), "nothing is stored in the run"
+
+
+def _browser_or_skip() -> None:
+    pytest.importorskip("playwright.sync_api")
+    from edgeship.benchmarks.browser import find_chromium
+    from edgeship.core.errors import MissingDependencyError
+    from edgeship.export.web import unavailable_reason
+
+    try:
+        find_chromium()
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
