@@ -1,14 +1,23 @@
 """Reading ``artifact.json`` and checking the model file against it.
 
 The artifact folder is all a device gets, so everything is checked here, before any runtime
-touches the model file: a truncated copy or an edited file fails with a clear message instead
-of a crash (or, worse, wrong answers) inside the runtime.
+touches the model file: a truncated or corrupted copy fails with a clear message instead of a
+crash (or, worse, wrong answers) inside the runtime.
+
+What the sha256 does not do: it sits in ``artifact.json`` beside the model file, so it catches
+damage, not tampering; whoever can edit the model file can edit ``artifact.json`` too. A TVM
+artifact is a shared library, native code that runs with this process's rights the moment it
+is loaded, so run one only from a source you trust, and edge_runtime refuses one that others
+could have replaced (see ``refuse_writable_native_code``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shlex
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +26,7 @@ from edge_runtime.errors import ArtifactError
 ARTIFACT_FILE = "artifact.json"
 SCHEMA_VERSION = 1
 FORMATS = ("tflite", "onnx", "tvm")
+NATIVE_FORMATS = ("tvm",)  # the model file is a shared library: loading it runs its code
 _REQUIRED = ("schema_version", "format", "file", "sha256", "inputs", "outputs")
 
 
@@ -80,6 +90,8 @@ def verify_model_file(folder: Path, meta: dict[str, Any]) -> Path:
     model = folder / name
     if not model.is_file():
         raise ArtifactError(f"{model} is missing; copy the whole export folder, not only artifact.json")
+    if meta["format"] in NATIVE_FORMATS:
+        refuse_writable_native_code(folder, model)
     size = model.stat().st_size
     expected_size = meta.get("bytes")
     digest = sha256_file(model)
@@ -90,3 +102,40 @@ def verify_model_file(folder: Path, meta: dict[str, Any]) -> Path:
             "or truncated; copy it again or re-export"
         )
     return model
+
+
+def refuse_writable_native_code(folder: Path, model: Path) -> None:
+    """Refuse a shared-library artifact that a user other than its owner could have replaced.
+
+    The file and its folder must not be writable by others (anyone on the machine) nor by their
+    group: a group such as ``users`` or a shared project group lets every member swap the library
+    for their own code, which then runs as whoever loads it (often the device's main user or a
+    service). The one group write allowed is the owner's private group (named like the owner,
+    with no other members: Debian and Ubuntu's default with umask 002), which adds nobody.
+    The sha256 cannot stand in for this: whoever can replace the file can rewrite artifact.json.
+    """
+    if os.name != "posix":  # no POSIX mode bits to read
+        return
+    for path in (model, folder):
+        st = path.stat()
+        others = st.st_mode & stat.S_IWOTH
+        group = st.st_mode & stat.S_IWGRP and not _owners_private_group(st)
+        if others or group:
+            who = "every user" if others else "its group"
+            fix = f"chmod go-w {shlex.quote(str(folder))} {shlex.quote(str(model))}"
+            raise ArtifactError(
+                f"{path} is writable by {who}, and a TVM artifact is native code that runs when "
+                f"loaded, so edge_runtime refuses it; if you trust where it came from, run `{fix}`"
+            )
+
+
+def _owners_private_group(st: os.stat_result) -> bool:
+    try:
+        import grp
+        import pwd
+
+        owner, group = pwd.getpwuid(st.st_uid), grp.getgrgid(st.st_gid)
+    except (ImportError, KeyError):
+        return False
+    return (group.gr_name == owner.pw_name and owner.pw_gid == st.st_gid
+            and set(group.gr_mem) <= {owner.pw_name})

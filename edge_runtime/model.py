@@ -149,18 +149,10 @@ class EdgeModel:
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
         """Float32 batch -> the model's input dtype, from the recorded scale and zero point."""
-        if self._in_q is None:
-            return x.astype(self._in_dtype, copy=False)
-        scale, zero = self._in_q
-        info = np.iinfo(self._in_dtype)
-        q = np.round(x / np.float32(scale)) + zero
-        return np.clip(q, info.min, info.max).astype(self._in_dtype)
+        return quantize(x, self._in_dtype, self._in_q)
 
     def dequantize_output(self, y: np.ndarray) -> np.ndarray:
-        if self._out_q is None:
-            return y.astype(np.float32, copy=False)
-        scale, zero = self._out_q
-        return ((y.astype(np.float32) - np.float32(zero)) * np.float32(scale)).astype(np.float32)
+        return dequantize(y, self._out_q)
 
     def prepare(self, x: Any) -> np.ndarray:
         """Checked and quantised, ready for the backend (timing binds this outside the loop)."""
@@ -238,6 +230,29 @@ class EdgeModel:
     def __repr__(self) -> str:
         return (f"EdgeModel({str(self.path)!r}, format={self.format!r}, quantize={self.quantize!r}, "
                 f"backend={self.backend.name!r})")
+
+
+def quantize(x: np.ndarray, dtype: Any, q: tuple[float, int] | None) -> np.ndarray:
+    """Float32 values -> ``dtype``: ``round(x / scale) + zero_point``, clipped to the dtype's range.
+
+    ``q`` is (scale, zero point); None casts (a float tensor). ``EdgeModel`` quantises its input
+    with this, and so does every measurement that must match what a device runs.
+    """
+    dtype = np.dtype(dtype)
+    if q is None:
+        return x.astype(dtype, copy=False)
+    scale, zero = q
+    info = np.iinfo(dtype)
+    v = np.round(x / np.float32(scale)) + zero
+    return np.clip(v, info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, q: tuple[float, int] | None) -> np.ndarray:
+    """Quantised values -> float32: ``(y - zero_point) * scale``; ``q`` None: a float32 cast."""
+    if q is None:
+        return y.astype(np.float32, copy=False)
+    scale, zero = q
+    return ((y.astype(np.float32) - np.float32(zero)) * np.float32(scale)).astype(np.float32)
 
 
 def _quant(spec: dict[str, Any]) -> tuple[float, int] | None:

@@ -55,7 +55,7 @@ def hand_run(
     preprocessing: dict[str, Any] | None = None,
     label: str = "hand",
 ) -> RunDir:
-    """A run laid out by hand as docs/contracts.md says (model None: a run with data only)."""
+    """A run laid out by hand as docs/architecture.md says (model None: a run with data only)."""
     store = RunStore(root)
     with store.new_run(label, seed=0) as run, run.stage("train", {"by": "hand"}) as st:
         data = st.output_dir("data")

@@ -49,14 +49,14 @@ def _chromium_or_skip() -> None:
 
 
 def image_pre(raw: np.ndarray, p: dict[str, Any]) -> np.ndarray:
-    """docs/contracts.md: ``(raw * scale - mean[c]) / std[c]``."""
+    """docs/architecture.md: ``(raw * scale - mean[c]) / std[c]``."""
     mean = np.asarray(p["mean"], np.float32)
     std = np.asarray(p["std"], np.float32)
     return ((raw.astype(np.float32) * p["scale"] - mean) / std).astype(np.float32)
 
 
 def table_pre(rows: list[list[Any]], p: dict[str, Any]) -> np.ndarray:
-    """docs/contracts.md: numeric fill then standardise; categorical fill then one-hot."""
+    """docs/architecture.md: numeric fill then standardise; categorical fill then one-hot."""
     out = []
     for row in rows:
         feats: list[float] = []

@@ -1,6 +1,6 @@
 """Preprocessing fitted on the train split only, and written down as a spec.
 
-The spec (docs/contracts.md) is plain JSON so a device can apply it with numpy alone:
+The spec (docs/architecture.md) is plain JSON so a device can apply it with numpy alone:
 ``edge_runtime`` and the browser page implement the same arithmetic, and tests hold them
 to it. Nothing here ever looks at validation or test rows while fitting.
 """

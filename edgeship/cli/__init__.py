@@ -46,6 +46,7 @@ COMMANDS = {
 class App:
     store: RunStore
     debug: bool
+    no_wait: bool = False  # a run another command is writing: fail at once instead of waiting
 
 
 class CommandError(click.ClickException):
@@ -92,8 +93,10 @@ class LazyGroup(click.Group):
                 raise
             where = f" ({e.filename})" if e.filename else ""
             raise CommandError(f"{e.strerror}{where}: free space or fix permissions, then retry") from e
-        except KeyboardInterrupt:
-            click.echo("interrupted: the stage in progress was rolled back", err=True)
+        except KeyboardInterrupt as e:
+            saved = getattr(e, "stage_saved", False)  # Ctrl-C during a commit: runstore.StageSaved
+            click.echo("interrupted: the stage in progress " + ("had just been saved" if saved
+                       else "was rolled back"), err=True)
             ctx.exit(130)
 
 
@@ -111,8 +114,10 @@ def _debug(ctx: click.Context) -> bool:
     help=f"Where runs live (default ./runs, or ${ENV_ROOT}).",
 )
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--no-wait", is_flag=True, envvar="EDGESHIP_NO_WAIT",
+              help="If another command is writing the run, fail at once instead of waiting.")
 @click.pass_context
-def cli(ctx: click.Context, runs_dir: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, runs_dir: Path | None, debug: bool, no_wait: bool) -> None:
     """edgeship: train, compress, export, deploy and measure small models for edge devices.
 
     \b
@@ -121,7 +126,7 @@ def cli(ctx: click.Context, runs_dir: Path | None, debug: bool) -> None:
       edgeship train --dataset iris      # one stage at a time
       edgeship show latest
     """
-    ctx.obj = App(store=RunStore(runs_dir), debug=debug)
+    ctx.obj = App(store=RunStore(runs_dir, wait=not no_wait), debug=debug, no_wait=no_wait)
 
 
 def main() -> None:

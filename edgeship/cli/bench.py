@@ -96,7 +96,7 @@ def _table(run: Any, results: list[dict[str, Any]]) -> None:
 
     from edgeship.core import console
 
-    table = Table(title=f"benchmarks of {run.id}: ms per call, median of rounds [95 % interval]")
+    table = Table(title=f"benchmarks of {escape(str(run.id))}: ms per call, median of rounds [95 % interval]")
     right = ("thr", "p50 [95 % interval]", "p99 tail", "e2e p50", "KiB", "acc")
     for col in ("device", "variant", "artifact", *right):
         table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
@@ -119,4 +119,4 @@ def _table(run: Any, results: list[dict[str, Any]]) -> None:
     console.out.print(table)
     if any(r.get("accuracy") is not None and r.get("accuracy_source") != "device" for r in results):
         console.out.print("* accuracy from the export's host validation, not measured on this device")
-    console.out.print(f"results: {run.path / 'bench'}   report: edgeship report {run.id}")
+    console.out.print(f"results: {run.path / 'bench'}   report: edgeship report {run.id}", markup=False)

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import COUNT, DURATION, POSITIVE, SEED, Number, json_option, pass_app
-from edgeship.core.console import emit_json, out, progress
+from edgeship.core.console import emit_json, escape, out, progress
 from edgeship.core.errors import InputError
 
 
@@ -158,19 +158,20 @@ def print_variants(run: Any, summaries: list[dict[str, Any]], search: dict[str, 
             t.add_column(col)
         for row in search["tries"]:
             if row.get("status") != "ok":
-                t.add_row(row["name"], "-", "-", "-", row.get("status", ""))
+                t.add_row(escape(str(row["name"])), "-", "-", "-", escape(str(row.get("status", ""))))
                 continue
-            t.add_row(row["recipe"], f"{row['val_accuracy']:.4f}", f"{row['val_drop_points']:.2f}",
+            t.add_row(escape(str(row["recipe"])), f"{row['val_accuracy']:.4f}",
+                      f"{row['val_drop_points']:.2f}",
                       f"{row['tflite_gzip_bytes']:,}", "yes" if row["within_budget"] else "no")
         out.print(t)
-        out.print(f"table: {search['table']}\nplot:  {search['plot']}")
+        out.print(f"table: {search['table']}\nplot:  {search['plot']}", markup=False)
         if not summaries:
             out.print("[yellow]no try stayed within the accuracy budget; nothing was kept[/]")
-    t = Table(title=f"variants of {run.id}")
+    t = Table(title=f"variants of {escape(str(run.id))}")
     for col in ("variant", "test acc", "change", "sparsity", "params", "TFLite bytes", "gzip bytes", "form"):
         t.add_column(col, justify="left" if col == "variant" else "right")
     for s in summaries:
-        t.add_row(s["name"], f"{s['test_accuracy']:.4f}", f"{s['accuracy_delta'] * 100:+.2f} pt",
+        t.add_row(escape(str(s["name"])), f"{s['test_accuracy']:.4f}", f"{s['accuracy_delta'] * 100:+.2f} pt",
                   f"{s['sparsity']:.0%}", f"{s['params']:,}", f"{s['tflite_bytes']:,}",
-                  f"{s['tflite_gzip_bytes']:,}", s["deploy_form"])
+                  f"{s['tflite_gzip_bytes']:,}", escape(str(s["deploy_form"])))
     out.print(t)

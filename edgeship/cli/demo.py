@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, pass_app
-from edgeship.core.console import emit_json, err, out
+from edgeship.core.console import emit_json, err, escape, out
 
 
 @click.command()
@@ -49,15 +49,15 @@ def demo(app: Any, run: str, variant: str, quantize: str | None, port: int, host
     if as_json:
         emit_json(info)
     else:
-        out.print(f"serving {folder}")
-        out.print(f"open [bold]{server.url}[/]  (Ctrl-C stops)")
-    if host in ("0.0.0.0", "::"):
+        out.print(f"serving {folder}", markup=False)
+        out.print(f"open [bold]{escape(server.url)}[/]  (Ctrl-C stops)")
+    if server.every_interface:  # 0.0.0.0, ::, 0, "" ... judged from the address actually bound
         err.print("[yellow]warning:[/] listening on every interface: anyone on your network can load it")
     if open_browser:
         import webbrowser
 
         if not webbrowser.open(server.url):
-            err.print(f"no browser could be started here; open {server.url} yourself")
+            err.print(f"no browser could be started here; open {server.url} yourself", markup=False)
     _sigterm_stops()
     server.serve_forever()
     err.print("stopped")

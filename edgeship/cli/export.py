@@ -62,7 +62,7 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
     failed = [r for r in results if not r.passed]
     if failed:
         console.err.print(f"[red]{len(failed)} export(s) failed validation[/] and were kept aside: "
-                          + ", ".join(str(r.dir) for r in failed))
+                          + console.escape(", ".join(str(r.dir) for r in failed)))
         ctx.exit(1)
 
 
@@ -75,7 +75,7 @@ def _targets(value: str) -> list[str]:
 def _table(results: list, run_path: Path) -> None:
     from rich.table import Table
 
-    table = Table(title=f"exports in {run_path / 'exports'}", show_lines=False)
+    table = Table(title=f"exports in {console.escape(str(run_path / 'exports'))}", show_lines=False)
     numeric = {"size", "top-1", "accuracy", "Δ pt", "max |diff|"}
     for col in ("variant", "artifact", "io", "target", "size", "top-1", "accuracy", "Δ pt",
                 "max |diff|", "status"):
@@ -88,7 +88,8 @@ def _table(results: list, run_path: Path) -> None:
         if r.passed and v.get("warnings"):
             status = "[yellow]ok, warn[/]"
         table.add_row(
-            r.variant, r.dir.name, r.io or "", str(r.target.get("name", "")), f"{r.bytes / 1024:.1f} KiB",
+            *(console.escape(str(v)) for v in (r.variant, r.dir.name, r.io or "", r.target.get("name", ""))),
+            f"{r.bytes / 1024:.1f} KiB",
             "-" if v.get("top1_agreement") is None else f"{v['top1_agreement']:.4f}",
             acc, drop, "-" if v.get("max_abs_diff") is None else f"{v['max_abs_diff']:.1e}", status,
         )

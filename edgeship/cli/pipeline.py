@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import COUNT, SEED, Number, json_option, pass_app
-from edgeship.core.console import emit_json, out, progress
+from edgeship.core.console import emit_json, escape, out, progress
 
 
 @click.command()
@@ -59,9 +59,9 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
 
     print_report(build_report(result.run), result.report)
     for line in result.skipped:
-        out.print(f"[yellow]skipped:[/] {line}")
+        out.print(f"[yellow]skipped:[/] {escape(line)}")
     print_ship_lines(recs, out)
-    out.print(f"next: edgeship show {result.run.id}   |   edgeship demo {result.run.id}")
+    out.print(f"next: edgeship show {result.run.id}   |   edgeship demo {result.run.id}", markup=False)
     _exit_if_failed(result.failed)
 
 

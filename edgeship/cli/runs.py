@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option, pass_app
-from edgeship.core.console import emit_json, out
+from edgeship.core.console import emit_json, escape, out
 from edgeship.core.errors import RunError
 from edgeship.core.runstore import RunDir
 
@@ -46,17 +46,19 @@ def runs(app: Any, as_json: bool) -> None:
         emit_json({"runs": rows})
         return
     if not rows:
-        out.print(f"no runs in {app.store.root}; make one with `edgeship run` or `edgeship train`")
+        out.print(f"no runs in {app.store.root}; make one with `edgeship run` or `edgeship train`",
+                  markup=False)
         return
     from rich.table import Table
 
-    table = Table(title=f"runs in {app.store.root}")
+    table = Table(title=f"runs in {escape(str(app.store.root))}")
     for col in ("id", "dataset", "model", "test accuracy", "created"):
         table.add_column(col, justify="right" if col == "test accuracy" else "left")
     for r in rows:
         acc = r.get("test_accuracy")
-        table.add_row(r["run_id"], r.get("dataset") or "-", r.get("model") or "-",
-                      f"{acc:.4f}" if acc is not None else "-", r.get("created") or "-")
+        table.add_row(escape(str(r["run_id"])), escape(str(r.get("dataset") or "-")),
+                      escape(str(r.get("model") or "-")), f"{acc:.4f}" if acc is not None else "-",
+                      escape(str(r.get("created") or "-")))
     out.print(table)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from edgeship.cli.options import COUNT, SEED, Number, json_option, parse_size, pass_app
-from edgeship.core.console import emit_json, out, progress
+from edgeship.core.console import emit_json, escape, out, progress
 
 
 @click.command()
@@ -92,12 +92,13 @@ def train_summary(result: Any) -> dict[str, Any]:
 def print_train_summary(s: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{s['model']} on {s['dataset']} (test split, {s['split']['test']} rows)")
+    model, dataset = escape(str(s["model"])), escape(str(s["dataset"]))
+    table = Table(title=f"{model} on {dataset} (test split, {s['split']['test']} rows)")
     table.add_column("model")
     table.add_column("test accuracy", justify="right")
-    table.add_row(f"[bold]{s['model']}[/]", f"[bold]{s['test_accuracy']:.4f}[/]")
+    table.add_row(f"[bold]{model}[/]", f"[bold]{s['test_accuracy']:.4f}[/]")
     for name, acc in s["baselines"].items():
-        table.add_row(f"{name.replace('_', ' ')} (baseline)", f"{acc:.4f}")
+        table.add_row(escape(f"{name.replace('_', ' ')} (baseline)"), f"{acc:.4f}")
     out.print(table)
     out.print(f"{s['params']:,} parameters, {s['epochs_run']} epochs in {s['wall_time_s']:.1f} s")
-    out.print(f"run: [bold]{s['run_id']}[/]  ({s['run_dir']})")
+    out.print(f"run: [bold]{escape(str(s['run_id']))}[/]  ({escape(str(s['run_dir']))})")

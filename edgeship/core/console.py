@@ -2,6 +2,12 @@
 
 With ``--json`` a command prints exactly one JSON object on stdout and nothing else there,
 so scripts can parse it; everything meant for a person goes to stderr in that mode.
+
+Rich reads ``[...]`` in a printed string as markup, so user text (column names, labels, file,
+dataset and variant names) must never reach it raw: a column named ``[/]`` would crash and
+``weight [kg]`` would print as ``weight``. ``info``, ``warn`` and progress descriptions take
+plain text and escape it; code that builds its own markup around user text wraps that text in
+``escape`` (re-exported here from ``rich.markup``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,22 +31,27 @@ from rich.progress import (
 
 
 def _console(stderr: bool) -> Console:
-    """Rich assumes 80 columns when output is piped; logs and CI read better wider."""
+    """Rich assumes 80 columns when output is piped; logs and CI read better wider.
+
+    No emoji codes: a column called ``:warning:`` prints as written.
+    """
     probe = Console(stderr=stderr)
     width = None if probe.is_terminal else 120
-    return Console(stderr=stderr, highlight=False, width=width)
+    return Console(stderr=stderr, highlight=False, width=width, emoji=False)
 
 
 err = _console(stderr=True)
 out = _console(stderr=False)
 
 
-def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}")
+def warn(message: str, *, markup: bool = False) -> None:
+    """``warning: <message>`` on stderr; the message is plain text unless ``markup``."""
+    err.print(f"[yellow]warning:[/] {message if markup else escape(message)}")
 
 
-def info(message: str) -> None:
-    err.print(message)
+def info(message: str, *, markup: bool = False) -> None:
+    """A line for a person on stderr; plain text unless ``markup``."""
+    err.print(message, markup=markup)
 
 
 def emit_json(obj: Any) -> None:
@@ -55,7 +67,10 @@ def _default(obj: Any) -> Any:
 
 @contextmanager
 def progress(description: str, total: int | None) -> Iterator[Any]:
-    """A progress bar on stderr; on a non-terminal, one line per update instead of redraws."""
+    """A progress bar on stderr; on a non-terminal, one line per update instead of redraws.
+
+    ``description`` and each ``status`` are plain text (they often hold a variant or device name).
+    """
     if not err.is_terminal:
         yield _LineProgress(description, total)
         return
@@ -70,7 +85,7 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
         transient=False,
     )
     with bar:
-        task = bar.add_task(description, total=total, status="")
+        task = bar.add_task(escape(description), total=total, status="")
         yield _BarProgress(bar, task)
 
 
@@ -79,7 +94,7 @@ class _BarProgress:
         self._bar, self._task = bar, task
 
     def update(self, advance: int = 1, status: str = "") -> None:
-        self._bar.update(self._task, advance=advance, status=status)
+        self._bar.update(self._task, advance=advance, status=escape(status))
 
 
 class _LineProgress:
@@ -93,4 +108,4 @@ class _LineProgress:
         if self._done % every and self._done != self._total:
             return
         of = f"/{self._total}" if self._total else ""
-        err.print(f"{self._desc} {self._done}{of} {status}".rstrip())
+        err.print(f"{self._desc} {self._done}{of} {status}".rstrip(), markup=False)
