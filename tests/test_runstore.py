@@ -381,10 +381,10 @@ import os, sys, time
 from pathlib import Path
 
 import edgeship.compression.stage as cs
-from edgeship.core import runstore
+from edgeship.core import runlock
 
 barrier, me, other = Path(os.environ["BARRIER"]), os.environ["ME"], os.environ["OTHER"]
-real_write, real_wait = cs.write_variant, getattr(runstore, "_lock_blocking", None)
+real_write, real_wait = cs.write_variant, runlock.lock_blocking
 
 
 def write_variant(st, run, built):
@@ -403,8 +403,7 @@ def lock_blocking(path):
 
 
 cs.write_variant = write_variant
-if real_wait is not None:
-    runstore._lock_blocking = lock_blocking
+runlock.lock_blocking = lock_blocking
 from edgeship.cli import main
 
 sys.argv = ["edgeship", *sys.argv[1:]]

@@ -25,51 +25,50 @@ Writing is safe against other writers and against being killed at any point:
   ``.stage-*`` folders here and stale ``.pending-*`` runs beside it; resolving a run for reading
   does the journal part too, when no live writer holds the lock. Either way the run reads as
   its state before or after the interrupted stage, never a mix.
+
+The lock lives in ``runlock``, the journaled commit and the clean-up in ``runcommit``; this
+module holds the run's API and the manifest's merge rules.
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
-import json
 import os
 import secrets
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from edgeship.core.errors import RunError
-from edgeship.core.fsutil import (
-    fsync_dir,
-    fsync_tree,
-    make_temp_dir,
-    read_json,
-    sha256_file,
-    write_json_atomic,
-)
+from edgeship.core.fsutil import fsync_dir, make_temp_dir, read_json, sha256_file, write_json_atomic
 from edgeship.core.lineage import environment
+from edgeship.core.runcommit import (
+    JOURNAL,
+    MANIFEST,
+    PENDING_PREFIX,
+    STAGE_PREFIX,
+    StageSaved,
+    commit_outputs,
+    exists,
+    outermost,
+    remove_stale_pending,
+    remove_stale_staging,
+    settle,
+)
+from edgeship.core.runlock import HELD, LOCK, Held, acquire, dir_key, release, try_lock
 
-MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 DEFAULT_ROOT = "runs"
 ENV_ROOT = "EDGESHIP_RUNS_DIR"
-LOCK = ".lock"
-JOURNAL = ".journal.json"
-STAGE_PREFIX = ".stage-"
-PENDING_PREFIX = ".pending-"
-REPLACED = ".replaced"  # in staging: what the outputs replaced, until the commit is final
-# A .pending-* run whose lock file never named a holder is only taken for stale after this long
-# (its creator may be between making the folder and locking it).
-STALE_UNCLAIMED_S = 60.0
+
+# Per run folder, the manifest this process first read (or last committed): see merge_section.
+_BASES: dict[tuple[int, int], dict[str, Any]] = {}
 
 
 def default_root() -> Path:
@@ -191,8 +190,8 @@ class RunDir:
         Taking it waits for another writer (saying so on stderr) or, with ``wait=False``, raises
         ``RunError`` at once; then finishes an interrupted commit and removes stale staging.
         """
-        key = _dir_key(self.path)
-        held = _HELD.get(key)
+        key = dir_key(self.path)
+        held = HELD.get(key)
         if held is not None:
             held.depth += 1
             try:
@@ -200,16 +199,16 @@ class RunDir:
             finally:
                 held.depth -= 1
             return
-        lock = _acquire(self.path, wait=self.wait)
-        _HELD[key] = _Held(lock)
+        lock = acquire(self.path, wait=self.wait)
+        HELD[key] = Held(lock)
         try:
-            self._settle()
-            _remove_stale_staging(self.path)
-            _remove_stale_pending(self.path.parent)
+            settle(self.path)
+            remove_stale_staging(self.path)
+            remove_stale_pending(self.path.parent)
             yield
         finally:
-            del _HELD[key]
-            _release(lock, self.path)
+            del HELD[key]
+            release(lock, self.path)
 
     @contextmanager
     def stage(self, name: str, params: dict[str, Any] | None = None) -> Iterator[StageContext]:
@@ -228,7 +227,7 @@ class RunDir:
 
     def _commit(self, ctx: StageContext, started: str, wall: float) -> None:
         staging = ctx.staging
-        present = _outermost([rel for rel in ctx._outputs if _exists(staging / rel)])
+        present = outermost([rel for rel in ctx._outputs if exists(staging / rel)])
         outputs = []
         for rel in present:
             src = staging / rel
@@ -240,7 +239,7 @@ class RunDir:
                     "bytes": f.stat().st_size,
                 })
         manifest = self.manifest  # read again, under the lock: what other stages committed counts
-        base = _BASES.get(_dir_key(self.path), {})
+        base = _BASES.get(dir_key(self.path), {})
         for key, value in ctx.sections.items():
             manifest[key] = merge_section(manifest.get(key), value, base.get(key))
         manifest.setdefault("stages", []).append({
@@ -252,87 +251,36 @@ class RunDir:
             "metrics": ctx.metrics,
         })
         write_json_atomic(staging / MANIFEST, manifest)
-        for rel in present:
-            fsync_tree(staging / rel)
-            for parent in list(Path(rel).parents)[:-1]:
-                fsync_dir(staging / parent)
-        fsync_dir(staging)
-        with _sigint_held():  # from the journal on, the commit completes (or is undone) whole
-            try:
-                write_json_atomic(self.path / JOURNAL, {"staging": staging.name, "outputs": present})
-                touched = {self.path}
-                for rel in present:
-                    dst = self.path / rel
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    if _exists(dst):
-                        old = staging / REPLACED / rel
-                        old.parent.mkdir(parents=True, exist_ok=True)
-                        os.replace(dst, old)
-                    os.replace(staging / rel, dst)
-                    touched.update(p for p in dst.parents if p.is_relative_to(self.path))
-                for folder in sorted(touched, key=lambda p: -len(p.parts)):
-                    fsync_dir(folder)
-                os.replace(staging / MANIFEST, self.manifest_path)  # the commit point
-                fsync_dir(self.path)
-            except BaseException:
-                self._settle()  # roll back the renames made so far
-                raise
-            self._settle()  # complete: drop the journal and staging (with what was replaced)
-            _BASES[_dir_key(self.path)] = copy.deepcopy(manifest)
-
-    def _settle(self) -> None:
-        """Finish a commit that a kill or an error interrupted, per its journal (no-op without)."""
-        journal_path = self.path / JOURNAL
-        if not journal_path.exists():
-            return
-        try:
-            journal = read_json(journal_path)
-            staging = self.path / journal["staging"]
-            rels = [str(r) for r in journal["outputs"]]
-        except (ValueError, KeyError, TypeError):
-            journal_path.unlink()  # written atomically, so never partial: not ours, ignore it
-            return
-        if not staging.name.startswith(STAGE_PREFIX) or staging.parent != self.path or any(
-                Path(r).is_absolute() or ".." in Path(r).parts for r in rels):
-            journal_path.unlink()
-            return
-        if (staging / MANIFEST).exists():  # the new manifest never moved in: undo the renames
-            touched = {self.path, staging}
-            for rel in reversed(rels):
-                src, dst, old = staging / rel, self.path / rel, staging / REPLACED / rel
-                if not _exists(src) and _exists(dst):  # the new output is in place: take it back
-                    src.parent.mkdir(parents=True, exist_ok=True)
-                    os.replace(dst, src)
-                if _exists(old):
-                    os.replace(old, dst)
-                touched.update({dst.parent, src.parent})
-            for folder in touched:
-                fsync_dir(folder)
-        # else the manifest is in, and every output moved before it: the commit is complete
-        journal_path.unlink()
-        fsync_dir(self.path)
-        shutil.rmtree(staging, ignore_errors=True)
+        commit_outputs(self.path, staging, present)
+        _BASES[dir_key(self.path)] = copy.deepcopy(manifest)
 
     def _settle_if_interrupted(self) -> None:
         """For readers: finish an interrupted commit if no live writer holds the run."""
         if not (self.path / JOURNAL).exists():
             return
         try:
-            lock = _try_lock(self.path / LOCK)
+            lock = try_lock(self.path / LOCK)
             if lock is None:  # the writer is alive and finishing it
                 return
             try:
-                self._settle()
+                settle(self.path)
             finally:
-                _release(lock, self.path)
+                release(lock, self.path)
         except OSError:
             pass  # a read-only store: the reader still sees a whole manifest
 
 
-class StageSaved(KeyboardInterrupt):
-    """Ctrl-C that arrived while a stage's commit was being made final: the stage is saved."""
 
-    stage_saved = True
+
+
+def _note_base(path: Path, manifest: dict[str, Any]) -> None:
+    try:
+        key = dir_key(path)
+    except OSError:
+        return
+    base = _BASES.get(key)
+    if base is None or base.get("run_id") != manifest.get("run_id"):
+        _BASES[key] = copy.deepcopy(manifest)
 
 
 def merge_section(current: Any, value: Any, base: Any) -> Any:
@@ -355,202 +303,6 @@ def merge_section(current: Any, value: Any, base: Any) -> Any:
         if k not in value:
             merged.pop(k, None)
     return merged
-
-
-# ---- the per-run lock ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Held:
-    file: IO[str]
-    depth: int = 1
-
-
-# Locks this process holds, by the run folder's (device, inode): survives renames and aliases.
-_HELD: dict[tuple[int, int], _Held] = {}
-# Per run folder, the manifest this process first read (or last committed): see merge_section.
-_BASES: dict[tuple[int, int], dict[str, Any]] = {}
-
-
-def _dir_key(path: Path) -> tuple[int, int]:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino)
-
-
-def _note_base(path: Path, manifest: dict[str, Any]) -> None:
-    try:
-        key = _dir_key(path)
-    except OSError:
-        return
-    base = _BASES.get(key)
-    if base is None or base.get("run_id") != manifest.get("run_id"):
-        _BASES[key] = copy.deepcopy(manifest)
-
-
-def _same_file(f: IO[str], path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    fst = os.fstat(f.fileno())
-    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)
-
-
-def _try_lock(lock_path: Path) -> IO[str] | None:
-    """``lock_path`` opened and locked by this process, or None while another holds it."""
-    while True:
-        f = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held beyond this function
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            return None
-        except BaseException:
-            f.close()
-            raise
-        if _same_file(f, lock_path):
-            return f
-        f.close()  # its holder removed it while releasing: lock the one there now
-
-
-def _lock_blocking(lock_path: Path) -> IO[str]:
-    while True:
-        f = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held beyond this function
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except BaseException:
-            f.close()
-            raise
-        if _same_file(f, lock_path):
-            return f
-        f.close()
-
-
-def _acquire(run_path: Path, *, wait: bool) -> IO[str]:
-    lock_path = run_path / LOCK
-    lock = _try_lock(lock_path)
-    if lock is None:
-        holder = _holder(lock_path)
-        if not wait:
-            raise RunError(f"run {run_path.name} is being written by {holder}; retry when it has "
-                           "finished (without --no-wait, edgeship waits for it)")
-        print(f"run {run_path.name} is being written by {holder}: waiting; "
-              "pass --no-wait to fail instead", file=sys.stderr, flush=True)
-        lock = _lock_blocking(lock_path)
-    lock.seek(0)
-    lock.truncate()
-    lock.write(json.dumps({"pid": os.getpid(), "command": _command_line(), "since": now_iso()}) + "\n")
-    lock.flush()
-    return lock
-
-
-def _release(lock: IO[str], run_path: Path) -> None:
-    """Remove the lock file (while still holding it, so a waiter re-checks) and unlock."""
-    try:
-        if _same_file(lock, run_path / LOCK):
-            os.unlink(run_path / LOCK)
-    except OSError:
-        pass
-    finally:
-        lock.close()
-
-
-def _holder(lock_path: Path) -> str:
-    """Who holds the lock, as the lock file says ("pid 123 (edgeship compress ...)")."""
-    for _ in range(10):  # the holder writes its name just after locking
-        try:
-            info = json.loads(lock_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = None
-        if isinstance(info, dict) and "pid" in info:
-            command = info.get("command")
-            return f"pid {info['pid']}" + (f" ({command})" if command else "")
-        time.sleep(0.05)
-    return "another process"
-
-
-def _command_line(limit: int = 100) -> str:
-    argv = list(sys.argv) or [""]
-    prog = Path(argv[0]).name
-    if prog == "__main__.py":  # python -m edgeship
-        prog = Path(argv[0]).parent.name
-    elif prog in ("", "-c"):
-        prog = "python -c" if prog == "-c" else "python"
-    text = " ".join(" ".join([prog, *argv[1:]]).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-@contextmanager
-def _sigint_held() -> Iterator[None]:
-    """Hold Ctrl-C for the block; if it came, raise ``StageSaved`` after the block succeeded."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        if previous is signal.default_int_handler:
-            raise StageSaved("the stage had been saved when Ctrl-C arrived")
-        signal.raise_signal(signal.SIGINT)
-
-
-# ---- leftovers of killed processes -------------------------------------------------------------
-
-
-def _exists(path: Path) -> bool:
-    return path.exists() or path.is_symlink()
-
-
-def _outermost(rels: list[str]) -> list[str]:
-    """Outputs with any output inside another one dropped: the outer one carries it."""
-    paths = [Path(r) for r in rels]
-    return [r for r, p in zip(rels, paths, strict=True)
-            if not any(q != p and q in p.parents for q in paths)]
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _remove_stale_staging(run_path: Path) -> None:
-    """Staging folders and temp files of killed writers (call with the run's lock held)."""
-    for entry in run_path.iterdir():
-        name = entry.name
-        if name.startswith(STAGE_PREFIX) or (
-                name.startswith(".") and (name.endswith(".tmp") or ".old-" in name)):
-            _remove(entry)
-
-
-def _remove_stale_pending(root: Path) -> None:
-    """``.pending-*`` runs whose creator is gone: their lock is free and once named a holder."""
-    try:
-        entries = [p for p in root.iterdir() if p.name.startswith(PENDING_PREFIX) and p.is_dir()]
-    except OSError:
-        return
-    for pending in entries:
-        try:
-            lock = _try_lock(pending / LOCK)
-        except OSError:
-            continue
-        if lock is None:
-            continue  # its creator is alive
-        try:
-            lock.seek(0)
-            claimed = bool(lock.read().strip())
-            if claimed or time.time() - pending.stat().st_mtime > STALE_UNCLAIMED_S:
-                shutil.rmtree(pending, ignore_errors=True)
-        except OSError:
-            pass
-        finally:
-            lock.close()
 
 
 class RunStore:
