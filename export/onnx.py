@@ -174,80 +174,109 @@ def drop_flatten_transpose(model: Any) -> int:
     not the permuted one. Anything else is left as it is. ``model`` is edited in place.
     """
     import onnx
-    from onnx import numpy_helper, shape_inference
+    from onnx import numpy_helper
 
-    graph = model.graph
-    inferred = shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
-              for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
-    inits = {i.name: i for i in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
-    outputs = {o.name for o in graph.output}
-
-    def consumers(name: str) -> list[Any]:
-        return [n for n in graph.node if name in n.input]
-
-    def only_consumer(name: str) -> Any:
-        found = consumers(name)
-        return found[0] if len(found) == 1 and name not in outputs else None
-
-    def skip_qdq(node: Any) -> tuple[Any, list[Any]]:
-        """Follow per-tensor Q -> DQ pairs; the first other node and the pairs passed."""
-        passed = []
-        while node is not None and node.op_type == "QuantizeLinear":
-            dq = only_consumer(node.output[0])
-            if dq is None or dq.op_type != "DequantizeLinear" or not _per_tensor(node, inits):
-                return None, passed
-            passed += [node, dq]
-            node = only_consumer(dq.output[0])
-        return node, passed
-
+    g = _Graph(model)
     removed = 0
-    for t in list(graph.node):
-        if t.op_type != "Transpose" or _perm(t) != [0, 2, 3, 1]:
+    for t in list(g.graph.node):
+        found = g.flatten_weight(t)
+        if found is None:
             continue
-        in_shape = shapes.get(t.input[0], [])
-        if len(in_shape) != 4 or min(in_shape[1:]) < 1:
-            continue
-        _, c, h, w = in_shape
-        reshape, qdq1 = skip_qdq(only_consumer(t.output[0]))
-        if reshape is None or reshape.op_type != "Reshape":
-            continue
-        out_shape = shapes.get(reshape.output[0], [])
-        if len(out_shape) != 2 or out_shape[1] != c * h * w:
-            continue
-        mm, _ = skip_qdq(only_consumer(reshape.output[0]))
-        if mm is None or mm.op_type not in ("MatMul", "Gemm") or len(mm.input) < 2:
-            continue
-        if mm.op_type == "Gemm" and _attr(mm, "transA", 0):
-            continue
-        axis = 1 if mm.op_type == "Gemm" and _attr(mm, "transB", 0) else 0
-        weight, dq = mm.input[1], None
-        if weight not in inits and weight in producers and producers[weight].op_type == "DequantizeLinear":
-            dq = producers[weight]
-            weight = dq.input[0]
-        if weight not in inits or len(consumers(weight)) != 1:
-            continue
-        if dq is not None and not _per_tensor(dq, inits) and _attr(dq, "axis", 1) % 2 == axis:
-            continue  # per-channel along the permuted axis: scales would need permuting too
-        if dq is not None and len(consumers(dq.output[0])) != 1:
-            continue
-        w_arr = numpy_helper.to_array(inits[weight])
-        if w_arr.ndim != 2 or w_arr.shape[axis] != c * h * w:
-            continue
+        weight, axis, (c, h, w), qdq1, reshape = found
+        w_arr = numpy_helper.to_array(g.inits[weight])
         # Row r of the NHWC flatten is (y, x, ch); after the rewrite row r' is (ch, y, x).
         order = np.arange(c * h * w).reshape(h, w, c).transpose(2, 0, 1).ravel()
-        inits[weight].CopyFrom(numpy_helper.from_array(np.take(w_arr, order, axis=axis), weight))
+        g.inits[weight].CopyFrom(numpy_helper.from_array(np.take(w_arr, order, axis=axis), weight))
         first = (qdq1 or [reshape])[0]
         first.input[0] = t.input[0]
-        graph.node.remove(t)
+        g.graph.node.remove(t)
         stale = {t.output[0], *(n.output[0] for n in qdq1)}
-        for v in [v for v in graph.value_info if v.name in stale]:
-            graph.value_info.remove(v)
+        for v in [v for v in g.graph.value_info if v.name in stale]:
+            g.graph.value_info.remove(v)
         removed += 1
     if removed:
         onnx.checker.check_model(model)
     return removed
+
+
+class _Graph:
+    """An ONNX graph's lookups for ``drop_flatten_transpose``: shapes, initializers, edges."""
+
+    def __init__(self, model: Any) -> None:
+        from onnx import shape_inference
+
+        self.graph = model.graph
+        inferred = shape_inference.infer_shapes(model).graph
+        self.shapes = {
+            v.name: [d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim]
+            for v in [*inferred.value_info, *inferred.input, *inferred.output]}
+        self.inits = {i.name: i for i in self.graph.initializer}
+        self.producers = {o: n for n in self.graph.node for o in n.output}
+        self.outputs = {o.name for o in self.graph.output}
+
+    def consumers(self, name: str) -> list[Any]:
+        return [n for n in self.graph.node if name in n.input]
+
+    def only_consumer(self, name: str) -> Any:
+        found = self.consumers(name)
+        return found[0] if len(found) == 1 and name not in self.outputs else None
+
+    def skip_qdq(self, node: Any) -> tuple[Any, list[Any]]:
+        """Follow per-tensor Q -> DQ pairs; the first other node and the pairs passed."""
+        passed = []
+        while node is not None and node.op_type == "QuantizeLinear":
+            dq = self.only_consumer(node.output[0])
+            if dq is None or dq.op_type != "DequantizeLinear" or not _per_tensor(node, self.inits):
+                return None, passed
+            passed += [node, dq]
+            node = self.only_consumer(dq.output[0])
+        return node, passed
+
+    def flatten_weight(self, t: Any) -> tuple[str, int, tuple[int, int, int], list[Any], Any] | None:
+        """For a Transpose that only feeds Flatten -> MatMul/Gemm: the weight initializer to
+        permute, its axis, the (C, H, W) feature map, the Q/DQ pairs after ``t`` and the Reshape."""
+        if t.op_type != "Transpose" or _perm(t) != [0, 2, 3, 1]:
+            return None
+        in_shape = self.shapes.get(t.input[0], [])
+        if len(in_shape) != 4 or min(in_shape[1:]) < 1:
+            return None
+        _, c, h, w = in_shape
+        reshape, qdq1 = self.skip_qdq(self.only_consumer(t.output[0]))
+        if reshape is None or reshape.op_type != "Reshape":
+            return None
+        out_shape = self.shapes.get(reshape.output[0], [])
+        if len(out_shape) != 2 or out_shape[1] != c * h * w:
+            return None
+        mm, _ = self.skip_qdq(self.only_consumer(reshape.output[0]))
+        if mm is None or mm.op_type not in ("MatMul", "Gemm") or len(mm.input) < 2:
+            return None
+        if mm.op_type == "Gemm" and _attr(mm, "transA", 0):
+            return None
+        axis = 1 if mm.op_type == "Gemm" and _attr(mm, "transB", 0) else 0
+        weight = self._weight_initializer(mm.input[1], axis)
+        if weight is None:
+            return None
+        from onnx import numpy_helper
+
+        w_arr = numpy_helper.to_array(self.inits[weight])
+        if w_arr.ndim != 2 or w_arr.shape[axis] != c * h * w:
+            return None
+        return weight, axis, (c, h, w), qdq1, reshape
+
+    def _weight_initializer(self, weight: str, axis: int) -> str | None:
+        """The initializer behind a MatMul weight (through a DequantizeLinear), if safe to permute."""
+        dq = None
+        if weight not in self.inits and weight in self.producers and \
+                self.producers[weight].op_type == "DequantizeLinear":
+            dq = self.producers[weight]
+            weight = dq.input[0]
+        if weight not in self.inits or len(self.consumers(weight)) != 1:
+            return None
+        if dq is not None and not _per_tensor(dq, self.inits) and _attr(dq, "axis", 1) % 2 == axis:
+            return None  # per-channel along the permuted axis: scales would need permuting too
+        if dq is not None and len(self.consumers(dq.output[0])) != 1:
+            return None
+        return weight
 
 
 def _perm(node: Any) -> list[int]:

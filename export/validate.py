@@ -77,23 +77,26 @@ def validate_artifact(
         "accuracy_drop": drop,
         "max_abs_diff": diff,
     })
-    if exact:
-        if not diff <= config.float_tolerance:
-            result["failures"].append(
-                f"max abs output difference {diff:.3g} exceeds {config.float_tolerance:g}"
-            )
-    else:
-        if drop > config.max_accuracy_drop:
-            result["failures"].append(
-                f"accuracy fell {drop * 100:.2f} points ({ref_acc:.4f} -> {acc:.4f}), "
-                f"more than {config.max_accuracy_drop * 100:g}"
-            )
-        elif drop > config.warn_accuracy_drop:
-            result["warnings"].append(
-                f"accuracy fell {drop * 100:.2f} points ({ref_acc:.4f} -> {acc:.4f})"
-            )
+    failures, warnings = _judge(exact, config, diff, drop, ref_acc, acc)
+    result["failures"] += failures
+    result["warnings"] += warnings
     result["passed"] = not result["failures"]
     return result, probs
+
+
+def _judge(exact: bool, config: ValidationConfig, diff: float, drop: float, ref_acc: float,
+           acc: float) -> tuple[list[str], list[str]]:
+    """The failures and warnings of one artifact by its criterion (float32: exact; else accuracy)."""
+    if exact:
+        if not diff <= config.float_tolerance:  # also catches NaN
+            return [f"max abs output difference {diff:.3g} exceeds {config.float_tolerance:g}"], []
+        return [], []
+    fell = f"accuracy fell {drop * 100:.2f} points ({ref_acc:.4f} -> {acc:.4f})"
+    if drop > config.max_accuracy_drop:
+        return [f"{fell}, more than {config.max_accuracy_drop * 100:g}"], []
+    if drop > config.warn_accuracy_drop:
+        return [], [fell]
+    return [], []
 
 
 def static_validation(checks: dict[str, bool], reason: str) -> dict[str, Any]:
