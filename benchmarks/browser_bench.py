@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeship.benchmarks.browser import BACKEND, BrowserDriver, DemoPage, _sync_playwright, find_chromium
-from edgeship.benchmarks.harness import Artifact, Progress, check_counts, parse_threads, select_artifacts
+from edgeship.benchmarks.harness import Artifact, check_counts, parse_threads, select_artifacts
 from edgeship.benchmarks.webserver import BundleServer
+from edgeship.core.console import Progress
 from edgeship.core.runstore import RunDir
 
 CALIBRATION_CALLS = 50  # back-to-back calls whose mean tells k how long one call takes

@@ -9,19 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edgeship.core.errors import InputError, RunError
 from edgeship.core.names import host_arch, split_names
 from edgeship.core.runstore import RunDir
 
 HOST_FORMATS = ("tflite", "onnx", "tvm")
-
-
-class Progress(Protocol):
-    """What drivers report to: ``edgeship.core.console.progress`` yields one."""
-
-    def update(self, advance: int = 1, status: str = "") -> None: ...
 
 
 def parse_threads(value: str | Sequence[int] | int) -> tuple[int, ...]:

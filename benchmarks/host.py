@@ -20,7 +20,8 @@ from typing import Any
 
 from edge_runtime.result import require_valid
 from edgeship.benchmarks.evaluation import finish_evaluation, write_run_testset
-from edgeship.benchmarks.harness import Progress, check_counts, parse_threads, select_artifacts
+from edgeship.benchmarks.harness import check_counts, parse_threads, select_artifacts
+from edgeship.core.console import Progress
 from edgeship.core.errors import EdgeshipError
 from edgeship.core.runstore import RunDir
 

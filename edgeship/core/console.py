@@ -14,20 +14,30 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.progress import Progress as RichProgress
+
+
+class Progress(Protocol):
+    """What long work reports to: ``progress`` yields one; tests and callers may pass their own."""
+
+    def update(self, advance: int = 1, status: str = "") -> None: ...
+
+
+# ``progress`` is one: (description, total) -> a context that yields a Progress.
+ProgressFactory = Callable[[str, int | None], AbstractContextManager[Progress]]
 
 
 def _console(stderr: bool) -> Console:
@@ -66,7 +76,7 @@ def _default(obj: Any) -> Any:
 
 
 @contextmanager
-def progress(description: str, total: int | None) -> Iterator[Any]:
+def progress(description: str, total: int | None) -> Iterator[Progress]:
     """A progress bar on stderr; on a non-terminal, one line per update instead of redraws.
 
     ``description`` and each ``status`` are plain text (they often hold a variant or device name).
@@ -74,7 +84,7 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
     if not err.is_terminal:
         yield _LineProgress(description, total)
         return
-    bar = Progress(
+    bar = RichProgress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -90,7 +100,7 @@ def progress(description: str, total: int | None) -> Iterator[Any]:
 
 
 class _BarProgress:
-    def __init__(self, bar: Progress, task: Any):
+    def __init__(self, bar: RichProgress, task: Any):
         self._bar, self._task = bar, task
 
     def update(self, advance: int = 1, status: str = "") -> None:

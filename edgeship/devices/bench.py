@@ -11,8 +11,9 @@ against the run (``finish_results``) and, by the caller, stored with
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
+from edgeship.core.console import Progress
 from edgeship.core.runstore import RunDir
 from edgeship.devices.bundle import Log
 from edgeship.devices.errors import DeployError
@@ -26,12 +27,6 @@ BENCH_TIMEOUT_S = 1200.0  # `import tvm` alone takes 20-60 s under QEMU
 BENCH_CONFIG_TIMEOUT_S = 120.0  # and each (artifact, threads) per round, emulated
 EMULATED_NOTE = ("emulated: aarch64 Debian 12 under QEMU user-mode emulation on another CPU; "
                  "not Raspberry Pi latency")
-
-
-class Progress(Protocol):
-    """What deploys and device benches report to (``edgeship.core.console.progress`` yields one)."""
-
-    def update(self, advance: int = 1, status: str = "") -> None: ...
 
 
 def bench_deployed(

@@ -39,11 +39,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeship.core.console import Progress
 from edgeship.core.errors import InputError
 from edgeship.core.fsutil import read_json
 from edgeship.core.runstore import RunDir
 from edgeship.devices import wheels
-from edgeship.devices.bench import Progress, bench_deployed, bench_label, bench_pi, finish_results
+from edgeship.devices.bench import bench_deployed, bench_label, bench_pi, finish_results
 from edgeship.devices.bundle import (
     BUNDLE_INFO,
     PI_FORMATS,

@@ -19,13 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from edgeship.core import console
+from edgeship.core.console import Progress, ProgressFactory
 from edgeship.core.errors import EdgeshipError, MissingDependencyError
 from edgeship.core.fsutil import read_json, replace_tree, write_json_atomic
 from edgeship.devices.cache import cache_dir, cache_lock
@@ -48,16 +47,6 @@ FIRST_USE = "setting up the emulated Pi (first use, about 30 s)"
 
 class EmulatorError(EdgeshipError):
     """The emulated Pi cannot be built or started; the message names the fix."""
-
-
-class Progress(Protocol):
-    """What a build reports to: ``update(0, doing)`` first, then ``update(1, doing next)``."""
-
-    def update(self, advance: int = 1, status: str = "") -> None: ...
-
-
-# ``edgeship.core.console.progress`` is one: (description, total) -> context yielding a Progress.
-ProgressFactory = Callable[[str, int | None], AbstractContextManager[Progress]]
 
 
 def rootfs_dir() -> Path:
