@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.model import dequantize, quantize
 from edgeship.training.calibration import Calibration
 from edgeship.training.evaluation import accuracy
 from edgeship.training.keras_env import quiet_native_stderr, tf
@@ -57,17 +58,17 @@ def tflite_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
     interp.allocate_tensors()
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
-    data = x.astype(np.float32)
-    if inp["dtype"] == np.int8:
-        scale, zero = inp["quantization"]
-        data = np.clip(np.round(data / scale + zero), -128, 127).astype(np.int8)
-    interp.set_tensor(inp["index"], data)
+    interp.set_tensor(inp["index"], quantize(x.astype(np.float32), inp["dtype"], _q(inp)))
     interp.invoke()
-    result = interp.get_tensor(out["index"])
-    if out["dtype"] == np.int8:
-        scale, zero = out["quantization"]
-        result = (result.astype(np.float32) - zero) * scale
-    return result
+    return dequantize(interp.get_tensor(out["index"]), _q(out))
+
+
+def _q(detail: dict[str, Any]) -> tuple[float, int] | None:
+    """(scale, zero point) of an integer tensor, as edge_runtime's quantize/dequantize take it."""
+    if np.dtype(detail["dtype"]).kind not in "iu":
+        return None
+    scale, zero = detail["quantization"]
+    return (float(scale), int(zero))
 
 
 def weight_stats(model: Any) -> dict[str, Any]:
