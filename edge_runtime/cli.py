@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,8 @@ def _predict(args: argparse.Namespace) -> int:
         raise InputError(f"--top must be at least 1, got {args.top}")
     model = EdgeModel.load(args.artifact, threads=args.threads)
     path = Path(args.input)
+    if path.is_dir():
+        raise InputError(f"input {path} is a folder: pass one .npy, .csv or image file")
     if not path.is_file():
         raise InputError(f"input {path} does not exist")
     if args.preprocessed:
@@ -96,6 +99,8 @@ def _predict(args: argparse.Namespace) -> int:
         probs = model.infer(_load_npy(path))
     else:
         probs = model.infer(model.preprocess(read_raw_input(model, path)))
+    if len(probs) == 0:
+        raise InputError(f"{path.name} holds no inputs (an empty batch): nothing to predict")
     labels = model.labels
     rows = []
     for p in probs:
@@ -139,47 +144,92 @@ def read_raw_input(model: Any, path: Path) -> Any:
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    """One numeric array from a ``.npy``; an ``.npz`` (np.load sniffs the zip), an empty or a
+    truncated file, or pickled objects are each one InputError."""
     try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise InputError(
-            f"{path} is not a numeric .npy ({e}); save numbers only, or use a CSV for mixed rows"
+            f"{path} is not a numeric .npy ({reason}); save numbers only with numpy.save, "
+            "or use a CSV for mixed rows"
         ) from e
+    if not isinstance(arr, np.ndarray):  # an NpzFile: a .npz archive under a .npy name
+        names = ", ".join(arr.files)
+        arr.close()
+        raise InputError(
+            f"{path} is an .npz archive (arrays: {names or 'none'}), not a .npy: save one array "
+            "with numpy.save"
+        )
+    if arr.size == 0:
+        raise InputError(f"{path} holds an empty array {tuple(arr.shape)}: nothing to predict")
+    return arr
 
 
 def _read_csv(path: Path, columns: list[str]) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise InputError(
-                f"{path.name} lacks column(s) {', '.join(missing)}; its header needs: {', '.join(columns)}"
-            )
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in columns if c not in header]
+            if missing:
+                raise InputError(f"{path.name} lacks column(s) {', '.join(missing)}; its header "
+                                 f"needs: {', '.join(columns)}")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path.name} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                         f"{e.start}): save the CSV as UTF-8") from e
+    except csv.Error as e:
+        raise InputError(f"{path.name} is not a readable CSV ({e})") from e
     if not rows:
         raise InputError(f"{path.name} has a header but no rows")
     return rows
 
 
 def read_image(path: Path, spec: dict[str, Any]) -> np.ndarray:
-    """An 8-bit image file -> (H, W, C) raw intensities rescaled to the spec's ``raw_range``."""
+    """An 8- or 16-bit image file -> (H, W, C) raw intensities rescaled to the spec's ``raw_range``.
+
+    As training reads image folders: 16-bit greyscale is scaled to 0-255 (``v * 255 / 65535``,
+    resized in floating point), 32-bit and float images and decompression bombs (over Pillow's
+    ``Image.MAX_IMAGE_PIXELS``) are refused.
+    """
     try:
         from PIL import Image
     except ImportError as e:
         raise InputError("reading image files needs Pillow: pip install pillow (or pass a .npy)") from e
     mode = "L" if int(spec["channels"]) == 1 else "RGB"
+    size = (int(spec["width"]), int(spec["height"]))
     try:
-        with Image.open(path) as img:
-            img = img.convert(mode).resize((int(spec["width"]), int(spec["height"])),
-                                           Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            arr = _image_array(img, mode, size, path)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise InputError(f"refusing {path}: more than {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's "
+                         "decompression-bomb limit): shrink it first") from e
     except OSError as e:
         raise InputError(f"{path} is not a readable image ({e})") from e
     if arr.ndim == 2:
         arr = arr[..., None]
     lo, hi = (float(v) for v in spec.get("raw_range", [0, 255]))
     return (lo + arr / 255.0 * (hi - lo)).astype(np.float32)
+
+
+def _image_array(img: Any, mode: str, size: tuple[int, int], path: Path) -> np.ndarray:
+    """``img`` as float32 0-255 in ``mode`` at ``size``; the arithmetic of edgeship.training.images."""
+    from PIL import Image
+
+    sixteen = img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG")
+    if not sixteen and (img.mode in ("I", "F") or img.mode.startswith(("I;32", "F;"))):
+        raise InputError(f"{path} is a 32-bit or float image (mode {img.mode}): save it as an 8- "
+                         "or 16-bit PNG")
+    if sixteen:
+        scaled = np.asarray(img, dtype=np.float32) * np.float32(255.0 / 65535.0)
+        if mode == "L":
+            return np.asarray(Image.fromarray(scaled).resize(size, Image.Resampling.BILINEAR), np.float32)
+        img = Image.fromarray(np.rint(scaled).astype(np.uint8))
+    return np.asarray(img.convert(mode).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- bench

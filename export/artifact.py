@@ -18,6 +18,15 @@ from edgeship.core.fsutil import sha256_file, write_json_atomic
 from edgeship.core.runstore import now_iso
 from edgeship.export import ExportedModel
 
+# Written into every TVM artifact.json (``native_code``): the file is a shared library.
+NATIVE_CODE_NOTE = (
+    "This artifact is a shared library: loading it runs native code with the rights of whoever "
+    "loads it, on this machine or a device. Run it only if you built it or trust where it came "
+    "from. The sha256 in this file catches damage, not tampering (whoever can replace the "
+    "library can edit this file too); edge_runtime refuses it when others can write its file "
+    "or folder."
+)
+
 
 def io_entry(
     name: str, shape: Any, dtype: Any, quantization: tuple[float, int] | None = None
@@ -70,6 +79,8 @@ def build_artifact(
         "created": now_iso(),
         "edgeship_version": __version__,
     }
+    if fmt == "tvm":
+        meta["native_code"] = {"shared_library": True, "note": NATIVE_CODE_NOTE}
     for key, value in exported.extra.items():
         meta.setdefault(key, value)
     return meta

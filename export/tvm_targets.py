@@ -84,6 +84,14 @@ def resolve_target(target: str | dict[str, Any], num_threads: int | None = None)
     return _checked_spec(cfg, name)
 
 
+def check_target_text(text: str) -> None:
+    """Refuse an unknown target name at once: the CLI checks before any export work starts."""
+    text = text.strip()
+    if text not in TARGET_NAMES and not text.startswith(("{", "[")):
+        raise InputError(f"unknown TVM target '{text}'; choose {', '.join(TARGET_NAMES)} or a "
+                         'JSON object such as {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}')
+
+
 def _target_config(target: str | dict[str, Any], num_threads: int | None) -> tuple[dict[str, Any], str]:
     """The TVM target dict a name, JSON text or dict stands for, and the target's name."""
     if isinstance(target, dict):
@@ -95,9 +103,7 @@ def _target_config(target: str | dict[str, Any], num_threads: int | None) -> tup
         return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": num_threads or runtime_threads()}, "host"
     if text in PI_TARGETS:
         return dict(PI_TARGETS[text]), text
-    if not text.startswith(("{", "[")):
-        raise InputError(f"unknown TVM target '{text}'; choose {', '.join(TARGET_NAMES)} or a "
-                         'JSON object such as {"kind": "llvm", "mtriple": "aarch64-linux-gnu"}')
+    check_target_text(text)
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as e:

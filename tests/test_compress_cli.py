@@ -75,29 +75,7 @@ def test_bring_your_own_model(tmp_path: Path, suffix: str) -> None:
     assert out["variants"][0]["test_accuracy"] > 0.5
 
 
-BAD = [
-    (["--prune", "1.0"], ["--prune", "allowed: 0 <= x < 1"]),
-    (["--prune", "-0.1"], ["--prune", "allowed: 0 <= x < 1"]),
-    (["--cluster", "1"], ["--cluster", "allowed: 2 <= x <= 256"]),
-    (["--distill", "--student", "resnet"], ["unknown model", "cnn"]),
-    (["--search", "--accuracy-budget", "-1"], ["--accuracy-budget", "allowed: 0 <= x <= 100"]),
-    (["--batch-size", "0", "--prune", "0.5"], ["--batch-size", "allowed: 1 <= x"]),
-    (["--distill", "--temperature", "nan"], ["--temperature", "not a finite number"]),
-    (["--distill", "--alpha", "-1"], ["--alpha", "allowed: 0 <= x <= 1"]),
-    (["--learning-rate", "-0.1", "--prune", "0.5"], ["--learning-rate", "allowed: 0 < x <= 10"]),
-    (["--search", "--time-budget", " "], ["--time-budget", "is not a duration"]),
-    (["--search", "--time-budget", "nan"], ["--time-budget", "is not a duration"]),
-    (["--search", "--time-budget", "-5m"], ["--time-budget", "is not a duration"]),
-    ([], ["no compression pass given"]),
-    (["--from", "nope", "--prune", "0.5"], ["no variant 'nope'", "base"]),
-]
-
-
-@pytest.mark.parametrize(("args", "needles"), BAD, ids=[" ".join(a) or "no-pass" for a, _ in BAD])
-def test_bad_options_are_one_line(run: RunDir, args: list[str], needles: list[str]) -> None:
-    before = (run.path / "manifest.json").read_bytes()
-    assert_one_line_error(invoke(run.path.parent, "compress", run.id, *args), *needles)
-    assert (run.path / "manifest.json").read_bytes() == before
+# Bad options: tests/test_bad_inputs.py (COMPRESS).
 
 
 def test_run_without_a_trained_model(tmp_path: Path) -> None:

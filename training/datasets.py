@@ -17,6 +17,8 @@ import numpy as np
 import pandas as pd
 
 from edgeship.core.errors import DataError, InputError
+from edgeship.training.images import GREY_MODES, image_array, open_image
+from edgeship.training.tables import read_table, reject_non_finite
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -97,6 +99,9 @@ def load_dataset(
     if path.suffix.lower() in {".csv", ".tsv", ".txt"} or path.is_file():
         if not path.exists():
             raise InputError(f"no such file: {path}; check the path")
+        if path.is_dir():
+            raise InputError(f"{path} is a folder, not a {path.suffix} file: pass the file itself "
+                             "(an image folder needs a name without a table suffix)")
         return load_csv(path, target=target, time_column=time_column)
     if path.is_dir():
         return load_image_folder(path, image_size=image_size)
@@ -109,11 +114,7 @@ def load_dataset(
 def load_csv(path: Path, target: str | None, time_column: str | None = None) -> RawDataset:
     if not target:
         raise InputError(f"{path.name} is a CSV file: name the label column with --target COLUMN")
-    sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    try:
-        frame = pd.read_csv(path, sep=sep)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {path} as CSV ({str(e).splitlines()[0]}); check the file") from e
+    frame = read_table(path)
     if target not in frame.columns:
         raise DataError(
             f"{path.name} has no column '{target}'; its columns are: {', '.join(map(str, frame.columns))}"
@@ -125,6 +126,7 @@ def load_csv(path: Path, target: str | None, time_column: str | None = None) -> 
         )
     if time_column == target:
         raise InputError("--time-column and --target name the same column; pick a time column")
+    frame = reject_non_finite(frame, path, lenient={target, time_column})
     dropped: dict[str, int] = {}
     missing_target = frame[target].isna()
     if missing_target.any():
@@ -178,7 +180,8 @@ def parse_time_column(column: pd.Series, name: str) -> pd.Series:
 
 
 def load_image_folder(root: Path, image_size: tuple[int, int]) -> RawDataset:
-    from PIL import Image, UnidentifiedImageError
+    """One sub-folder per class; unreadable files are skipped and counted, bombs refused."""
+    from PIL import UnidentifiedImageError
 
     classes = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
                      key=lambda p: _natural_key(p.name))
@@ -197,30 +200,34 @@ def load_image_folder(root: Path, image_size: tuple[int, int]) -> RawDataset:
             f"image folder {root} has a single class ({labels[0]}); a classifier needs at least two "
             "sub-folders"
         )
-    loaded, ys, digest = [], [], hashlib.sha256()
-    unreadable = 0
-    grayscale = True
+    # First pass, headers only: refuse bombs and odd depths before decoding anything, and
+    # learn the colour mode (greyscale only when every image is).
+    readable, grayscale = [], True
     for label, f in files:
         try:
-            with Image.open(f) as im:
-                im.load()
-                grayscale &= im.mode in {"1", "L", "LA", "I", "I;16"}
-                loaded.append(im.copy())
+            with open_image(f) as im:
+                grayscale &= im.mode in GREY_MODES
         except (UnidentifiedImageError, OSError):
-            unreadable += 1
+            continue
+        readable.append((label, f))
+    mode = "L" if grayscale else "RGB"
+    h, w = image_size
+    arrays, ys, digest = [], [], hashlib.sha256()
+    for label, f in readable:
+        try:
+            with open_image(f) as im:
+                arrays.append(image_array(im, mode, (w, h)))
+        except (UnidentifiedImageError, OSError):
             continue
         ys.append(labels.index(label))
         digest.update(str(f.relative_to(root)).encode())
         digest.update(f.read_bytes())
-    if not loaded:
+    if not arrays:
         raise DataError(f"no image in {root} could be read; check the files")
-    mode = "L" if grayscale else "RGB"
-    h, w = image_size
-    arrays = [np.asarray(im.convert(mode).resize((w, h), Image.BILINEAR), dtype=np.float32)
-              for im in loaded]
     images = np.stack(arrays)
     if images.ndim == 3:
         images = images[..., None]
+    unreadable = len(files) - len(arrays)
     dropped = {"unreadable_images": unreadable} if unreadable else {}
     return RawDataset(
         name=root.name, kind="image", source=str(root.resolve()), labels=labels,

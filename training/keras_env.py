@@ -90,7 +90,13 @@ def custom_objects() -> dict[str, object]:
 
 
 def load_model(path: str | os.PathLike[str]) -> object:
-    """Load a model edgeship saved (plain, pruned/clustered-and-stripped, or QAT), in safe mode."""
+    """Load a model edgeship saved (plain, pruned/clustered-and-stripped, or QAT) in a run.
+
+    Not a safety check: Keras' ``safe_mode`` refuses only pickled lambdas in a ``.keras`` file,
+    tf_keras ignores it for ``.h5``, and neither stops a config from naming a module to import.
+    A model from anyone else goes through ``edgeship.training.imported`` (an allowlist checked
+    before Keras reads the file) first; this function trusts its file.
+    """
     k = keras()
     return k.models.load_model(path, custom_objects=custom_objects(), compile=False,
                                safe_mode=True)

@@ -96,7 +96,8 @@ def print_report(rep: Report, files: dict[str, Any] | None = None, console: Cons
             console.print(f"  [{style}]-[/] {escape(v)}", highlight=False)
         console.print()
     if files:
-        console.print(f"report: {files['html']}\n        {files['md']}", highlight=False)
+        console.print(f"report: {escape(str(files['html']))}\n        {escape(str(files['md']))}",
+                      highlight=False)  # a run folder may be named "[x]": paths are text, not markup
 
 
 def print_ship_lines(recs: list[dict[str, Any]], console: Console | None = None) -> None:

@@ -59,6 +59,9 @@ def _stdout_reserved_for_json() -> Iterator[None]:
 pass_app = click.pass_obj
 
 
+MAX_IMAGE_SIDE = 1024  # a 100000-pixel side would allocate the dataset at that size first
+
+
 def parse_size(value: str) -> tuple[int, int]:
     """'32' or '32x48' (height x width)."""
     try:
@@ -67,8 +70,9 @@ def parse_size(value: str) -> tuple[int, int]:
         raise click.BadParameter(f"'{value}' is not a size: use 32 or 32x48") from None
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise click.BadParameter(f"'{value}' is not a size: use 32 or 32x48")
+    if len(parts) != 2 or min(parts) < 1 or max(parts) > MAX_IMAGE_SIDE:
+        raise click.BadParameter(f"'{value}' is not a size: use 32 or 32x48 "
+                                 f"(allowed: 1 <= side <= {MAX_IMAGE_SIDE})")
     return parts[0], parts[1]
 
 

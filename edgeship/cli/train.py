@@ -16,7 +16,8 @@ from edgeship.core.console import emit_json, escape, out, progress
 @click.option("--target", help="The label column of a CSV file.")
 @click.option("--time-column", help="Split by time on this CSV column (oldest rows train).")
 @click.option("--image-size", default="32", show_default=True,
-              help="Resize image-folder images to this (32 or HxW).")
+              callback=lambda _ctx, _param, value: parse_size(value),
+              help="Resize image-folder images to this (32 or HxW, at most 1024).")
 @click.option("--model", "model_name", default="auto", show_default=True,
               help="cnn, dscnn, mobilenetv2 (images) or mlp (tables); auto picks by data.")
 @click.option("--width", type=Number(float, min=0, min_open=True, max=8),
@@ -39,7 +40,7 @@ from edgeship.core.console import emit_json, escape, out, progress
               default=0.15, show_default=True)
 @json_option
 @pass_app
-def train(app: Any, dataset: str, target: str | None, time_column: str | None, image_size: str,
+def train(app: Any, dataset: str, target: str | None, time_column: str | None, image_size: tuple[int, int],
           model_name: str, width: float, alpha: float, epochs: int, batch_size: int,
           learning_rate: float, patience: int, seed: int, class_weight: str,
           val_fraction: float, test_fraction: float, as_json: bool) -> None:
@@ -57,7 +58,7 @@ def train(app: Any, dataset: str, target: str | None, time_column: str | None, i
 
     cfg = TrainConfig(
         dataset=dataset, target=target, time_column=time_column,
-        image_size=parse_size(image_size), model=model_name, width=width, alpha=alpha,
+        image_size=image_size, model=model_name, width=width, alpha=alpha,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         seed=seed, class_weight=class_weight, val_fraction=val_fraction,
         test_fraction=test_fraction,

@@ -3,7 +3,8 @@
 A bundle is a local folder: ``artifacts/<variant>/<name>/`` (the export folders),
 ``edge_runtime/`` (its sources), ``requirements.txt`` (merged from
 ``edge_runtime/requirements-<format>.txt``), the run's test split for on-device accuracy,
-``wheels/`` when offline, and ``edgeship-bundle.json`` saying what it holds. No timestamps
+``wheels/`` when offline (with ``wheels/requirements.lock``: every wheel pinned with its sha256,
+for ``pip install --require-hashes``), and ``edgeship-bundle.json`` saying what it holds. No timestamps
 anywhere: identical inputs give byte-identical files, so a re-deploy sends only what changed.
 """
 
@@ -134,7 +135,7 @@ def pack_bundle(
     testset = write_run_testset(run, dest)  # accuracy is measured on the device, on this split
     header = f"# edge_runtime on the device: {', '.join(sorted({a.format for a in shipped}))}\n"
     (dest / "requirements.txt").write_text(header + "\n".join(requirements) + "\n", encoding="utf-8")
-    wheel_names = [] if wheels is None else link_wheels(wheels, dest / "wheels")
+    wheel_names = [] if wheels is None else link_wheels(wheels, dest / "wheels", requirements)
     info = {
         "schema_version": 1,
         "run_id": run.id,

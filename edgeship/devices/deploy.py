@@ -10,11 +10,14 @@ One code path for both kinds of device (``edgeship.devices.pi.Device``: ``SshTar
    ``requirements.txt`` for the formats (``edge_runtime/requirements-<format>.txt``) and,
    offline, the wheels for the device's CPU and Python (``wheels``). Identical inputs give
    byte-identical files, so a re-deploy sends only what changed;
-3. sync: ``device.sync(bundle, DIR/bundle)`` (rsync --checksum, or sha256 manifests + tar);
-4. verify (``install``): the sha256 of every bundle file, computed on the device, against ours;
-5. install (``install``): a venv in ``DIR/venv``, reused while its stamp says it holds the
-   requirements, else rebuilt; the stamp is written last and the venv is removed if any step
-   fails, so a half-installed venv is never used;
+3. sync: ``device.sync(bundle, DIR/bundle)`` (rsync --checksum, or sha256 manifests + tar;
+   each transfer with a deadline from its size);
+4. verify (``install``): the sha256 of every bundle file, computed on the device, against ours
+   (offline wheels included, which were checked against their download-time sha256 first);
+5. install (``install``): the venv ``DIR/venv`` is reused while its stamp says it holds the
+   requirements; otherwise a new one is built beside it (offline: ``pip --require-hashes``),
+   must import the runtime, and only then replaces it (one rename of the ``venv`` link), so a
+   failed redeploy leaves the previous install working;
 6. bench (``bench``, optional): ``venv/bin/python -m edge_runtime bench ART... --json --on pi``,
    results stored with ``edgeship.benchmarks.store.save_results``.
 
@@ -22,7 +25,10 @@ Remote layout (``DIR`` defaults to ``~/edgeship``)::
 
     DIR/.edgeship-deploy    marker: edgeship manages this folder
     DIR/bundle/             what the last deploy sent (files not in the bundle are deleted)
-    DIR/venv/               the runtime; venv/edgeship-venv.json marks a complete install
+    DIR/venv -> venv-XXXX/  the runtime in use (a link); venv/edgeship-venv.json marks it complete
+
+A TVM artifact is a shared library: running it runs native code with the login's rights on the
+device. The deploy says so (``Deployment.notes``, and on the log) whenever it ships one.
 
 Every remote argument is a separate, quoted word (``SshTarget.run``); the remote folder may
 hold spaces or shell metacharacters.
@@ -64,8 +70,8 @@ from edgeship.devices.probe import DEFAULT_REMOTE_DIR, DeviceInfo, probe
 # The names callers outside this package use (the CLI, the pipeline, `edgeship pi emulator setup`).
 __all__ = [
     "DEFAULT_REMOTE_DIR", "PI_FORMATS", "DeployError", "Deployment", "DeviceInfo", "DevicePythonError",
-    "NoSpaceError", "PipInstallError", "VerifyError", "bench_pi", "deploy", "deploy_pi", "open_device",
-    "requirements_for",
+    "NoSpaceError", "PipInstallError", "VerifyError", "bench_pi", "deploy", "deploy_pi",
+    "native_code_notes", "open_device", "requirements_for",
 ]
 
 
@@ -88,6 +94,7 @@ class Deployment:
     results: list[dict[str, Any]] = field(default_factory=list)
     bench_files: list[Path] = field(default_factory=list)
     testset: str | None = None  # the test split's file in the bundle, for on-device accuracy
+    notes: list[str] = field(default_factory=list)  # what the user must know (native code shipped)
 
     @property
     def bundle_dir(self) -> str:
@@ -116,6 +123,7 @@ class Deployment:
             "seconds": self.seconds,
             "results": self.results,
             "bench_files": [str(p) for p in self.bench_files],
+            "notes": self.notes,
         }
 
 
@@ -173,6 +181,9 @@ def deploy(
         with step("probe", f"connecting to {device.name}"):
             info = probe(device, rdir)
         chosen = for_device(chosen, info, device.name, run.id, log=say)
+        notes = native_code_notes(chosen, device.name)
+        for note in notes:
+            say(note)
         requirements = requirements_for([a.format for a in chosen])
         wheel_dir = None
         if offline:
@@ -193,8 +204,18 @@ def deploy(
         run_id=run.id, device=device.name, emulated=device.emulated, remote_dir=rdir,
         artifacts=sent.artifacts, requirements=requirements, offline=offline, sync=sent.sync,
         verified_files=sent.verified, venv=venv, device_info=info, seconds=step.seconds,
-        testset=sent.testset,
+        testset=sent.testset, notes=notes,
     )
+
+
+def native_code_notes(artifacts: Sequence[Any], device_name: str) -> list[str]:
+    """One line per TVM artifact: it is native code, to be run only from a source you trust."""
+    return [
+        f"note: {a.rel} is a TVM shared library, native code that runs with the login's rights "
+        f"on {device_name}: deploy it only if you built it or trust where it came from "
+        "(its sha256 catches damage, not tampering)"
+        for a in artifacts if a.format == "tvm"
+    ]
 
 
 def _send(

@@ -1,10 +1,15 @@
 """Install the runtime on the device: space check, sha256 verify, the venv, and pip's errors.
 
-The venv is ``DIR/venv``, built from ``DIR/bundle``; the device says how (``Device.venv_args``,
+The runtime is ``DIR/venv``, built from ``DIR/bundle``; the device says how (``Device.venv_args``,
 ``pip_argv``, ``install_flags``, ``after_install``), so a real Pi and the emulated one take the
-same steps. The stamp ``venv/edgeship-venv.json`` is written last and the venv is removed if any
-step fails, so a half-installed venv is never used; while the stamp lists the requirements, the
-next deploy reuses the venv.
+same steps. A new install never touches the one in use: it is built beside it in
+``DIR/venv-<random>``, pip installs there (offline: only the shipped wheels, each checked by
+pip against its sha256 in ``wheels/requirements.lock``, ``--require-hashes``), the runtime's
+modules must import, the stamp ``edgeship-venv.json`` is written, and only then does ``DIR/venv``
+switch to it: ``venv`` is a symbolic link, replaced by one rename, and the old install is removed
+after the switch. Any failure before it removes the new folder and leaves the old install
+working. The folder never moves once built (a venv does not survive a rename: its scripts name
+their interpreter by path). While the stamp lists the requirements, the next deploy reuses it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ import contextlib
 import errno
 import json
 import posixpath
+import re
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,12 +29,46 @@ from edgeship.core.errors import EdgeshipError
 from edgeship.devices.errors import DeployError, DevicePythonError, NoSpaceError, PipInstallError, VerifyError
 from edgeship.devices.pi import Device, RemoteCommandError, command_failed, last_line, remote_path
 from edgeship.devices.probe import VENV_STAMP, DeviceInfo
+from edgeship.devices.wheels import LOCK
+
+VENV = "venv"  # the symbolic link a device runs through (``../venv/bin/python`` in bundle/)
+VENV_PREFIX = "venv-"  # the folders it points at
 
 INSTALL_TIMEOUT_S = 1800.0
 # Rough installed size of each runtime with numpy, for the free-space check before pip runs.
 VENV_MB = {"tflite": 150, "onnx": 150, "tvm": 350}
 WHEEL_UNPACK_FACTOR = 3.5  # installed size / wheel size, measured for LiteRT + TVM + numpy
 _RUNTIME_DIST = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "tvm": "apache-tvm"}
+# The module a requirement installs, when it is not the name with "-" as "_".
+_MODULE = {"ai-edge-litert": "ai_edge_litert", "apache-tvm": "tvm", "apache-tvm-ffi": "tvm_ffi",
+           "pillow": "PIL"}
+
+_IMPORTS_PY = """\
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+"""
+
+# Switch DIR/venv to the new folder with one rename, then remove every other venv-* folder
+# (and a pre-symlink venv/ folder, moved aside first). Run with DIR as the working directory.
+_SWITCH_PY = """\
+import os, shutil, sys
+new, link = sys.argv[1], sys.argv[2]
+if os.path.isdir(link) and not os.path.islink(link):
+    shutil.rmtree(link + ".old", ignore_errors=True)
+    os.replace(link, link + ".old")
+tmp = link + ".switch"
+if os.path.lexists(tmp):
+    os.remove(tmp)
+os.symlink(new, tmp)
+os.replace(tmp, link)
+fd = os.open(".", os.O_RDONLY)
+os.fsync(fd)
+os.close(fd)
+for name in os.listdir("."):
+    if name != new and (name.startswith(sys.argv[3]) or name == link + ".old"):
+        shutil.rmtree(name, ignore_errors=True)
+"""
 
 _STAMP_PY = """\
 import os, sys
@@ -113,38 +154,69 @@ def install_venv(
     device: Device, remote_dir: str, requirements: Sequence[str], *, python: str, offline: bool,
     machine: str = "aarch64",
 ) -> None:
-    """Build ``DIR/venv`` from ``DIR/bundle``; the stamp goes last, any failure removes the venv.
+    """Build a new venv beside ``DIR/venv`` from ``DIR/bundle``, check it, then switch to it.
 
-    Real device: ``python3 -m venv`` (with pip) and ``venv/bin/python -m pip install``. Emulated:
+    See the module docstring: until the switch, a failure at any step (pip, the imports, a
+    timeout, Ctrl-C) removes the new folder and leaves the device's working install as it was.
+    Real device: ``python3 -m venv`` (with pip) and ``VENV/bin/python -m pip install``. Emulated:
     ``--without-pip``, Debian's pip wheel in-process, ``--no-compile``, then .pyc files written
-    by this machine's Python; the device's protocol members say which (see the module docstring).
+    by this machine's Python; the device's protocol members say which.
     """
     rdir = remote_path(remote_dir)
+    new = f"{VENV_PREFIX}{secrets.token_hex(4)}"
     env = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     try:
-        device.run(["rm", "-rf", "--", "venv"], cwd=rdir, timeout=600)
-        _make_venv(device, rdir)
-        argv = [*device.pip_argv("venv/bin/python"), "install", "--progress-bar", "off"]
-        if offline:
-            argv += ["--no-index", "--find-links", "bundle/wheels"]
-        argv += [*device.install_flags, "-r", "bundle/requirements.txt"]
+        _make_venv(device, rdir, new)
+        argv = [*device.pip_argv(f"{new}/bin/python"), "install", "--progress-bar", "off",
+                *device.install_flags]
+        if offline:  # the shipped wheels alone, each as hashed in the lock; no pip.conf index
+            env["PIP_CONFIG_FILE"] = "/dev/null"
+            argv += ["--no-index", "--find-links", "bundle/wheels", "--require-hashes",
+                     "-r", f"bundle/wheels/{LOCK}"]
+        else:
+            argv += ["-r", "bundle/requirements.txt"]
         done = device.run(argv, cwd=rdir, env=env, check=False, timeout=INSTALL_TIMEOUT_S)
         if done.returncode != 0:
             raise pip_error(done, device.name, offline, machine=machine)
-        device.after_install(posixpath.join(rdir, "venv"))
+        device.after_install(posixpath.join(rdir, new))
+        _check_imports(device, rdir, new, requirements)
         stamp = {"python": python, "requirements": list(requirements), "offline": offline,
                  "installed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        device.run(["venv/bin/python", "-c", _STAMP_PY, f"venv/{VENV_STAMP}", json.dumps(stamp)],
+        device.run([f"{new}/bin/python", "-c", _STAMP_PY, f"{new}/{VENV_STAMP}", json.dumps(stamp)],
                    cwd=rdir, timeout=300)
     except BaseException:
         with contextlib.suppress(EdgeshipError, OSError):
-            device.run(["rm", "-rf", "--", "venv"], cwd=rdir, check=False, timeout=600)
+            device.run(["rm", "-rf", "--", new], cwd=rdir, check=False, timeout=600)
         raise
+    # The switch: one rename on the device; the old install goes after it.
+    device.run(["python3", "-c", _SWITCH_PY, new, VENV, VENV_PREFIX], cwd=rdir, timeout=600)
 
 
-def _make_venv(device: Device, rdir: str) -> None:
-    """``python3 -m venv [device.venv_args] venv`` in ``rdir``; no ensurepip is one clear error."""
-    argv = ["python3", "-m", "venv", *device.venv_args, "venv"]
+def runtime_modules(requirements: Sequence[str]) -> list[str]:
+    """The modules ``requirements`` install, by import name (``ai-edge-litert``: ``ai_edge_litert``)."""
+    names = []
+    for req in requirements:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+        if m:
+            dist = re.sub(r"[-_.]+", "-", m[1]).lower()
+            names.append(_MODULE.get(dist, dist.replace("-", "_")))
+    return list(dict.fromkeys(names))
+
+
+def _check_imports(device: Device, rdir: str, venv: str, requirements: Sequence[str]) -> None:
+    """The new venv must import what it was built for before the device switches to it."""
+    modules = runtime_modules(requirements)
+    done = device.run([f"{venv}/bin/python", "-c", _IMPORTS_PY, *modules], cwd=rdir, check=False,
+                      timeout=600)
+    if done.returncode != 0:
+        why = last_line(done.stderr) or f"exit {done.returncode}"
+        raise DeployError(f"the new runtime on {device.name} does not import ({why}); the previous "
+                          "install is kept: deploy again, or with --offline")
+
+
+def _make_venv(device: Device, rdir: str, name: str = VENV) -> None:
+    """``python3 -m venv [device.venv_args] NAME`` in ``rdir``; no ensurepip is one clear error."""
+    argv = ["python3", "-m", "venv", *device.venv_args, name]
     done = device.run(argv, cwd=rdir, check=False, timeout=600)
     if done.returncode == 0:
         return

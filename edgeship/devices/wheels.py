@@ -5,6 +5,12 @@ An ``--offline`` deploy ships these to a real Pi or to the emulated one (``bundl
 machine as a ``PYTHONPATH`` entry (``ensure_site``), which takes about 2 s where pip under QEMU
 takes about 30 s. Both live in the Pi cache (``edgeship.devices.cache``): ``wheels/KEY/``
 with a ``wheels.json`` listing each file's sha256, and ``sites/KEY/``.
+
+The sha256 recorded at download is the wheels' identity from then on: ``link_wheels`` checks
+every cached file against it before a bundle ships it, and ``hashed_requirements`` writes them
+as pip's hash-checking requirements (``wheels/requirements.lock``), which the device installs
+with ``pip install --require-hashes``: a wheel changed anywhere between download and install
+is refused by pip itself.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ RUNTIME_REQUIREMENTS: dict[str, tuple[str, ...]] = {
 }
 INDEX = "wheels.json"
 SITE_STAMP = "edgeship-site.json"
+LOCK = "requirements.lock"  # in a bundle's wheels/: pinned, hashed, for pip --require-hashes
 
 
 class WheelsError(EdgeshipError):
@@ -179,13 +186,51 @@ def ensure_site(requirements: Sequence[str]) -> Path:
         return install_wheels([wheels / name for name in wanted], site)
 
 
-def link_wheels(wheels: Path, dest: Path) -> list[str]:
-    """Put a downloaded folder's wheels into ``dest`` (hard links: they are large and immutable)."""
+def link_wheels(wheels: Path, dest: Path, requirements: Sequence[str] = ()) -> list[str]:
+    """Put a downloaded folder's wheels into ``dest`` (hard links: they are large and immutable),
+    each checked against the sha256 recorded at download, with ``LOCK`` for pip beside them.
+
+    ``requirements`` must each be among the wheels, so a folder that lacks one is refused here
+    rather than by pip on the device. Returns the wheel names (``LOCK`` not included).
+    """
+    recorded: dict[str, str] = read_json(wheels / INDEX)["files"]
     dest.mkdir()
-    names = wheel_files(wheels)
-    for name in names:
+    for name, digest in sorted(recorded.items()):
         try:
             os.link(wheels / name, dest / name)
         except OSError:
             shutil.copyfile(wheels / name, dest / name)
-    return names
+        if sha256_file(dest / name) != digest:
+            raise WheelsError(
+                f"the cached wheel {name} does not match the sha256 recorded when it was downloaded: "
+                f"delete {wheels} and deploy again (it is downloaded anew)"
+            )
+    (dest / LOCK).write_text(hashed_requirements(recorded, requirements), encoding="utf-8")
+    return sorted(recorded)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def hashed_requirements(files: dict[str, str], requirements: Sequence[str] = ()) -> str:
+    """pip's hash-checking requirements for ``{wheel file: sha256}``: ``name==version --hash=...``.
+
+    Every wheel is listed (dependencies too: hash-checking mode needs them all), several files
+    of one release share a line. A name in ``requirements`` without a wheel is a WheelsError.
+    """
+    pins: dict[tuple[str, str], list[str]] = {}
+    for name, digest in sorted(files.items()):
+        parts = name.removesuffix(".whl").split("-")
+        if len(parts) < 5:
+            raise WheelsError(f"{name} is not a wheel file name (name-version-python-abi-platform.whl)")
+        pins.setdefault((_canonical(parts[0]), parts[1]), []).append(digest)
+    have = {dist for dist, _ in pins}
+    for req in requirements:
+        m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", req)
+        if m and _canonical(m[1]) not in have:
+            raise WheelsError(f"the downloaded wheels lack {m[1]} (for {req!r}): delete the wheel "
+                              "cache folder and deploy again")
+    lines = [f"{dist}=={version} " + " ".join(f"--hash=sha256:{d}" for d in digests)
+             for (dist, version), digests in sorted(pins.items())]
+    return "".join(line + "\n" for line in lines)

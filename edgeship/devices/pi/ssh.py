@@ -8,6 +8,12 @@ Calling ``ssh`` (and ``rsync -e ssh``) means the user's ``~/.ssh/config``, keys,
 - ``BatchMode=yes``: never a password or passphrase prompt hanging a deploy;
 - ``ConnectTimeout`` (default 10 s, ``CONNECT_TIMEOUT_S``) covers TCP connect and the SSH
   banner, and ``ServerAliveInterval`` 15 s x 3 drops a link that dies mid-command;
+- every transfer has a deadline from its size (``transfer_timeout``: ``TRANSFER_BASE_S`` plus
+  the time at ``TRANSFER_MIN_RATE``), and rsync also gives up after ``RSYNC_IO_TIMEOUT_S``
+  without progress, so a stalled link fails with one line instead of hanging a deploy;
+- a login shell that prints something (a banner in ``~/.bashrc``) is tolerated: JSON answers
+  are read with ``json_lines`` (the last JSON object on stdout), and rsync, which such a shell
+  breaks ("is your shell clean?"), falls back to the sha256 + tar transfer;
 - ssh failures become one-line ``SshError`` subclasses that name the fix;
 - every remote argument goes through ``shlex.quote``: remote paths with spaces or shell
   metacharacters are just names.
@@ -19,6 +25,7 @@ dropped (quoting would otherwise stop the shell from expanding it).
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -29,47 +36,45 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, ClassVar, Literal
 
-from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.errors import InputError, MissingDependencyError
 from edgeship.core.fsutil import atomic_path
 from edgeship.devices.pi import (
     RemoteCommandError,
     SyncResult,
     command_failed,
     diff_manifests,
+    json_lines,
     last_line,
     local_manifest,
     remote_path,
 )
+from edgeship.devices.pi.ssh_errors import (
+    AuthenticationError,
+    ChangedHostKeyError,
+    HostKeyError,
+    HostUnreachableError,
+    SshError,
+    UnknownHostKeyError,
+    classify_ssh_error,
+)
+
+# The error classes live in ssh_errors; callers import them from here too.
+__all__ = [
+    "AuthenticationError", "ChangedHostKeyError", "HostKeyError", "HostUnreachableError", "SshError",
+    "SshTarget", "UnknownHostKeyError", "classify_ssh_error", "remote_command", "transfer_timeout",
+]
 
 CONNECT_TIMEOUT_S = 10
 SERVER_ALIVE_INTERVAL_S = 15
 SERVER_ALIVE_COUNT = 3
+TRANSFER_BASE_S = 120.0  # connection, remote start-up, sha256 of what is there
+TRANSFER_MIN_RATE = 64 * 1024  # bytes/s: slower than this counts as a stalled link
+RSYNC_IO_TIMEOUT_S = 120  # rsync --timeout: seconds without any data moving
+# What rsync says when the remote shell printed something into its protocol stream.
+_UNCLEAN_SHELL = ("is your shell clean", "protocol version mismatch", "protocol incompatibility",
+                  "unexpected tag")
 
 SyncMethod = Literal["auto", "rsync", "manifest"]
-
-
-class SshError(EdgeshipError):
-    """ssh itself failed (before or instead of running the remote command)."""
-
-
-class HostUnreachableError(SshError):
-    """No SSH server answered within the connect timeout."""
-
-
-class AuthenticationError(SshError):
-    """The server answered but refused every key we offered."""
-
-
-class HostKeyError(SshError):
-    """The host key could not be verified."""
-
-
-class UnknownHostKeyError(HostKeyError):
-    """First contact: the host is not in known_hosts and accept-new was not asked for."""
-
-
-class ChangedHostKeyError(HostKeyError):
-    """known_hosts holds a different key for this host: refused, whatever the options."""
 
 
 # Remote script: sha256 of every file under a folder, as JSON. Needs only python3's stdlib.
@@ -87,6 +92,11 @@ for d, _, files in os.walk(root):
         out[os.path.relpath(p, root).replace(os.sep, "/")] = h.hexdigest()
 print(json.dumps(out))
 """
+
+
+def transfer_timeout(nbytes: int) -> float:
+    """Seconds a transfer of ``nbytes`` may take before it counts as stalled."""
+    return TRANSFER_BASE_S + nbytes / TRANSFER_MIN_RATE
 
 
 def remote_command(
@@ -241,8 +251,6 @@ class SshTarget:
 
     def sha256_manifest(self, remote_dir: str) -> dict[str, str]:
         """``{relative path: sha256}`` computed on the device, to verify what arrived."""
-        import json
-
         done = self.run(
             ["python3", "-c", _MANIFEST_PY, remote_path(remote_dir)], check=False, timeout=600
         )
@@ -253,7 +261,14 @@ class SshTarget:
             )
         if done.returncode != 0:
             raise command_failed(["python3"], done, self.name)
-        return dict(sorted(json.loads(done.stdout).items()))
+        found = json_lines(done.stdout)  # a login shell may print a banner around it
+        if not found:
+            raise RemoteCommandError(
+                f"the sha256 check on {self.name} printed no JSON result (last line: "
+                f"{last_line(done.stdout) or 'none'!r}): run `python3 -c pass` there by hand",
+                done.returncode, done.stderr,
+            )
+        return dict(sorted(found[-1].items()))
 
     def sync(
         self, local_dir: Path, remote_dir: str, *, delete: bool = True, method: SyncMethod = "auto"
@@ -273,7 +288,12 @@ class SshTarget:
             method = "rsync" if shutil.which("rsync") and self.has_command("rsync") else "manifest"
         self.run(["mkdir", "-p", "--", rdir], timeout=60)
         if method == "rsync":
-            return self._sync_rsync(local_dir, rdir, delete)
+            try:
+                return self._sync_rsync(local_dir, rdir, delete)
+            except RemoteCommandError as e:
+                if not any(s in str(e) + e.stderr for s in _UNCLEAN_SHELL):
+                    raise
+                return self._sync_manifest(local_dir, rdir, delete)  # a chatty login shell
         if method == "manifest":
             return self._sync_manifest(local_dir, rdir, delete)
         raise InputError(f"unknown sync method {method!r}: use auto, rsync or manifest")
@@ -285,12 +305,22 @@ class SshTarget:
             "--recursive", "--links", "--perms", "--checksum",
             "--protect-args",  # the remote path reaches rsync as data, never through a shell
             "--out-format=%i %n",
+            f"--timeout={RSYNC_IO_TIMEOUT_S}",
             "-e", ssh,
             *(["--delete"] if delete else []),
             f"{local_dir}/",
             f"{self.host}:{rdir}/",
         ]  # fmt: skip
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        total_bytes = sum(p.stat().st_size for p in local_dir.rglob("*") if p.is_file())
+        timeout = transfer_timeout(total_bytes)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise RemoteCommandError(
+                f"rsync to {self.name}:{rdir} did not finish within {timeout:.0f} s (slower than "
+                f"{TRANSFER_MIN_RATE // 1024} KiB/s for {total_bytes / 2**20:.1f} MiB): check the "
+                "link to the device and deploy again"
+            ) from e
         if proc.returncode != 0:
             err = classify_ssh_error(proc.stderr, self)
             if err is not None:
@@ -328,7 +358,8 @@ class SshTarget:
                         result.bytes_sent += info.size
                 buf.seek(0)
                 cmd = f"tar -x --no-same-owner -f - -C {shlex.quote(rdir)}"
-                proc = self._call(cmd, what="tar", timeout=None, stdin=buf)
+                proc = self._call(cmd, what=f"sending {len(send)} file(s) by tar",
+                                  timeout=transfer_timeout(result.bytes_sent), stdin=buf)
             if proc.returncode != 0:
                 raise RemoteCommandError(
                     f"copying to {self.name}:{rdir} failed: "
@@ -341,11 +372,15 @@ class SshTarget:
         return result
 
     def fetch(self, remote_file: str, local_path: Path) -> Path:
-        """Copy one remote file here (written atomically); returns ``local_path``."""
-        proc = self._call(
-            remote_command(["cat", "--", remote_path(remote_file)]), what="cat", timeout=600
-        )
-        if proc.returncode != 0:
+        """Copy one remote file here (written atomically); returns ``local_path``.
+
+        The file's bytes follow a random marker, so a banner the login shell prints first is cut.
+        """
+        mark = f"edgeship-fetch-{secrets.token_hex(8)}:"
+        cmd = f"printf %s {mark} && {remote_command(['cat', '--', remote_path(remote_file)])}"
+        proc = self._call(cmd, what="cat", timeout=600)
+        _banner, found, data = proc.stdout.partition(mark.encode())
+        if proc.returncode != 0 or not found:
             raise RemoteCommandError(
                 f"cannot fetch {self.name}:{remote_file}: "
                 f"{last_line(proc.stderr.decode(errors='replace'))}",
@@ -353,50 +388,8 @@ class SshTarget:
             )
         local_path = Path(local_path)
         with atomic_path(local_path) as tmp:
-            tmp.write_bytes(proc.stdout)
+            tmp.write_bytes(data)
         return local_path
-
-
-def classify_ssh_error(stderr: str, target: SshTarget) -> SshError | None:
-    """The SshError for ssh's stderr, or None if ssh connected and the failure is remote."""
-    where = target.name
-    manual = shlex.join(["ssh", *(["-p", str(target.port)] if target.port else []), target.host])
-    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr or "has changed and you have" in stderr:
-        # ssh prints the exact removal command (known_hosts file and [host]:port form).
-        m = re.search(r"^\s*(ssh-keygen .*-R .*)$", stderr, re.MULTILINE)
-        fix = m.group(1).strip() if m else f"ssh-keygen -R {target.host.rpartition('@')[2]}"
-        return ChangedHostKeyError(
-            f"the host key of {where} has CHANGED since the last connection (device reinstalled, "
-            f"or someone in between): if you expect it, remove the old key with `{fix}`, "
-            f"then check the new one with `{manual}`"
-        )
-    if "No " in stderr and "host key is known for" in stderr:
-        return UnknownHostKeyError(
-            f"{where} is not in known_hosts: check its key with one manual `{manual}`, "
-            "or pass --accept-new-host-key to trust it on first contact"
-        )
-    if "Host key verification failed" in stderr:
-        return HostKeyError(
-            f"the host key of {where} could not be verified ({last_line(stderr)}): "
-            "check known_hosts with `ssh-keygen -F HOST`"
-        )
-    if "Permission denied" in stderr or "Too many authentication failures" in stderr:
-        return AuthenticationError(
-            f"{where} refused the login ({last_line(stderr)}): pass --identity KEY, or install "
-            f"your public key on the device with `ssh-copy-id {target.host}`"
-        )
-    unreachable = (
-        "Connection refused", "timed out", "No route to host", "Network is unreachable",
-        "Could not resolve hostname", "Name or service not known", "Connection closed by",
-        "Connection reset", "kex_exchange_identification", "banner exchange",
-    )  # fmt: skip
-    if any(s in stderr for s in unreachable):
-        return HostUnreachableError(
-            f"cannot reach {where} over SSH ({last_line(stderr)}; connect timeout "
-            f"{target.connect_timeout} s): check the address, that the device is on, and that "
-            "sshd runs there"
-        )
-    return None
 
 
 def _tool(name: str, package: str) -> str:
