@@ -22,6 +22,8 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "browser": ("edgeship.benchmarks.browser_bench:bench_browser",
                 "the browser driver is not installed in this checkout"),
     "pi": ("edgeship.devices.bench:bench_pi", "the Raspberry Pi driver is not installed in this checkout"),
+    "fleet": ("edgeship.devices.fleet.bench:bench_fleet",
+              "the fleet driver (TVM's RPC tracker) is not installed in this checkout"),
 }
 
 

@@ -12,8 +12,10 @@ one module per job, whose public names are re-exported here::
                              elf_machine(path) -> int; median_call_ms(fn, runs=50, warmup=5) -> float
     export.tvm_tuning        the tuning cache (default_cache_dir()), its lock, the child process
     export.tvm_metaschedule  the MetaSchedule session the child runs
+    export.tvm_remote        its RPCRunner on a tracker's devices (``ExportRequest.tune_on``)
 
-Tuning (``trials > 0``) measures candidates, so only targets this machine can run are tuned.
+Tuning (``trials > 0``) measures candidates: targets this machine can run are tuned here, others
+only with ``tune_on`` (``export --tracker HOST:PORT --key KEY``), on that key's devices.
 """
 
 from __future__ import annotations
@@ -80,16 +82,18 @@ def export_artifact(req: Any) -> Any:
     trials = req.trials or 0
     spec = resolve_target(req.target or "host")
     skipped = None
-    if trials and not spec.runs_here:
+    tune_on = getattr(req, "tune_on", None)
+    if trials and not spec.runs_here and not tune_on:
         # One --trials serves every target of an export (host,rpi4): build the Pi one untuned
         # and say so, rather than failing the whole export after the host one has tuned.
-        skipped = f"not tuned: {spec.name} is not this machine and tuning measures on the device"
+        skipped = (f"not tuned: {spec.name} is not this machine and tuning measures on the device "
+                   "(tune there: --tracker HOST:PORT --key KEY, see `edgeship fleet`)")
         if req.log is not None:
             req.log(f"tvm {spec.name}: {skipped}")
         trials = 0
     res = build_tvm(req.onnx_path, req.out_dir, target=req.target or "host", trials=trials,
                     time_budget_s=req.time_budget_s, cache_dir=req.cache_dir,
-                    progress=_log_progress(req.log))
+                    progress=_log_progress(req.log), tune_on=None if spec.runs_here else tune_on)
     tuning = res.tuning if skipped is None else {"trials_requested": req.trials, "note": skipped}
     return ExportedModel(
         file=res.file, runtime=res.runtime, inputs=res.inputs, outputs=res.outputs,

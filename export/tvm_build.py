@@ -83,16 +83,20 @@ def build_tvm(
     num_threads: int | None = None,
     timing_runs: int = 50,
     ship: str = "faster",
+    tune_on: dict[str, Any] | None = None,
 ) -> TVMBuildResult:
     """Compile ``onnx_path`` for ``target`` into ``out_dir/model.so``; tune first if ``trials``.
 
     Checks every argument before the slow work. ``progress`` defaults to a bar on stderr.
     ``ship="tuned"`` ships the tuned build even when it measured slower (benchmarks want it).
+    ``tune_on`` (``{"tracker": "HOST:PORT", "key": KEY}``) tunes a build for another machine on
+    that key's devices through TVM's RPC tracker (``export.tvm_remote``), then times both builds
+    on one of them: the faster ships.
     Raises ``InputError`` (bad target, file or trial budget), ``MissingDependencyError`` (no
     C++ compiler for the target) or ``UnsupportedOperatorError`` (an op the frontend lacks).
     """
     t_start = time.perf_counter()
-    spec = _checked_request(target, trials, time_budget_s, ship, num_threads)
+    spec = _checked_request(target, trials, time_budget_s, ship, num_threads, tune_on)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     proto = load_onnx(onnx_path)
 
@@ -116,6 +120,11 @@ def build_tvm(
                                      time_budget_s, progress)
         shipped, untuned_ms, tuned_ms, tuning = _time_and_tune(untuned, tvm_target, spec, inputs, timing_runs,
                                                                ship, wall, tune)
+    elif trials and tune_on:
+        folder = cache_folder(cache_dir, model_hash, spec, tune_on["key"])
+        tune = functools.partial(tuned_module, mod, onnx_path, spec, folder, model_hash, trials,
+                                 time_budget_s, progress, tune_on=tune_on)
+        shipped, tuning = _tuned_on_devices(tune, tvm_target, tune_on, wall, untuned, spec, inputs, ship)
     path = _write_library(shipped, spec, out_dir / MODEL_FILE)
     machine = _checked_elf(path, spec)
     from edgeship.core.fsutil import sha256_file
@@ -129,8 +138,30 @@ def build_tvm(
     )
 
 
+def _tuned_on_devices(
+    tune: Callable[[], tuple[dict[str, Any], Any]], tvm_target: Any, tune_on: dict[str, Any],
+    wall: dict[str, float], untuned: Any, spec: TargetSpec, inputs: list[dict[str, Any]], ship: str,
+) -> tuple[Any, dict[str, Any]]:
+    """Tune through the tracker, build the tuned module, time both builds on a device of the key
+    (this machine cannot run them) and ship as ``_pick_tuned`` says."""
+    import tvm
+
+    from edgeship.export.tvm_remote import time_on_device
+
+    tuning, tuned_mod = tune()
+    t0 = time.perf_counter()
+    tuned = tvm.compile(tuned_mod, target=tvm_target)
+    wall["tuned_build_s"], wall["tune_s"] = time.perf_counter() - t0, tuning["tune_s"]
+    timed = time_on_device(tune_on, {"untuned": untuned, "tuned": tuned}, _sample_inputs(inputs),
+                           spec.cross_compiler)
+    u_ms, t_ms = timed["ms"]["untuned"], timed["ms"]["tuned"]
+    tuning.update(untuned_ms=u_ms, tuned_ms=t_ms, speedup=u_ms / t_ms, timed_on=timed["device"])
+    use = _pick_tuned(tuning, timed["outputs"]["untuned"], timed["outputs"]["tuned"], ship)
+    return (tuned if use else untuned), tuning
+
+
 def _checked_request(target: str | dict[str, Any], trials: int, time_budget_s: float | None, ship: str,
-                     num_threads: int | None) -> TargetSpec:
+                     num_threads: int | None, tune_on: dict[str, Any] | None = None) -> TargetSpec:
     """``build_tvm``'s arguments checked (before any slow work) -> the resolved target."""
     if trials < 0:
         raise InputError(f"trials must be 0 or more, got {trials}")
@@ -139,11 +170,15 @@ def _checked_request(target: str | dict[str, Any], trials: int, time_budget_s: f
     if time_budget_s is not None and time_budget_s <= 0:
         raise InputError(f"the tuning time budget must be positive, got {time_budget_s} s")
     spec = resolve_target(target, num_threads)
-    if trials and not spec.runs_here:
+    if trials and not spec.runs_here and not tune_on:
         raise InputError(f"cannot tune for {spec.name} ({spec.arch}, {spec.mcpu or 'generic'}) on this "
                          f"{host_arch()} {host_cpu()} machine: tuning measures on the device; export "
-                         "with trials 0 (untuned)")
+                         "with trials 0 (untuned), or tune on devices through a tracker (tune_on)")
     _check_compiler(spec)
+    if trials and not spec.runs_here and tune_on:
+        from edgeship.export.tvm_remote import free_devices
+
+        free_devices(tune_on["tracker"], tune_on["key"])  # none: one line naming `fleet join`
     return spec
 
 

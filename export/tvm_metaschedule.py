@@ -18,12 +18,16 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from edgeship.core.errors import EdgeshipError
+from edgeship.export import tvm_remote
 from edgeship.export.tvm_onnx import import_onnx, load_onnx
 from edgeship.export.tvm_targets import TargetSpec, resolve_target
 from edgeship.export.tvm_tuning import Progress
@@ -50,7 +54,12 @@ def child_main(argv: list[str]) -> int:
 
     spec = replace(resolve_target(job["target"]), name=job["name"])
     mod, _, _ = import_onnx(load_onnx(Path(job["onnx"])))
-    outcome = run_tuning(mod, spec, Path(job["folder"]), job["trials"], job["deadline"], report)
+    try:
+        outcome = run_tuning(mod, spec, Path(job["folder"]), job["trials"], job["deadline"], report,
+                             tune_on=job.get("tune_on"))
+    except EdgeshipError as e:  # one line for the parent (no free device, no tracker)
+        channel.write(json.dumps({"error": str(e)}) + "\n")
+        return 1
     channel.write(json.dumps({"outcome": outcome}) + "\n")
     channel.close()
     return 0
@@ -74,12 +83,15 @@ class _Budget:
 
 def run_tuning(
     mod: Any, spec: TargetSpec, folder: Path, trials: int, deadline: float | None, report: Progress,
+    tune_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """MetaSchedule on the tasks ``static_shape_tuning_pipeline`` would tune, heaviest first.
 
     Tasks go in groups of ``GROUP`` by estimated FLOPs x weight, sharing one cost model,
     database, builder and runner, so a short budget goes to the kernels that dominate and a
-    deadline is noticed between groups rather than after a round over every task.
+    deadline is noticed between groups rather than after a round over every task. With
+    ``tune_on`` (``{"tracker", "key"}``) candidates are measured on that key's devices
+    (``export.tvm_remote``); the outcome then says on which.
     """
     import tvm
     from tvm.s_tir import meta_schedule as ms
@@ -93,13 +105,45 @@ def run_tuning(
         report(0, trials, "stopped: time budget")
         return {"trials_run": 0, "stopped_early": True, "tasks": n_tasks, "max_trials_per_task": cap,
                 "setup_s": None}
-    with _quiet_meta_schedule(), _measuring_threads(spec.num_cores):
-        _tune_groups(extracted, folder, strategy, batch, cap, budget)
+    _sweep_stale()
+    work = Path(tempfile.mkdtemp(prefix="edgeship-ms-"))  # candidates and the device log, removed after
+    try:
+        with _quiet_meta_schedule(), _measuring_threads(spec.num_cores):
+            _tune_groups(extracted, folder, strategy, batch, cap, budget, _Where(spec, work, tune_on))
+        remote = None if tune_on is None else tvm_remote.describe(tune_on, tvm_remote.measured_on(work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     done = min(budget.trials, trials)
     stopped = budget.expired() and done < trials
     report(done, trials, "stopped: time budget" if stopped else "done")
     return {"trials_run": done, "stopped_early": stopped, "tasks": n_tasks, "max_trials_per_task": cap,
-            "setup_s": budget.setup_s}
+            "setup_s": budget.setup_s, "remote": remote}
+
+
+def _sweep_stale(age_s: float = 86400) -> None:
+    """Remove this user's candidate folders a killed tuning left (``edgeship-ms-*``, a day old)."""
+    now = time.time()
+    for old in Path(tempfile.gettempdir()).glob("edgeship-ms-*"):
+        with contextlib.suppress(OSError):
+            st = old.stat()
+            if old.is_dir() and st.st_uid == os.getuid() and now - st.st_mtime > age_s:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+class _Where:
+    """Where candidates are built (``work``, linked for ``spec``'s arch) and measured (here, or on
+    the devices of ``tune_on``)."""
+
+    def __init__(self, spec: TargetSpec, work: Path, tune_on: dict[str, Any] | None):
+        self.cross, self.work, self.tune_on = spec.cross_compiler, work, tune_on
+
+    def runner(self) -> Any:
+        if self.tune_on is None:
+            from tvm.s_tir.meta_schedule.runner import LocalRunner
+
+            return LocalRunner(timeout_sec=60)
+        workers = tvm_remote.free_devices(self.tune_on["tracker"], self.tune_on["key"])
+        return tvm_remote.rpc_runner(self.tune_on, self.work, workers)
 
 
 def _extract_tasks(mod: Any, tvm_target: Any) -> list[Any]:
@@ -171,11 +215,10 @@ def _measuring_threads(cores: int | None) -> Iterator[None]:
 
 
 def _tune_groups(extracted: list[Any], folder: Path, strategy: Any, batch: int, cap: int,
-                 budget: _Budget) -> None:
+                 budget: _Budget, where: _Where) -> None:
     """Tune the tasks ``GROUP`` at a time with one builder, runner, database and cost model,
     each group's share of the trials left, until the trials or the time run out."""
     from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.runner import LocalRunner
     from tvm.support.popen_pool import PopenPoolExecutor
 
     trials = budget.total
@@ -183,10 +226,10 @@ def _tune_groups(extracted: list[Any], folder: Path, strategy: Any, batch: int, 
     try:
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted, str(folder), strategy=strategy, seed=0)
-        runner = LocalRunner(timeout_sec=60)
+        runner = where.runner()
         pool = PopenPoolExecutor(max_workers=max(1, os.cpu_count() or 1), timeout=120)
         shared = {
-            "builder": _budget_builder(pool, budget),
+            "builder": _budget_builder(pool, budget, _make_build_worker(where.cross, str(where.work))),
             "runner": runner,
             "database": ms.Database.create("json", work_dir=str(folder)),
             "cost_model": _cost_model(trials, contexts[0].num_threads),
@@ -226,34 +269,34 @@ def _cost_model(trials: int, cores: int) -> Any:
                                early_stopping_rounds=15)
 
 
-def _make_build_worker() -> Callable[[Any, Any], str]:
+def _make_build_worker(cross: str | None, root: str) -> Callable[[Any, Any], str]:
     """Builds one candidate in a worker: TVM's default build minus its import of every tensor
     intrinsic (see the module docstring), linked to a .so there (in parallel) rather than in
-    the single measuring worker. Nested so the worker receives it by value."""
+    the single measuring worker, by ``cross`` (the aarch64 g++) for another arch. Candidates go
+    under ``root``, which the session removes. Nested so the worker receives it by value."""
 
     def build(mod: Any, target: Any) -> str:
         import tempfile
 
         from tvm.driver import build as tvm_build
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+        from tvm.support import cc
 
         lib = tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
-        path = os.path.join(tempfile.mkdtemp(prefix="edgeship-ms-"), "candidate.so")
-        lib.export_library(path)
+        path = os.path.join(tempfile.mkdtemp(prefix="candidate-", dir=root), "candidate.so")
+        lib.export_library(path, fcompile=cc.cross_compiler(cross) if cross else None)
         return path
 
     return build
 
 
-def _budget_builder(pool: Any, budget: _Budget) -> Any:
+def _budget_builder(pool: Any, budget: _Budget, worker: Callable[[Any, Any], str]) -> Any:
     """The candidate builder: workers kept for the whole session (TVM's LocalBuilder starts
     fresh ones, each importing TVM, for every batch); reports progress; skips builds once the
     budget is spent and stops tuning (by raising) as soon as every measured batch is saved."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.support.popen_pool import StatusKind
-
-    worker = _make_build_worker()
 
     @derived_object
     class BudgetBuilder(PyBuilder):

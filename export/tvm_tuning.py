@@ -41,13 +41,16 @@ def default_cache_dir() -> Path:
     return Path(root) / "edgeship" / "tvm"
 
 
-def cache_folder(cache_dir: str | Path | None, model_hash: str, spec: TargetSpec) -> Path:
-    """The database folder of this model for this target and TVM version under ``cache_dir``."""
+def cache_folder(cache_dir: str | Path | None, model_hash: str, spec: TargetSpec, key: str | None = None
+                 ) -> Path:
+    """The database folder of this model for this target and TVM version under ``cache_dir``;
+    with ``key``, tuned on that device key's devices (a database of its own)."""
     import tvm
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     blob = json.dumps({"target": spec.tvm, "tvm": tvm.__version__}, sort_keys=True)
-    return root / f"{model_hash}-{spec.name}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    where = f"-{''.join(c if c.isalnum() or c in '._' else '-' for c in key)}" if key else ""
+    return root / f"{model_hash}-{spec.name}{where}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
@@ -65,9 +68,11 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 def tuned_module(
     mod: Any, onnx_path: Path, spec: TargetSpec, folder: Path, model_hash: str, trials: int,
-    time_budget_s: float | None, progress: Progress | None,
+    time_budget_s: float | None, progress: Progress | None, tune_on: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], Any]:
-    """Tune what the cache lacks, then apply the database; returns (tuning facts, module)."""
+    """Tune what the cache lacks, then apply the database; returns (tuning facts, module).
+
+    ``tune_on`` (``{"tracker", "key"}``) measures the candidates on that key's devices."""
     import tvm
     from tvm import relax
 
@@ -78,10 +83,10 @@ def tuned_module(
         need = max(0, trials - int(meta["trials"]))
         t0 = time.perf_counter()
         outcome: dict[str, Any] = {"trials_run": 0, "stopped_early": False, "tasks": None,
-                                   "max_trials_per_task": None, "setup_s": None}
+                                   "max_trials_per_task": None, "setup_s": None, "remote": None}
         if need:
             with _progress_sink(progress, need) as report:
-                outcome = _tune_in_child(onnx_path, spec, folder, need, time_budget_s, report)
+                outcome = _tune_in_child(onnx_path, spec, folder, need, time_budget_s, report, tune_on)
             _record_session(folder, meta, model_hash, spec, need, outcome, time.perf_counter() - t0)
         elif progress is not None:
             progress(trials, trials, "cache hit: reusing the tuning database")
@@ -107,7 +112,19 @@ def tuned_module(
         "stopped_early": outcome["stopped_early"],
         "tune_s": round(tune_s, 3),
         "note": note,
+        "measured": _where_measured(outcome.get("remote"), tune_on, meta),
     }, tuned
+
+
+def _where_measured(remote: dict[str, Any] | None, tune_on: dict[str, Any] | None,
+                    meta: dict[str, Any]) -> dict[str, Any]:
+    """Where this tuning's candidates were measured: here, or on which devices of a key."""
+    if tune_on is None:
+        return {"where": "host"}
+    if remote is None:  # a cache hit: the devices of the sessions that filled it
+        return {"where": "device", "tracker": tune_on["tracker"], "key": tune_on["key"],
+                "candidates_measured": 0, "devices": {}, "cached_from": meta.get("devices")}
+    return remote
 
 
 def _record_session(folder: Path, meta: dict[str, Any], model_hash: str, spec: TargetSpec, need: int,
@@ -121,6 +138,8 @@ def _record_session(folder: Path, meta: dict[str, Any], model_hash: str, spec: T
 
     done = outcome["trials_run"] if outcome["stopped_early"] else need
     meta.update(model_hash=model_hash, target=spec.tvm, trials=int(meta["trials"]) + done)
+    for device, n in ((outcome.get("remote") or {}).get("devices") or {}).items():
+        meta.setdefault("devices", {})[device] = int(meta.get("devices", {}).get(device, 0)) + n
     meta.setdefault("sessions", []).append({
         "requested": need, "run": outcome["trials_run"], "stopped_early": outcome["stopped_early"],
         "seconds": round(seconds, 1)})
@@ -147,7 +166,7 @@ def _progress_sink(progress: Progress | None, total: int) -> Iterator[Progress]:
 
 def _tune_in_child(
     onnx_path: Path, spec: TargetSpec, folder: Path, trials: int, time_budget_s: float | None,
-    report: Progress,
+    report: Progress, tune_on: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``run_tuning`` in a fresh Python (``python -m edgeship.export.tvm``), for two reasons:
     MetaSchedule's first use imports TVM's tensor intrinsics, whose TVMScript parsing calls
@@ -159,13 +178,14 @@ def _tune_in_child(
     import sys
 
     job = {"onnx": str(onnx_path), "target": spec.tvm, "name": spec.name, "folder": str(folder),
-           "trials": trials, "deadline": None if time_budget_s is None else time.time() + time_budget_s}
+           "trials": trials, "deadline": None if time_budget_s is None else time.time() + time_budget_s,
+           "tune_on": tune_on}
     env = dict(os.environ)
     import edgeship.core
 
     root = str(Path(edgeship.core.__file__).resolve().parents[2])  # the folder holding edgeship
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    outcome = None
+    outcome = error = None
     with subprocess.Popen([sys.executable, "-m", "edgeship.export.tvm", "--tune", json.dumps(job)],
                           stdout=subprocess.PIPE, env=env, text=True) as child:
         assert child.stdout is not None
@@ -173,9 +193,13 @@ def _tune_in_child(
             msg = json.loads(line)
             if "progress" in msg:
                 report(*msg["progress"])
+            elif "error" in msg:
+                error = msg["error"]
             else:
                 outcome = msg.get("outcome")
         code = child.wait()
+    if error is not None:
+        raise EdgeshipError(error)
     if code != 0 or outcome is None:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         raise EdgeshipError(f"TVM tuning {how} (its messages are above); check apache-tvm-ffi is "

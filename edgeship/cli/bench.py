@@ -16,8 +16,10 @@ from edgeship.core.errors import InputError
               help="Variant name(s), comma-separated, or 'all'.")
 @click.option("--format", "formats", default="all", show_default=True,
               help="A format (tflite, onnx, tvm, web), an export folder (tflite-int8), a comma list, or all.")
-@click.option("--on", "on", type=click.Choice(["host", "browser", "pi"]), default="host", show_default=True,
-              help="Where to measure: this machine, headless Chromium, or a Raspberry Pi over SSH.")
+@click.option("--on", "on", type=click.Choice(["host", "browser", "pi", "fleet"]), default="host",
+              show_default=True,
+              help="Where to measure: this machine, headless Chromium, a Raspberry Pi over SSH, or every "
+                   "free device of --key at TVM's RPC tracker (`edgeship fleet`).")
 @click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Interleaved rounds: every artifact and thread count once per round.")
 @click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True,
@@ -32,11 +34,17 @@ from edgeship.core.errors import InputError
 @click.option("--identity", type=click.Path(dir_okay=False), help="--on pi: SSH private key file.")
 @click.option("--accept-new-host-key", is_flag=True,
               help="--on pi: trust the Pi's host key on first contact (ssh accept-new).")
+@click.option("--key", "fleet_key", metavar="KEY", help="--on fleet: the device key (e.g. rpi4).")
+@click.option("--split", is_flag=True,
+              help="--on fleet: each artifact once, on whichever device is free (default: on every device).")
+@click.option("--tracker", "fleet_tracker", metavar="HOST:PORT",
+              help="--on fleet: the RPC tracker (default: the one `edgeship fleet tracker start` started).")
 @json_option
 @pass_app
 def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: int, runs: int, warmup: int,
           threads: str, ssh_host: str | None, emulated: bool, port: int | None, identity: str | None,
-          accept_new_host_key: bool, as_json: bool) -> None:
+          accept_new_host_key: bool, fleet_key: str | None, split: bool, fleet_tracker: str | None,
+          as_json: bool) -> None:
     """Measure every passing export of RUN; results go to RUN/bench/ in one schema.
 
     Every artifact and thread count is measured once per round, in an order that changes each
@@ -50,6 +58,7 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
       edgeship bench latest --on browser
       edgeship bench latest --on pi --host pi@raspberrypi.local
       edgeship bench latest --on pi --emulated
+      edgeship bench latest --on fleet --key rpi4      # every free rpi4 of the tracker, at once
       edgeship bench latest --json > results.json
     """
     from edgeship.benchmarks.harness import check_counts, parse_threads
@@ -63,6 +72,7 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
     misplaced = [k for k, v in pi_only.items() if v not in (None, False)]
     if on != "pi" and misplaced:
         raise InputError(f"{misplaced[0]} goes with --on pi, not --on {on}")
+    _check_fleet_flags(on, fleet_key, fleet_tracker, split)
     run = app.store.resolve(run_ref)
     get_driver(on)  # a missing driver is named before anything is planned
     options: dict[str, Any] = {"threads": thread_counts, "runs": runs, "warmup": warmup, "rounds": rounds}
@@ -78,6 +88,10 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
 
         options.update(variants=variants, formats=formats, log=console.warn)
         total = browser_plan(run, variants, formats, thread_counts, rounds)
+    elif on == "fleet":
+        options.update(key=fleet_key, tracker=fleet_tracker, variant=variants, format=formats, split=split,
+                       log=console.warn)
+        label = f"fleet {fleet_key}"
     else:
         options.update(host=ssh_host, emulated=emulated, variant=variants, format=formats, port=port,
                        identity=identity, accept_new_host_key=accept_new_host_key, log=console.warn)
@@ -88,6 +102,14 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
         console.emit_json({"results": results})
         return
     _table(run, results)
+
+
+def _check_fleet_flags(on: str, key: str | None, tracker: str | None, split: bool) -> None:
+    given = [k for k, v in {"--key": key, "--tracker": tracker, "--split": split}.items() if v]
+    if on != "fleet" and given:
+        raise InputError(f"{given[0]} goes with --on fleet, not --on {on}")
+    if on == "fleet" and not key:
+        raise InputError("--on fleet needs --key KEY (the key given to `edgeship fleet join`)")
 
 
 def _table(run: Any, results: list[dict[str, Any]]) -> None:
