@@ -35,7 +35,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-BACKEND = "onnxruntime-web"
+BACKEND = "onnxruntime-web"  # the default runtime of bundles made before LiteRT.js
+RUNTIME_KEYS = {"onnxruntime-web": "ort", "litert.js": "litert"}  # bundle.json names -> ?runtime=
 EVAL_CHUNK = 256  # inputs per page.evaluate call: keeps each message small
 
 
@@ -287,14 +288,17 @@ class BrowserDriver:
         return self.server.url + (f"?{urlencode(query)}" if query else "")
 
     def open(
-        self, threads: int | None = None, opt: str | None = None, wait: bool = True
+        self, threads: int | None = None, opt: str | None = None, wait: bool = True,
+        runtime: str | None = None, accelerator: str | None = None,
     ) -> DemoPage:
-        """A new page with ``?threads=N`` (and ``?opt=LEVEL``); waits for the model by default."""
+        """A new page with ``?threads=N`` (``?opt=LEVEL``, ``?runtime=ort|litert``,
+        ``?accelerator=wasm|webgpu``); waits for the model by default."""
         assert self.server is not None, "use BrowserDriver as a context manager"
-        return self.open_url(self.server.url, threads, opt, wait)
+        return self.open_url(self.server.url, threads, opt, wait, runtime, accelerator)
 
     def open_url(
-        self, base: str, threads: int | None = None, opt: str | None = None, wait: bool = True
+        self, base: str, threads: int | None = None, opt: str | None = None, wait: bool = True,
+        runtime: str | None = None, accelerator: str | None = None,
     ) -> DemoPage:
         """A page of another bundle's server in this browser (one browser, many bundles)."""
         if self._browser is None:
@@ -302,7 +306,8 @@ class BrowserDriver:
         page = self._browser.new_page(
             viewport={"width": self.viewport[0], "height": self.viewport[1]}
         )
-        query = {k: v for k, v in {"threads": threads, "opt": opt}.items() if v is not None}
+        query = {k: v for k, v in {"runtime": runtime, "accelerator": accelerator, "threads": threads,
+                                    "opt": opt}.items() if v is not None}
         url = base + (f"?{urlencode(query)}" if query else "")
         demo = DemoPage(page, url, self.browser_version)
         response = page.goto(url, wait_until="domcontentloaded", timeout=self.timeout_s * 1000)
@@ -346,15 +351,17 @@ def run_browser_benchmarks(
     calls_per_sample: int = 1,
     chromium: str | os.PathLike[str] | None = None,
     timeout_s: float = 60.0,
+    runtime: str | None = None,
 ) -> list[dict[str, Any]]:
     """One result per thread count: latencies, summary, env, and accuracy/predictions on ``xs``.
 
     ``xs`` are raw inputs (the page applies the bundle's preprocessing) unless ``preprocessed``.
+    ``runtime`` (ort, litert) picks the page's runtime; by default the page's own choice.
     """
     results = []
     with BrowserDriver(bundle_dir, chromium=chromium, timeout_s=timeout_s) as driver:
         for n in threads:
-            page = driver.open(threads=n, opt=opt)
+            page = driver.open(threads=n, opt=opt, runtime=runtime)
             try:
                 bench = page.benchmark(warmup, runs, calls_per_sample=calls_per_sample)
                 env = page.env()
@@ -363,7 +370,8 @@ def run_browser_benchmarks(
                 page.close()
             results.append(
                 {
-                    "backend": BACKEND,
+                    "backend": env.get("runtime") or BACKEND,
+                    "accelerator": env.get("accelerator"),
                     "threads": env["threads"],
                     "threads_requested": n,
                     "latencies_ms": bench["latencies_ms"],

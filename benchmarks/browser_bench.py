@@ -1,8 +1,11 @@
 """The ``--on browser`` driver: web bundles measured in headless Chromium, in interleaved rounds.
 
 The method is the device session's (``edge_runtime.rounds``), step by step, with the page as the
-runtime: one page per (bundle, thread count), all open in one browser; accuracy on the whole raw
-test split in the page (untimed); k calls per sample from the page's measured timer step
+runtime: one page per (bundle, runtime, accelerator, thread count), all open in one browser. A
+bundle carries up to two runtimes (onnxruntime-web and LiteRT.js, bundle.json ``runtimes``); each
+available one is measured, on WebAssembly and, where the browser offers a WebGPU adapter, on
+WebGPU too (else the results say in one line why not). Accuracy on the whole raw test split in
+the page, per runtime (untimed); k calls per sample from the page's measured timer step
 (``edge_runtime.sampling.calls_per_sample``); then ``rounds`` rounds in ``round_order``, each
 page timing ``runs`` samples of k calls (and single calls for the tail) with ``performance.now()``
 inside the page; the numbers are summarised by ``edge_runtime.stats.summarize_rounds``.
@@ -17,32 +20,53 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeship.benchmarks.browser import BACKEND, BrowserDriver, DemoPage, _sync_playwright, find_chromium
+from edgeship.benchmarks.browser import (
+    BACKEND,
+    RUNTIME_KEYS,
+    BrowserDriver,
+    DemoPage,
+    _sync_playwright,
+    find_chromium,
+)
 from edgeship.benchmarks.harness import Artifact, check_counts, parse_threads, select_artifacts
 from edgeship.benchmarks.webserver import BundleServer
 from edgeship.core.console import Progress
 from edgeship.core.runstore import RunDir
 
+# What the page reports about where it ran, copied into every result as is.
+PAGE_FACTS = ("browser_version", "user_agent", "simd", "relaxed_simd", "webgpu", "threads_note",
+              "cross_origin_isolated", "graph_optimization_level")
 CALIBRATION_CALLS = 50  # back-to-back calls whose mean tells k how long one call takes
 CALIBRATION_WARMUP = 100  # a fresh page's first calls are slow (JIT, thread start): not the call time
+CALIBRATION_SAMPLES = 10  # 50-call means, the least disturbed is one call time estimate
 
 
 @dataclass
 class PageConfig:
-    """One bundle at one thread count, open in a page, and what its rounds measured (ms)."""
+    """One bundle's runtime on one accelerator at one thread count, open in a page, and what its
+    rounds measured (ms)."""
 
     art: Artifact
     threads: int
     page: DemoPage
     env: dict[str, Any]
+    runtime: str = BACKEND
+    accelerator: str = "wasm"
     k: int = 1
     rounds: list[list[float]] = field(default_factory=list)
     single: list[float] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def suffix(self) -> str:
+        """The runtime (and a GPU accelerator) as a name part: ``litert``, ``ort-webgpu``."""
+        key = RUNTIME_KEYS.get(self.runtime, self.runtime)
+        return key if self.accelerator == "wasm" else f"{key}-{self.accelerator}"
 
     @property
     def label(self) -> str:
-        return f"{self.art.variant}/{self.art.name} t{self.threads}"
+        return f"{self.art.variant}/{self.art.name} {self.suffix} t{self.threads}"
 
 
 def bench_browser(
@@ -78,6 +102,7 @@ def bench_browser(
     with _pages(artifacts, counts, executable, timeout_s, say) as configs:
         for c in configs:
             _evaluate(c, configs, test)
+        for c in configs:  # after every evaluation: a page still busy would slow another's probe
             c.k = _calibrate(c.page, c.env)
         done = 0
         from edge_runtime.rounds import round_order
@@ -99,9 +124,23 @@ def bench_browser(
 
 def plan_size(run: RunDir, variants: str | Sequence[str] = "all", formats: str | Sequence[str] = "all",
               threads: str | Sequence[int] | int = (1, 2), rounds: int = 5) -> int:
-    """How many measurements ``bench_browser`` will make (for a progress bar's total)."""
+    """How many measurements ``bench_browser`` will make on WebAssembly (for a progress bar's total)."""
     found = select_artifacts(run, variants, formats, allowed_formats=("web",))
-    return len(found) * len(parse_threads(threads)) * rounds
+    return sum(len(bundle_runtimes(a)) for a in found) * len(parse_threads(threads)) * rounds
+
+
+def bundle_runtimes(art: Artifact) -> list[str]:
+    """The runtimes a bundle can run (bundle.json ``runtimes``; older bundles: onnxruntime-web)."""
+    from edgeship.core.fsutil import read_json
+
+    try:
+        manifest = read_json(art.dir / "bundle.json")
+    except (OSError, ValueError):
+        return [BACKEND]
+    rts = manifest.get("runtimes")
+    if not isinstance(rts, dict):
+        return [BACKEND]
+    return [name for name, rt in rts.items() if isinstance(rt, dict) and rt.get("available")]
 
 
 @contextlib.contextmanager
@@ -109,25 +148,58 @@ def _pages(
     artifacts: Sequence[Artifact], counts: Sequence[int], executable: str, timeout_s: float,
     say: Callable[[str], None],
 ) -> Iterator[list[PageConfig]]:
-    """One browser, a server per bundle, a page per (bundle, thread count), all closed on exit."""
+    """One browser, a server per bundle, a page per (bundle, runtime, accelerator, thread count),
+    all closed on exit. WebGPU pages are added only when the browser has an adapter."""
     servers: list[BundleServer] = []
     with BrowserDriver(artifacts[0].dir, chromium=executable, timeout_s=timeout_s) as driver:
         try:
-            configs = []
+            configs: list[PageConfig] = []
+            gpu: dict[str, Any] | None = None
             for art in artifacts:
                 server = BundleServer(art.dir, port=0).start()
                 servers.append(server)
-                for n in counts:
-                    page = driver.open_url(server.url, threads=n)
-                    env = page.env()
-                    if env["threads"] != n or not env["cross_origin_isolated"]:
-                        say(f"{art.rel}: asked for {n} threads, the page ran {env['threads']} "
-                            f"(cross-origin isolated: {env['cross_origin_isolated']})")
-                    configs.append(PageConfig(art=art, threads=n, page=page, env=env))
+                for runtime in bundle_runtimes(art):
+                    for n in counts:
+                        c = _open(driver, server.url, art, runtime, "wasm", n, say)
+                        if c is not None:
+                            configs.append(c)
+                            gpu = gpu or c.env.get("webgpu") or {"available": False, "note": "not reported"}
+                    if gpu and gpu.get("available"):
+                        c = _open(driver, server.url, art, runtime, "webgpu", counts[0], say)
+                        configs.extend([c] if c is not None else [])
+            if gpu is not None and not gpu.get("available"):
+                line = f"WebGPU {gpu.get('note')}: measured on WebAssembly only"
+                say(line)
+                for c in configs:
+                    c.notes.append(line)
             yield configs
         finally:
             for s in servers:
                 s.stop()
+
+
+def _open(driver: BrowserDriver, url: str, art: Artifact, runtime: str, accelerator: str, n: int,
+          say: Callable[[str], None]) -> PageConfig | None:
+    """A ready page running ``runtime`` on ``accelerator`` with ``n`` threads, or None (said why)
+    when it does not run: a page that fell back to the other runtime is not measured as this one."""
+    from edgeship.benchmarks.browser import BrowserPageError
+
+    key = RUNTIME_KEYS.get(runtime, runtime)
+    try:
+        page = driver.open_url(url, threads=n, runtime=key, accelerator=accelerator)
+    except BrowserPageError as e:
+        say(f"{art.rel}: {runtime} on {accelerator} did not load: {e}")
+        return None
+    env = page.env()
+    if env.get("runtime", BACKEND) != runtime or env.get("accelerator", "wasm") != accelerator:
+        why = (env.get("runtimes") or {}).get(runtime, {}).get("reason") or "it did not load"
+        say(f"{art.rel}: {runtime} on {accelerator} not measured: {why}")
+        page.close()
+        return None
+    if env["threads"] != n or not env["cross_origin_isolated"]:
+        say(f"{art.rel} {runtime}: asked for {n} threads, the page ran {env['threads']} "
+            f"(cross-origin isolated: {env['cross_origin_isolated']})")
+    return PageConfig(art=art, threads=n, page=page, env=env, runtime=runtime, accelerator=accelerator)
 
 
 def _evaluate(c: PageConfig, configs: list[PageConfig], test: dict[str, Any] | None) -> None:
@@ -137,7 +209,7 @@ def _evaluate(c: PageConfig, configs: list[PageConfig], test: dict[str, Any] | N
     import numpy as np
 
     for other in configs:
-        if other.art is c.art and other.evaluation is not None:
+        if other.art is c.art and other.suffix == c.suffix and other.evaluation is not None:
             c.evaluation = other.evaluation
             return
     ev = c.page.evaluate(test["x"], test["y"])
@@ -148,11 +220,18 @@ def _evaluate(c: PageConfig, configs: list[PageConfig], test: dict[str, Any] | N
 
 
 def _calibrate(page: DemoPage, env: dict[str, Any]) -> int:
-    """k for this page: its timer step against the mean of many back-to-back calls."""
+    """k for this page: its timer step against the call time, taken as the least disturbed of
+    many back-to-back 50-call means and the 10th percentile of single calls (on a busy machine
+    a whole 50-call window can land in a slow moment; a tenth of single calls rarely all do)."""
+    import numpy as np
+
     from edge_runtime.sampling import calls_per_sample
 
-    probe = page.benchmark(CALIBRATION_WARMUP, 5, calls_per_sample=CALIBRATION_CALLS)
-    call_ms = min(probe["latencies_ms"])  # the least disturbed: k errs on the side of more calls
+    probe = page.benchmark(CALIBRATION_WARMUP, CALIBRATION_SAMPLES, calls_per_sample=CALIBRATION_CALLS)
+    call_ms = min(probe["latencies_ms"])
+    single = [v for v in page.benchmark(0, 200)["latencies_ms"] if v > 0]
+    if len(single) >= 20:  # calls slower than the timer step: their low percentile is meaningful
+        call_ms = min(call_ms, float(np.percentile(single, 10)))
     return calls_per_sample(env.get("timer_resolution_ms"), call_ms)
 
 
@@ -171,6 +250,7 @@ def _result(run: RunDir, c: PageConfig, warmup: int, e2e: dict[str, Any] | None)
     device = {**device_facts(), "browser": env.get("browser", "chromium"),
               "browser_version": env.get("browser_version")}
     notes = [] if step_ms else ["the page's timer step could not be measured: one call per sample"]
+    notes += c.notes
     accuracy = None if c.evaluation is None else c.evaluation["accuracy"]
     result = {
         "schema_version": SCHEMA_VERSION,
@@ -179,12 +259,15 @@ def _result(run: RunDir, c: PageConfig, warmup: int, e2e: dict[str, Any] | None)
         "run_id": run.id,
         "model": meta.get("model"),
         "variant": c.art.variant,
-        "artifact": c.art.rel,
+        "artifact": f"{c.art.rel}-{c.suffix}",  # two runtimes per bundle: never one file name
+        "bundle": c.art.rel,
+        "runtime": c.runtime,
         "format": "web",
         "quantize": meta.get("quantize"),
         "target": meta.get("target"),
-        "backend": BACKEND,
-        "backend_version": env.get("ort_version"),
+        "backend": c.runtime,
+        "backend_version": env.get("backend_version") or env.get("ort_version"),
+        "accelerator": c.accelerator,
         "execution_provider": env.get("execution_provider"),
         "threads": env["threads"],
         "threads_requested": c.threads,
@@ -195,17 +278,13 @@ def _result(run: RunDir, c: PageConfig, warmup: int, e2e: dict[str, Any] | None)
         "init_ms": None if env.get("init_ms") is None else round(float(env["init_ms"]), 3),
         "first_ms": None if env.get("first_ms") is None else round(float(env["first_ms"]), 3),
         "peak_rss_mb": None,  # the browser's processes are not ours to measure
-        "bytes": meta.get("bytes"),
+        "bytes": _model_bytes(c) or meta.get("bytes"),
         "accuracy": accuracy if accuracy is not None else (meta.get("validation") or {}).get("accuracy"),
         "accuracy_source": "device" if accuracy is not None else (
             "export validation" if (meta.get("validation") or {}).get("accuracy") is not None else None),
         "evaluation": c.evaluation,
         "browser": env.get("browser", "chromium"),
-        "browser_version": env.get("browser_version"),
-        "user_agent": env.get("user_agent"),
-        "simd": env.get("simd"),
-        "cross_origin_isolated": env.get("cross_origin_isolated"),
-        "graph_optimization_level": env.get("graph_optimization_level"),
+        **{k: env.get(k) for k in PAGE_FACTS},
         "device": device,
         "percentile_method": PERCENTILE_METHOD,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -214,6 +293,38 @@ def _result(run: RunDir, c: PageConfig, warmup: int, e2e: dict[str, Any] | None)
     return require_valid(finish_evaluation(run, result))
 
 
-__all__ = ["bench_browser", "plan_size"]
+def _model_bytes(c: PageConfig) -> int | None:
+    """The size of the model file this runtime loads (the bundle holds one per runtime)."""
+    files = (c.art.meta.get("bundle") or {}).get("files") or {}
+    model = ((c.art.meta.get("web_runtimes") or {}).get(c.runtime) or {}).get("model")
+    entry = files.get(model) if model else None
+    return int(entry["bytes"]) if entry else None
+
+
+def bundle_measurements(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per bundle folder, what its page reads as ``measurements.json``: every runtime's p50 here
+    and the recommended one (lowest p50 among those whose accuracy is within 1 point of the
+    bundle's best), so the demo opens with the runtime that measured fastest."""
+    by_bundle: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        if r.get("on") == "browser" and r.get("bundle"):
+            by_bundle.setdefault(str(r["bundle"]), []).append(r)
+    out = {}
+    for rel, rs in by_bundle.items():
+        accs = [r["accuracy"] for r in rs if r.get("accuracy") is not None]
+        ok = [r for r in rs if not accs or r.get("accuracy") is None or r["accuracy"] >= max(accs) - 0.01]
+        best = min(ok or rs, key=lambda r: r["latency_ms"]["p50"])
+        rows = [{"runtime": r["runtime"], "accelerator": r.get("accelerator"), "threads": r["threads"],
+                 "p50_ms": r["latency_ms"]["p50"], "p50_ci_ms": r.get("p50_ci_ms"),
+                 "accuracy": r.get("accuracy")} for r in rs]
+        browser = f"{best.get('browser')} {best.get('browser_version') or ''}".strip()
+        recommended = {"runtime": best["runtime"], "accelerator": best.get("accelerator"),
+                       "threads": best["threads"], "p50_ms": round(best["latency_ms"]["p50"], 4)}
+        out[rel] = {"device_id": best.get("device_id"), "browser": browser,
+                    "measured_at": best.get("measured_at"), "recommended": recommended, "results": rows}
+    return out
+
+
+__all__ = ["bench_browser", "bundle_measurements", "bundle_runtimes", "plan_size"]
 
 

@@ -61,6 +61,13 @@ def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> l
                     (out / old.name).write_bytes(old.read_bytes())
         for name, r in names.items():
             write_json_atomic(out / name, {**r, "label": r.get("label") or label})
+        if any(r.get("on") == "browser" and r.get("bundle") for r in results):
+            # The demo page opens with the runtime its bundle measured fastest.
+            from edgeship.benchmarks.browser_bench import bundle_measurements
+
+            for rel, m in bundle_measurements(results).items():
+                if (run.path / rel).is_dir():
+                    write_json_atomic(st.output(f"{rel}/measurements.json"), m)
         st.metrics = {
             "results": len(names),
             "p50_ms": {name.removesuffix(".json"): r["latency_ms"]["p50"] for name, r in names.items()},

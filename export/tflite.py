@@ -29,9 +29,25 @@ REPRESENTATIVE_BATCH = 1  # the converter calibrates one sample per step
 
 
 def export_tflite(req: ExportRequest) -> ExportedModel:
+    """The variant as a TFLite file with a free batch dimension (``-1``), as devices take it."""
+    return convert(req, Path(req.out_dir) / MODEL_FILE)
+
+
+def convert(req: ExportRequest, path: Path, *, batch: int | None = None) -> ExportedModel:
+    """Convert ``req.keras_model`` to ``path``; ``batch`` fixes the batch dimension.
+
+    LiteRT.js (the browser's TFLite runtime) refuses a model whose input has a free batch
+    dimension, so the web bundle converts with ``batch=1``: the graph is traced at that
+    static shape (``from_concrete_functions``), everything else is the same conversion.
+    """
     tf = get_tf()
     model = req.keras_model
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if batch is None:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    else:
+        spec = tf.TensorSpec([batch, *model.input_shape[1:]], tf.float32)
+        concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
     if req.quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -61,7 +77,6 @@ def export_tflite(req: ExportRequest) -> ExportedModel:
             failure = e
     if failure is not None:  # explained once the converter's stderr is collected
         raise _explain(failure, log, model) from None
-    path = Path(req.out_dir) / MODEL_FILE
     path.write_bytes(flatbuffer)
     inputs, outputs = describe(path)
     return ExportedModel(

@@ -34,6 +34,19 @@ def model_interface(
     return _check_against_model(spec, model_io, onnx_path)
 
 
+def tflite_interface(
+    inputs: Sequence[Mapping[str, Any]], outputs: Sequence[Mapping[str, Any]], prep: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the input spec, the output's name and shape) of a TFLite model for LiteRT.js: one
+    float32 input whose size matches ``prep``, read from the interpreter's I/O description."""
+    spec = _input_spec(list(inputs), prep)
+    if not outputs:
+        raise InputError("the TFLite model has no output")
+    out = outputs[0]
+    return spec, {"name": out["name"], "shape": plain(list(out["shape"])),
+                  "quantization": out.get("quantization")}
+
+
 def _input_spec(
     input_spec: Mapping[str, Any] | Sequence[Mapping[str, Any]], prep: Mapping[str, Any]
 ) -> dict[str, Any]:

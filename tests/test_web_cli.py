@@ -105,19 +105,43 @@ def test_export_web_bundle_is_validated_and_complete(web_run: RunDir) -> None:
     assert "exports/base/web/bundle.json" in {o["path"] for o in stage["outputs"]}
 
 
-@pytest.mark.parametrize(("args", "needle"), [
-    ([], "--format onnx`"),
-    (["--quantize", "int8"], "--format onnx --quantize int8`"),
-])
-def test_export_web_without_an_onnx_export_names_the_command(
-    digits_run: RunDir, tmp_path: Path, args: list[str], needle: str
+def test_export_web_builds_its_onnx_source_and_carries_both_runtimes(
+    digits_run: RunDir, tmp_path: Path
 ) -> None:
+    """``--format web`` alone: the ONNX export it is built from is made too, and the bundle holds
+    the batch-1 TFLite model LiteRT.js needs, validated through native LiteRT."""
     run = _copy(digits_run, tmp_path)
-    before = (run.path / "manifest.json").read_text()
-    result = invoke(tmp_path, "export", run.id, "--format", "web", *args)
-    assert_one_line_error(result, "ONNX export", f"edgeship export {run.id}", needle)
-    assert (run.path / "manifest.json").read_text() == before
-    assert not (run.path / "exports").exists()
+    doc = invoke_json(tmp_path, "export", run.id, "--format", "web")
+    assert [a["dir"].rsplit("/", 1)[-1] for a in doc["artifacts"]] == ["onnx-float32", "web"]
+    assert all(a["validation"]["passed"] for a in doc["artifacts"])
+    folder = run.path / "exports/base/web"
+    bundle = json.loads((folder / "bundle.json").read_text())
+    litert = bundle["runtimes"]["litert.js"]
+    assert bundle["runtimes"]["onnxruntime-web"]["available"] and litert["available"]
+    assert litert["version"] == "2.5.3" and litert["input"]["shape"] == [1, 8, 8, 1]  # static batch
+    assert litert["validation"]["passed"] and litert["validation"]["top1_agreement"] == 1.0
+    shipped = {"model.tflite", "litert.mjs", "litert-wasm-utils.mjs", "litert_wasm_threaded_internal.wasm"}
+    assert shipped <= set(bundle["files"])
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(folder / "model.tflite")).get_input_details()[0]
+    assert list(details["shape_signature"]) == [1, 8, 8, 1]
+
+
+def test_export_web_litert_only_needs_no_onnx(digits_run: RunDir, tmp_path: Path) -> None:
+    run = _copy(digits_run, tmp_path)
+    doc = invoke_json(tmp_path, "export", run.id, "--format", "web", "--web-runtime", "litert",
+                      "--quantize", "int8")
+    assert [a["dir"].rsplit("/", 1)[-1] for a in doc["artifacts"]] == ["web-int8"]
+    folder = run.path / "exports/base/web-int8"
+    meta = json.loads((folder / "artifact.json").read_text())
+    assert meta["validation"]["passed"] and meta["validation"]["validated_as"] == "tflite"
+    assert meta["file"] == "model.tflite"
+    bundle = json.loads((folder / "bundle.json").read_text())
+    assert bundle["runtimes"]["onnxruntime-web"] == {
+        "available": False, "reason": "not asked for (--web-runtime litert)"}
+    assert "model.onnx" not in bundle["files"] and bundle["default_runtime"] == "litert.js"
+    assert not (run.path / "exports/base/onnx-int8").exists()
 
 
 # ---------------------------------------------------------------- edgeship demo
@@ -184,7 +208,7 @@ def test_demo_port_in_use_suggests_another(web_run: RunDir) -> None:
 def test_demo_without_a_bundle_names_the_command(digits_run: RunDir, tmp_path: Path) -> None:
     run = _copy(digits_run, tmp_path)
     result = invoke(tmp_path, "demo", run.id)
-    assert_one_line_error(result, "no web bundle", f"edgeship export {run.id} --format onnx,web")
+    assert_one_line_error(result, "no web bundle", f"edgeship export {run.id} --format web`")
 
 
 # ---------------------------------------------------------------- bench --on browser
@@ -204,16 +228,22 @@ def test_bench_browser_is_schema_valid_isolated_and_matches_native(web_run: RunD
     bar = Bar()
     results = bench_browser(web_run, threads=(1, 2), runs=30, warmup=3, rounds=2, progress=bar)
     assert [(r["artifact"], r["threads"]) for r in results] == [
-        ("exports/base/web", 1), ("exports/base/web", 2), ("exports/base/web-int8", 1),
-        ("exports/base/web-int8", 2)]
-    assert len(bar.steps) == 8  # two rounds of four pages, all open in one browser
+        (f"exports/base/{b}-{rt}", t)
+        for b in ("web", "web-int8") for rt in ("ort", "litert") for t in (1, 2)]
+    assert len(bar.steps) == 16  # two rounds of eight pages (2 bundles x 2 runtimes x 2 threads), one browser
+    versions = {"onnxruntime-web": "1.30.0", "litert.js": "2.5.3"}
     for r in results:
-        native_acc = json.loads((web_run.path / r["artifact"] / "artifact.json").read_text())[
-            "validation"]["accuracy"]
+        meta = json.loads((web_run.path / r["bundle"] / "artifact.json").read_text())
+        native_acc = (meta["validation"] if r["backend"] == "onnxruntime-web"
+                      else meta["web_runtimes"]["litert.js"]["validation"])["accuracy"]
         assert validate_result(r) == []
-        assert r["on"] == "browser" and r["backend"] == "onnxruntime-web" and r["format"] == "web"
-        assert r["backend_version"] == "1.30.0" and r["execution_provider"] == "CPUExecutionProvider"
+        assert r["on"] == "browser" and r["format"] == "web" and r["runtime"] == r["backend"]
+        assert r["backend_version"] == versions[r["backend"]] and r["accelerator"] == "wasm"
+        litert_ep = "XNNPACK (WebAssembly)" + (", threaded build" if r["threads"] > 1 else "")
+        assert r["execution_provider"] == ("CPUExecutionProvider" if r["backend"] == "onnxruntime-web"
+                                           else litert_ep)
         assert r["cross_origin_isolated"] is True and r["simd"] is True
+        assert any("WebGPU" in n for n in r["notes"])  # no adapter here: said in one line, not faked
         assert r["browser_version"].split(".")[0].isdigit()
         assert r["runs"] == 30 and len(r["samples_ms"]) == 60 and r["end_to_end_ms"]["p50"] > 0
         assert r["rounds"] == 2 and r["p50_ci_ms"] is not None and r["device_id"].startswith("browser-")
@@ -223,9 +253,9 @@ def test_bench_browser_is_schema_valid_isolated_and_matches_native(web_run: RunD
         ev = r["evaluation"]
         assert ev["samples"] == len(np.load(web_run.path / "data/test_raw.npz")["y"])
         assert r["accuracy_source"] == "device" and r["top1_agreement"] >= 0.95
-        # The page's preprocessing and WebAssembly give native onnxruntime's accuracy on the same file.
+        # The page's preprocessing and WebAssembly give the native runtime's accuracy on the same file.
         assert r["accuracy"] == pytest.approx(native_acc)
-    assert [r["threads_requested"] for r in results] == [1, 2, 1, 2]
+    assert [r["threads_requested"] for r in results] == [1, 2] * 4
 
 
 def test_bench_on_browser_through_the_cli_stores_results(web_run: RunDir) -> None:
@@ -233,10 +263,21 @@ def test_bench_on_browser_through_the_cli_stores_results(web_run: RunDir) -> Non
 
     doc = invoke_json(web_run.path.parent, "bench", web_run.id, "--on", "browser", "--threads", "2",
                       "--runs", "20", "--warmup", "2")
-    assert {r["artifact"] for r in doc["results"]} == {"exports/base/web", "exports/base/web-int8"}
+    assert {r["artifact"] for r in doc["results"]} == {
+        f"exports/base/{b}-{rt}" for b in ("web", "web-int8") for rt in ("ort", "litert")}
     stored = [r for r in load_results(web_run) if r["on"] == "browser"]
-    assert len(stored) == 2 and all(r["threads"] == 2 and r["cross_origin_isolated"] for r in stored)
+    assert len(stored) == 4 and all(r["threads"] == 2 and r["cross_origin_isolated"] for r in stored)
     assert web_run.last_stage("bench")["params"]["on"] == ["browser"]
+    # Each bundle now knows which runtime measured fastest here: its page opens with that one.
+    for b in ("web", "web-int8"):
+        m = json.loads((web_run.path / "exports/base" / b / "measurements.json").read_text())
+        mine = [r for r in stored if r["bundle"] == f"exports/base/{b}"]
+        fastest = min(mine, key=lambda r: r["latency_ms"]["p50"])
+        assert m["recommended"]["runtime"] == fastest["runtime"] and len(m["results"]) == 2
+    from edgeship.benchmarks.report import recommendations
+
+    (rec,) = [x for x in recommendations(stored) if x["kind"] == "browser"]
+    assert rec["backend"] in ("litert.js", "onnxruntime-web") and rec["runner_up"] is not None
 
 
 def test_bench_browser_names_the_package_when_chromium_is_missing(web_run: RunDir, tmp_path: Path) -> None:
@@ -282,8 +323,11 @@ def test_tabular_run_bundles_its_raw_rows_and_matches_native(tabular_run: RunDir
     assert bundle["examples"]["x"][0] == [float(rows[0][c]) for c in columns]
     labels = bundle["labels"]
     assert [labels[i] for i in bundle["examples"]["y"]] == [r["__label__"] for r in rows]
-    (r,) = bench_browser(run, threads=1, runs=10, warmup=1, rounds=2)
-    assert r["top1_agreement"] == 1.0 and r["evaluation"]["samples"] == len(rows)
+    results = bench_browser(run, threads=1, runs=10, warmup=1, rounds=2)
+    assert sorted(r["backend"] for r in results) == ["litert.js", "onnxruntime-web"]  # a table: both run
     meta = json.loads((run.path / "exports/base/web/artifact.json").read_text())
-    native_acc = meta["validation"]["accuracy"]
-    assert r["accuracy"] == pytest.approx(native_acc)
+    for r in results:
+        assert r["top1_agreement"] == 1.0 and r["evaluation"]["samples"] == len(rows)
+        native = (meta["validation"] if r["backend"] == "onnxruntime-web"
+                  else meta["web_runtimes"]["litert.js"]["validation"])
+        assert r["accuracy"] == pytest.approx(native["accuracy"])

@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -118,7 +118,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(image_pre(xtr, prep), ytr, epochs=3, batch_size=32, verbose=0)
     onnx_path = _to_onnx(model, (8, 8, 1), tmp_path_factory.mktemp("digits") / "digits.onnx")
-    return {"onnx": onnx_path, "prep": prep, "x": xte, "y": yte}
+    return {"onnx": onnx_path, "prep": prep, "x": xte, "y": yte, "model": model}
 
 
 @pytest.fixture(scope="module")
@@ -526,3 +526,220 @@ def test_server_stops_cleanly(digits_bundle: Path) -> None:
     with pytest.raises(OSError):
         _get(port, "/")
     BundleServer(digits_bundle, port=port).stop()  # the port is free again
+
+
+# ------------------------------------------------------------------ LiteRT.js beside onnxruntime-web
+
+
+@pytest.fixture(scope="module")
+def both_bundle(digits: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits bundle with LiteRT.js's batch-1 TFLite model beside the ONNX one."""
+    from edgeship.export import ExportRequest
+    from edgeship.export.web_runtimes import litert_model
+
+    work = tmp_path_factory.mktemp("litert")
+    litert = litert_model(ExportRequest(out_dir=work, quantize="float32", keras_model=digits["model"]), work)
+    assert litert.available, litert.reason
+    out = tmp_path_factory.mktemp("web") / "digits-both"
+    build_web_bundle(
+        digits["onnx"], out, DIGIT_LABELS, digits["prep"],
+        {"name": "input", "shape": [-1, 8, 8, 1], "dtype": "float32"},
+        examples={"x": digits["x"][:10], "y": digits["y"][:10]},
+        metadata={"dataset": "digits", "model": "cnn", "variant": "base"}, litert=litert,
+    )  # fmt: skip
+    return out
+
+
+def _native_top1(bundle: Path, runtime: str, x: np.ndarray) -> list[int]:
+    """Top-1 of the bundle's own model file for that runtime, run natively (batch 1 for LiteRT)."""
+    if runtime == "ort":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"input": x})[0].argmax(1).tolist()
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(bundle / "model.tflite"))
+    it.allocate_tensors()
+    i, o = it.get_input_details()[0]["index"], it.get_output_details()[0]["index"]
+    out = []
+    for row in x:
+        it.set_tensor(i, row[None])
+        it.invoke()
+        out.append(int(it.get_tensor(o).argmax()))
+    return out
+
+
+def test_bundle_carries_both_runtimes(both_bundle: Path) -> None:
+    from edgeship.export.web_runtimes import LITERT_FILES
+
+    manifest = json.loads((both_bundle / MANIFEST).read_text())
+    assert set(manifest["files"]) == {*PAGE_FILES, *ORT_FILES, "model.onnx", *LITERT_FILES, "model.tflite"}
+    rts = manifest["runtimes"]
+    assert rts["onnxruntime-web"]["available"] and rts["onnxruntime-web"]["version"] == "1.30.0"
+    assert rts["litert.js"]["available"] and rts["litert.js"]["version"] == "2.5.3"
+    assert rts["litert.js"]["input"]["shape"] == [1, 8, 8, 1]  # LiteRT.js refuses a free batch dimension
+    assert manifest["default_runtime"] == "litert.js"
+    for name, entry in manifest["files"].items():
+        assert sha256_file(both_bundle / name) == entry["sha256"], name
+    pinned = json.loads((WEB_DEMO_DIR / "package.json").read_text())["dependencies"]
+    assert pinned["@litertjs/core"] == "2.5.3"
+    lock = json.loads((WEB_DEMO_DIR / "package-lock.json").read_text())["packages"]
+    assert lock["node_modules/@litertjs/core"]["version"] == "2.5.3"
+    assert '"@litertjs/wasm-utils": "./litert-wasm-utils.mjs"' in (both_bundle / "index.html").read_text()
+
+
+@pytest.mark.parametrize("runtime", ["litert", "ort"])
+def test_each_runtime_draws_and_predicts_like_native(
+    both_bundle: Path, digits: dict[str, Any], runtime: str
+) -> None:
+    _chromium_or_skip()
+    name = {"litert": "litert.js", "ort": "onnxruntime-web"}[runtime]
+    x = image_pre(digits["x"], digits["prep"])
+    with BrowserDriver(both_bundle) as d:
+        demo = d.open(threads=2, runtime=runtime)
+        env = demo.env()
+        assert (env["runtime"], env["accelerator"], env["threads"]) == (name, "wasm", 2)
+        assert env["runtime_choice"] == f"asked for (?runtime={runtime})"
+        assert env["backend_version"] == {"litert": "2.5.3", "ort": "1.30.0"}[runtime]
+        assert not env["webgpu"]["available"] and env["webgpu"]["note"].startswith("not available")
+        page = demo.page
+        assert name in page.inner_text("#env") and page.input_value("#runtime") == runtime
+        _stroke(page, [(0.25, 0.2), (0.75, 0.2), (0.45, 0.85)])  # a 7, drawn with the mouse
+        page.wait_for_function("document.querySelectorAll('#top3 li').length === 3", timeout=10_000)
+        raw = np.asarray(page.evaluate("() => window.edgeship.lastRaw"), np.float32).reshape(1, 8, 8, 1)
+        shown = page.locator("#top3 li .cls").first.inner_text()
+        assert shown == str(_native_top1(both_bundle, runtime, image_pre(raw, digits["prep"]))[0])
+        ev = demo.evaluate(digits["x"], digits["y"])  # the whole test split, raw in
+        assert ev["predictions"] == _native_top1(both_bundle, runtime, x)
+        page.fill("#runs", "50")
+        page.click("#bench-btn")
+        page.wait_for_selector("#bench-stats:not([hidden])", timeout=30_000)
+        assert name in page.inner_text("#bench-meta")  # the button timed the selected runtime
+        demo.close()
+
+
+def test_a_runtime_that_fails_to_load_leaves_the_other_running(both_bundle: Path, tmp_path: Path) -> None:
+    _chromium_or_skip()
+    broken = tmp_path / "broken"
+    shutil.copytree(both_bundle, broken)
+    (broken / "litert.mjs").write_text("export const = ;")  # LiteRT.js itself cannot load
+    with BrowserDriver(broken) as d:
+        demo = d.open(threads=1, runtime="litert")
+        env = demo.env()
+        assert env["runtime"] == "onnxruntime-web"
+        assert env["runtime_choice"] == "fallback: litert.js failed to load"
+        failed = env["runtimes"]["litert.js"]
+        assert failed["status"] == "failed" and "could not load LiteRT.js" in failed["reason"]
+        assert "litert.js: failed" in demo.page.inner_text("#env")
+        assert demo.predict(np.zeros(64))["runtime"] == "onnxruntime-web"
+
+
+def test_a_runtime_marked_unavailable_by_export(digits: dict[str, Any], tmp_path: Path) -> None:
+    """A model the ONNX side could not make: the bundle carries LiteRT.js only, and says why."""
+    _chromium_or_skip()
+    from edgeship.export import ExportRequest
+    from edgeship.export.web_runtimes import litert_model
+
+    litert = litert_model(ExportRequest(out_dir=tmp_path, quantize="float32", keras_model=digits["model"]),
+                          tmp_path)
+    out = tmp_path / "litert-only"
+    manifest = build_web_bundle(None, out, DIGIT_LABELS, digits["prep"], [], litert=litert,
+                                ort_reason="the variant's ONNX export failed validation")
+    assert not any(f.startswith("ort") for f in manifest["files"]) and "model.onnx" not in manifest["files"]
+    with BrowserDriver(out) as d:
+        env = d.open(threads=1).env()
+        assert env["runtime"] == "litert.js"
+        assert env["runtimes"]["onnxruntime-web"] == {
+            "key": "ort", "status": "unavailable", "reason": "the variant's ONNX export failed validation"}
+
+
+def test_measurements_choose_the_default_runtime(both_bundle: Path, tmp_path: Path) -> None:
+    _chromium_or_skip()
+    measured = tmp_path / "measured"
+    shutil.copytree(both_bundle, measured)
+    rec = {"runtime": "onnxruntime-web", "accelerator": "wasm", "threads": 1, "p50_ms": 0.05}
+    (measured / "measurements.json").write_text(json.dumps({"recommended": rec, "browser": "chromium"}))
+    with BrowserDriver(measured) as d:
+        env = d.open().env()
+        assert env["runtime"] == "onnxruntime-web" and env["threads"] == 1
+        assert env["runtime_choice"].startswith("recommended by this bundle's measurements (p50 0.05 ms")
+    with BrowserDriver(both_bundle) as d:  # no measurements: the bundle's default
+        env = d.open().env()
+        assert env["runtime"] == "litert.js"
+        assert env["runtime_choice"] == "default (this bundle has no measurements yet)"
+
+
+def test_without_isolation_threads_are_off_and_the_page_says_why(both_bundle: Path) -> None:
+    """A static host without COOP/COEP: both runtimes still run, on one thread, and the page says so."""
+    _chromium_or_skip()
+    import functools
+    import http.server
+    import threading
+
+    class Plain(http.server.SimpleHTTPRequestHandler):
+        extensions_map: ClassVar[dict[str, str]] = {
+            **http.server.SimpleHTTPRequestHandler.extensions_map,
+            ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm"}
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Plain, directory=str(both_bundle))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with BrowserDriver(both_bundle) as d:
+            for runtime in ("litert", "ort"):
+                demo = d.open_url(f"http://127.0.0.1:{server.server_address[1]}/", threads=2, runtime=runtime)
+                env = demo.env()
+                assert env["cross_origin_isolated"] is False and env["threads"] == 1
+                assert env["threads_note"].startswith("threads are off: the page is not cross-origin")
+                assert "Cross-Origin-Opener-Policy" in env["threads_note"]
+                assert "threads are off" in demo.page.inner_text("#env")
+                assert demo.predict(np.zeros(64))["runtime"] == env["runtime"]
+                demo.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_opened_from_a_file_url_the_page_says_how_to_serve_it(both_bundle: Path) -> None:
+    _chromium_or_skip()
+    with BrowserDriver(both_bundle) as d:
+        demo = d.open_url((both_bundle / "index.html").as_uri(), wait=False)
+        with pytest.raises(BrowserPageError, match=r"opened from file://: .* serve this folder over HTTP"):
+            demo.wait_ready(20)
+        assert "opened from file://" in demo.page.inner_text("#error")
+
+
+def test_a_model_litert_cannot_convert_is_marked_and_the_bundle_runs_onnx(
+    digits: dict[str, Any], tmp_path: Path
+) -> None:
+    """An op the TFLite converter cannot express: LiteRT.js is unavailable for that model (with the
+    converter's reason), the bundle ships onnxruntime-web alone and the page runs it."""
+    from edgeship.export import ExportRequest
+    from edgeship.export.web import export_web
+    from edgeship.training.keras_env import keras
+    from tests._models import odd_layer_class
+
+    k = keras()
+    model = k.Sequential([k.layers.Input((8, 8, 1)), odd_layer_class()(), k.layers.Flatten(),
+                          k.layers.Dense(10, activation="softmax")])
+    out = tmp_path / "web"
+    out.mkdir()
+    exported = export_web(ExportRequest(
+        out_dir=out, quantize="float32", keras_model=model, onnx_path=digits["onnx"],
+        preprocessing=digits["prep"], labels=tuple(DIGIT_LABELS)))
+    rts = json.loads((out / MANIFEST).read_text())["runtimes"]
+    assert rts["litert.js"]["available"] is False
+    assert rts["litert.js"]["reason"].startswith("the TFLite converter cannot build it")
+    assert "bessel" in rts["litert.js"]["reason"].lower()
+    assert rts["onnxruntime-web"]["available"] and exported.extra["validate_as"] == "onnx"
+    assert not (out / "model.tflite").exists() and not (out / "litert.mjs").exists()
+    _chromium_or_skip()
+    with BrowserDriver(out) as d:
+        env = d.open(threads=1, runtime="litert").env()
+        assert env["runtime"] == "onnxruntime-web"
+        assert env["runtime_choice"] == "fallback: litert.js is unavailable for this model"
+        assert env["runtimes"]["litert.js"]["status"] == "unavailable"

@@ -1,4 +1,4 @@
-"""``edgeship demo``: serve a run's web bundle (page + model + onnxruntime-web) on this machine.
+"""``edgeship demo``: serve a run's web bundle (page, models, LiteRT.js and onnxruntime-web) on this machine.
 
 The library does the work (``export.web.bundle_dir`` finds the bundle, ``edgeship.benchmarks.webserver``
 serves it with the cross-origin isolation headers multithreaded WebAssembly needs); this
@@ -34,7 +34,7 @@ def demo(app: Any, run: str, variant: str, quantize: str | None, port: int, host
 
     \b
     Examples:
-      edgeship export latest --format onnx,web
+      edgeship export latest --format web
       edgeship demo latest                 # then open http://127.0.0.1:8000/
       edgeship demo latest --quantize int8 --port 0 --open
     """

@@ -124,6 +124,19 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """``dst`` as a hard link to ``src`` where the filesystem allows, else a copy.
+
+    For large read-only files that many artifacts share (a browser runtime's 9 MB WebAssembly
+    builds, copied into every bundle): a link costs no space. Whoever replaces ``src`` later
+    (``npm ci`` writes new files) leaves ``dst`` with the old content, as a copy would.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def replace_tree(src: Path, dst: Path) -> None:
     """Move ``src`` to ``dst``, replacing whatever is there, with the swap as short as possible."""
     dst.parent.mkdir(parents=True, exist_ok=True)
