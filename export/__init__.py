@@ -66,6 +66,11 @@ class ExportRequest:
     preprocessing: dict[str, Any] | None = None
     examples: Callable[[], dict[str, Any] | None] | None = None  # raw test split, loaded on demand
     metadata: dict[str, Any] = field(default_factory=dict)  # run_id, variant, model, dataset
+    web_runtime: str = "both"  # web: which browser runtimes the bundle carries (ort, litert, both)
+    tune_on: dict[str, Any] | None = None  # tvm: {"tracker": "HOST:PORT", "key": K}, tune on those devices
+    # A second model an exporter makes (web: the TFLite one), validated like the artifact:
+    # (model file, format, inputs, outputs) -> the validation record. None: not offered.
+    validate: Callable[[Path, str, list[dict[str, Any]], list[dict[str, Any]]], dict[str, Any]] | None = None
 
 
 @dataclass
@@ -208,7 +213,7 @@ register_format(ExportFormat(
     entry="edgeship.export.web:export_web",
     quantize=("float32", "int8"),
     default_quantize=("float32",),
-    summary="static in-browser bundle: page + ONNX export + onnxruntime-web (WebAssembly)",
+    summary="static in-browser bundle: page + ONNX (onnxruntime-web) + batch-1 TFLite (LiteRT.js)",
     source="onnx-export",
     install_hint="npm ci --prefix web_demo (node and npm), pip install onnx",
     float_suffix=False,

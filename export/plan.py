@@ -21,6 +21,7 @@ from edgeship.export import FORMATS, IO_CHOICES, QUANTIZE_CHOICES, ExportFormat,
 from edgeship.export.inputs import BASE, model_path, onnx_export_file
 
 FAILED_SUFFIX = ".failed"  # exports/<variant>/<fmt>.failed/: an artifact that failed validation
+WEB_RUNTIMES = ("both", "ort", "litert")  # --web-runtime: onnxruntime-web, LiteRT.js or both
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,18 @@ def plan(
     io: str,
     targets: Sequence[str] | str,
     qat_float: bool = False,
+    web_runtime: str = "both",
 ) -> tuple[list[Job], list[str]]:
     """Every (variant, format, quantization, target) to build, or a one-line error; plus notes
     on combinations skipped under ``all``.
 
     A QAT variant (fake-quant graph) gets only its int8 forms: each float quantization asked
     for becomes int8 in formats that have it (see ``qat_forms``), with one note per variant.
-    ``qat_float`` keeps float32 (the artifact then carries a warning).
+    ``qat_float`` keeps float32 (the artifact then carries a warning). A web bundle that
+    carries onnxruntime-web gets the ONNX export it is built from added when the run lacks it.
     """
+    if web_runtime not in WEB_RUNTIMES:
+        raise InputError(f"unknown --web-runtime '{web_runtime}'; choose {', '.join(WEB_RUNTIMES)}")
     wanted_variants = _variants(run, manifest, variants)
     notes: list[str] = []
     fmts, explicit = _formats(formats, notes)
@@ -93,8 +98,27 @@ def plan(
                 for t in (target_list if fmt.targets else [None]):
                     io_for = io if (q == "int8" and fmt.name == "tflite") else None
                     jobs.append(Job(variant, fmt, q, io_for, t))
-    _check_jobs(run, jobs, qat)
+    if web_runtime != "litert":
+        jobs = _with_onnx_sources(run, jobs, notes)
+    _check_jobs(run, jobs, qat, web_runtime)
     return jobs, list(dict.fromkeys(notes))
+
+
+def _with_onnx_sources(run: RunDir, jobs: list[Job], notes: list[str]) -> list[Job]:
+    """``jobs`` plus the ONNX export each ONNX-built job (web) needs and the run lacks, placed
+    before it: ``--format web`` builds what it depends on instead of naming another command."""
+    onnx = get_format("onnx")
+    out: list[Job] = []
+    have = {j.rel for j in jobs}
+    for j in jobs:
+        if j.fmt.source == "onnx-export" and j.quantize in onnx.quantize:
+            src = Job(j.variant, onnx, j.quantize, None, None)
+            if src.rel not in have and onnx_export_file(run, j.variant, j.quantize) is None:
+                notes.append(f"{j.rel} is built from {src.rel}/, which the run lacks: exporting it too")
+                out.append(src)
+                have.add(src.rel)
+        out.append(j)
+    return out
 
 
 def _variants(run: RunDir, manifest: dict[str, Any], variants: Sequence[str] | str) -> list[str]:
@@ -134,7 +158,7 @@ def _formats(formats: Sequence[str] | str, notes: list[str]) -> tuple[list[Expor
     return fmts, explicit
 
 
-def _check_jobs(run: RunDir, jobs: list[Job], qat: set[str]) -> None:
+def _check_jobs(run: RunDir, jobs: list[Job], qat: set[str], web_runtime: str = "both") -> None:
     """Something to build, no two jobs in one folder, and an ONNX export for every format built
     from one (in this request or already in the run), else an error naming the command."""
     if not jobs and qat:
@@ -149,7 +173,7 @@ def _check_jobs(run: RunDir, jobs: list[Job], qat: set[str]) -> None:
         seen[j.rel] = j
     onnx = get_format("onnx")
     for j in jobs:
-        if j.fmt.source != "onnx-export":
+        if j.fmt.source != "onnx-export" or web_runtime == "litert":
             continue
         source_rel = f"exports/{j.variant}/{onnx.dirname(j.quantize)}"
         if source_rel in seen or onnx_export_file(run, j.variant, j.quantize) is not None:

@@ -12,6 +12,7 @@ re-exported here for callers of ``edgeship.export.stage``.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -21,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.core.runstore import RunDir
+from edgeship.core.fsutil import make_temp_dir
+from edgeship.core.runstore import STAGE_PREFIX, RunDir
 from edgeship.export.inputs import BASE, REFERENCE_FILE, data_facts, load_raw_test, load_splits
 from edgeship.export.listing import list_artifacts
 from edgeship.export.plan import FAILED_SUFFIX, Job, plan, qat_forms, variant_is_qat
@@ -72,6 +74,8 @@ def export_run(
     cache_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
     qat_float: bool = False,
+    web_runtime: str = "both",
+    tune_on: dict[str, Any] | None = None,
 ) -> list[ExportResult]:
     """Export, validate and commit; see the module docstring. Returns one result per artifact.
 
@@ -79,11 +83,15 @@ def export_run(
     ``quantize=None`` means each format's defaults (tflite: float32+int8, onnx: float32).
     A QAT variant gets its int8 forms in place of float ones unless ``qat_float`` (see ``plan``).
     int8 calibrates on ``training.calibration``'s rows for the run's seed: the rows compress
-    measured the variant's int8 form on.
+    measured the variant's int8 form on. ``web_runtime`` (ort, litert, both): the browser
+    runtimes a web bundle carries; one that carries onnxruntime-web builds its ONNX source too.
+    ``tune_on`` (``{"tracker": "HOST:PORT", "key": KEY}``): TVM builds for another machine are
+    tuned on that key's devices through TVM's RPC tracker (``export.tvm_remote``).
     """
     say = log or (lambda _msg: None)
     manifest = run.manifest
-    jobs, skipped = plan(run, manifest, variants, formats, quantize, io, targets, qat_float=qat_float)
+    jobs, skipped = plan(run, manifest, variants, formats, quantize, io, targets, qat_float=qat_float,
+                         web_runtime=web_runtime)
     for note in skipped:
         say(note)
     data = load_splits(run)
@@ -91,6 +99,10 @@ def export_run(
     cal = _calibration(run, manifest, jobs, data, representative_samples)
     params = _stage_params(jobs, cal, io=io, trials=trials, time_budget_s=time_budget_s,
                            qat_float=qat_float, validation=validation)
+    if any(j.fmt.name == "web" for j in jobs):
+        params["web_runtime"] = web_runtime
+    if tune_on:
+        params["tune_on"] = tune_on
     results: list[ExportResult] = []
     with run.stage("export", params) as ctx:
         session = Session(
@@ -98,6 +110,7 @@ def export_run(
             scratch=Path(tempfile.mkdtemp(prefix="work-", dir=ctx.staging)), data=data, cal=cal,
             labels=labels, preprocessing=preprocessing, model_name=model_name, trials=trials,
             time_budget_s=time_budget_s, cache_dir=cache_dir, validation=validation, say=say,
+            web_runtime=web_runtime, tune_on=tune_on,
         )
         for variant in dict.fromkeys(j.variant for j in jobs):
             results += export_variant(session, variant, [j for j in jobs if j.variant == variant])
@@ -151,10 +164,21 @@ def _exports_section(run: RunDir, manifest: dict[str, Any], results: list[Export
 
 
 def _remove_stale(run: RunDir, results: list[ExportResult]) -> None:
-    """After a re-export, the opposite folder (an old pass or an old failure) no longer applies."""
-    for r in results:
-        rel = str(r.dir.relative_to(run.path))
-        base = rel.removesuffix(FAILED_SUFFIX)
-        stale = run.path / (base if not r.passed else base + FAILED_SUFFIX)
-        if stale.exists():
-            shutil.rmtree(stale, ignore_errors=True)
+    """After a re-export, the opposite folder (an old pass or an old failure) no longer applies.
+
+    Under the run's lock (``RunDir.writing``), and only a folder the manifest, read again under
+    it, no longer lists: one that another writer committed after this stage is kept. Each goes
+    by one rename into a ``.stage-*`` folder first (removed here, or on the next open after a
+    kill), so ``exports/`` never holds half a folder.
+    """
+    with run.writing():
+        listed = set(run.manifest.get("exports") or {})
+        for r in results:
+            base = str(r.dir.relative_to(run.path)).removesuffix(FAILED_SUFFIX)
+            rel = base if not r.passed else base + FAILED_SUFFIX
+            stale = run.path / rel
+            if rel in listed or not stale.exists():
+                continue
+            trash = make_temp_dir(f"{STAGE_PREFIX}stale-", run.path)
+            os.replace(stale, trash / stale.name)
+            shutil.rmtree(trash, ignore_errors=True)

@@ -96,6 +96,8 @@ class Session:
     cache_dir: Path | None
     validation: ValidationConfig
     say: Callable[[str], None]
+    web_runtime: str = "both"
+    tune_on: dict[str, Any] | None = None  # tvm builds for other machines: tune on a tracker's devices
 
 
 @dataclass
@@ -137,7 +139,7 @@ def _export_job(s: Session, v: _Variant, job: Job) -> ExportResult | None:
     work = s.scratch / v.name / job.dirname
     work.mkdir(parents=True)
     onnx_path = _onnx_input(s, v, job)
-    if job.fmt.source == "onnx-export" and onnx_path is None:
+    if job.fmt.source == "onnx-export" and onnx_path is None and s.web_runtime == "ort":
         s.say(f"{v.name}: skipping {job.dirname}: its ONNX source failed validation")
         shutil.rmtree(work)
         return None
@@ -185,8 +187,33 @@ def _request(s: Session, v: _Variant, job: Job, work: Path, onnx_path: Path | No
         examples=functools.partial(load_raw_test, s.run), metadata={
             "run_id": s.run.id, "variant": v.name, "model": s.model_name,
             "dataset": (s.manifest.get("data") or {}).get("dataset"),
-        },
+        }, web_runtime=s.web_runtime, validate=functools.partial(_validate_model, s, v, job),
+        tune_on=s.tune_on,
     )
+
+
+def _validate_model(s: Session, v: _Variant, job: Job, file: Path, fmt: str,
+                    inputs: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A second model an exporter made (a web bundle's TFLite file) validated as ``fmt`` through
+    edge_runtime against the Keras reference, the same checks as an artifact's."""
+    view = s.scratch / f".model-{v.name}-{job.dirname}-{fmt}"
+    if view.exists():
+        shutil.rmtree(view)
+    view.mkdir(parents=True)
+    try:
+        shutil.copyfile(file, view / file.name)
+        exported = ExportedModel(file=view / file.name, runtime={}, inputs=inputs, outputs=outputs)
+        meta = build_artifact(
+            exported, fmt=fmt, quantize=job.quantize, io=None, run_id=s.run.id, variant=v.name,
+            model_name=s.model_name, labels=s.labels, preprocessing=s.preprocessing, source=v.source,
+        )
+        write_artifact(view, meta)
+        exact = job.quantize == "float32" and not v.qat
+        check, _ = validate_artifact(view, s.data["x_test"], s.data["y_test"], v.reference,
+                                     exact=exact, config=s.validation)
+        return check
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
 
 
 def _check(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str, Any],
@@ -195,13 +222,15 @@ def _check(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str, Any],
     (a build for another machine) the exporter's static checks."""
     if exported.runnable_here:
         view = work
-        if job.fmt.validate_as:  # e.g. a web bundle's model, run by native onnxruntime
-            view = validation_view(work, meta, job.fmt.validate_as, s.scratch / f".view-{v.name}")
+        validate_as = exported.extra.pop("validate_as", None) or job.fmt.validate_as
+        meta.pop("validate_as", None)
+        if validate_as:  # e.g. a web bundle's model, run by native onnxruntime (or LiteRT)
+            view = validation_view(work, meta, validate_as, s.scratch / f".view-{v.name}")
         exact = job.quantize == "float32" and not v.qat
         check, _ = validate_artifact(view, s.data["x_test"], s.data["y_test"], v.reference,
                                      exact=exact, config=s.validation)
         if view is not work:
-            check["validated_as"] = job.fmt.validate_as
+            check["validated_as"] = validate_as
             shutil.rmtree(view, ignore_errors=True)
     else:
         arch = meta["target"].get("arch", "another machine")

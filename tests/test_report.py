@@ -266,6 +266,17 @@ def test_recommendation_is_the_fastest_within_the_budget() -> None:
     assert loose["name"] == "tiny/tflite-int8" and loose["runner_up"]["comparison"] == "slower"
 
 
+def test_the_fewest_threads_that_are_not_measurably_slower_ship() -> None:
+    def at(threads: int, p50: float, ci: list[float]) -> dict:
+        return result(variant="base", artifact="tflite-int8", p50=p50, ci=ci, accuracy=0.98, threads=threads)
+
+    two, four = at(2, 0.20, [0.18, 0.22]), at(4, 0.19, [0.185, 0.20])
+    [rec] = recommendations([at(1, 0.21, [0.19, 0.23]), two, four])
+    assert (rec["threads"], rec["p50_ms"]) == (1, 0.21)  # 4 threads is a hair faster, not measurably
+    [rec] = recommendations([at(1, 0.40, [0.38, 0.42]), two, four])
+    assert rec["threads"] == 2  # the second thread pays; the third and fourth do not
+
+
 def test_recommendation_on_latency_alone_without_accuracy() -> None:
     rs = [result(variant="base", artifact="tflite-int8", p50=0.2, accuracy=None, accuracy_source=None),
           result(variant="base", artifact="onnx-float32", p50=0.3, accuracy=None, accuracy_source=None,

@@ -58,14 +58,17 @@ def test_reference_suite_smoke(tmp_path: Path) -> None:
 def test_browser_suite_smoke(tmp_path: Path) -> None:
     _browser_or_skip()
     out = run_suite("browser", "--smoke", "--out", str(tmp_path), cwd=tmp_path)
-    for artifact in ("fp32 plain", "fp32 web", "int8 plain", "int8 web"):
-        figures = ratios(rf"^  {artifact}\s+" + r"\s+".join([r"(\d+\.\d+)"] * 4 + [RATIO] * 5) + "$", out)
-        assert all(f > 0 for f in figures)
+    for q in ("fp32", "int8"):
+        for runtime in ("litert", "onnxruntime", "litert.js", "onnxruntime-web"):
+            figures = ratios(rf"^  {q} {re.escape(runtime)}\s+(\d+\.\d+)\s+(\d+\.\d+)\s+{RATIO}$", out)
+            assert len(figures) == 3 and all(f > 0 for f in figures), (q, runtime)
     for t in (1, 2):
-        (ratio,) = ratios(rf"^  target t{t}: best browser artifact '[^']+' \S+ ms = {RATIO} native fp32", out)
+        (ratio,) = ratios(rf"^  target t{t}: best browser '[^']+' \S+ ms / fastest native '[^']+' \S+ ms = "
+                          rf"{RATIO}; <= 3.0x: (?:MET|NOT MET)$", out)
         assert ratio > 0
-    (speedup,) = ratios(rf"^  target 2nd thread: best speedup '[^']+' {RATIO}", out)
-    assert speedup > 0
+    (gain,) = ratios(rf"^  target 2nd thread: faster runtime '[^']+' t1 \S+ -> t2 \S+ ms = {RATIO}", out)
+    assert gain > 0
+    assert "relaxed SIMD" in out and "WebGPU" in out
     assert (tmp_path / "results.json").is_file()
 
 
@@ -79,6 +82,16 @@ def test_export_suite_smoke(tmp_path: Path) -> None:
     (tflite,) = ratios(r"TVM tuned / TFLite f32\s+= (\d+\.\d+)\s+\(target <= 1\.0: (?:met|NOT met)\)", out)
     assert untuned > 0 and tflite > 0
     assert (tmp_path / "results.json").is_file()
+
+
+def test_fleet_suite_smoke(tmp_path: Path) -> None:
+    pytest.importorskip("tvm")
+    out = run_suite("fleet", "--smoke", "--json", str(tmp_path / "fleet.json"), cwd=tmp_path)
+    one, two = ratios(r"^  1 device\s+(\d+\.\d) s\n  2 devices (\d+\.\d) s$", out)
+    (speedup,) = ratios(rf"^  target 2 devices >= 1\.6x faster: {RATIO}: (?:MET|NOT MET)$", out)
+    assert one > 0 and two > 0 and speedup > 0
+    assert "tuned vs untuned rpi4 build: skipped (--trials 0)" in out
+    assert (tmp_path / "fleet.json").is_file()
 
 
 def test_compression_suite_smoke(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edgeship.benchmarks.report.fleet import fleet_summary
 from edgeship.benchmarks.report.model import Report, group_devices
 from edgeship.benchmarks.report.recommend import DEFAULT_ACCURACY_BUDGET, check_budget, recommendations
 from edgeship.benchmarks.report.verdicts import judge
@@ -34,6 +35,7 @@ def build_report(run: RunDir, accuracy_budget: float = DEFAULT_ACCURACY_BUDGET) 
                  compression=compression_table(run, manifest),
                  environment=manifest.get("environment") or {}, accuracy_budget=budget)
     rep.recommendations = recommendations(rep, budget)
+    rep.fleet = fleet_summary(results)
     for dev, rec in zip(devices, rep.recommendations, strict=True):
         for r in dev.rows:
             if r.name == rec["name"] and r.threads == rec["threads"]:

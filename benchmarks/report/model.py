@@ -132,6 +132,7 @@ class Report:
     environment: dict[str, Any]
     accuracy_budget: float = 1.0
     recommendations: list[dict[str, Any]] = field(default_factory=list)
+    fleet: list[dict[str, Any]] = field(default_factory=list)  # per-key summary (report/fleet.py)
 
     @property
     def rows(self) -> list[Row]:
@@ -144,7 +145,8 @@ class Report:
                 "accuracy_budget_points": self.accuracy_budget,
                 "recommendations": self.recommendations,
                 "ci_methods": ci_methods(self),
-                "devices": [d.as_dict() for d in self.devices], "compression": self.compression,
+                "devices": [d.as_dict() for d in self.devices], "fleet": self.fleet,
+                "compression": self.compression,
                 "environment": self.environment,
                 "files": {"md": str(self.run_path / REPORT_MD), "html": str(self.run_path / REPORT_HTML)}}
 

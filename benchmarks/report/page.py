@@ -103,6 +103,11 @@ def render_html(rep: Report) -> str:
                      f"class='plot distribution' src='data:image/png;base64,{distribution_plot(rows_)}'>"
                      f"<figcaption>{e(name)}{' - includes ' + e(EMULATED) + ' rows' if emu else ''}"
                      "</figcaption></figure>")
+    if rep.fleet:
+        from edgeship.benchmarks.report import fleet
+
+        parts.append(f"<h2 id='fleet'>{e(fleet.HEADING)}</h2><p class='method'>{e(fleet.NOTE)}</p>")
+        parts.append(_table(fleet.COLUMNS, (([e(c) for c in fleet.cells(r)], "") for r in rep.fleet)))
     parts.append("<h2 id='compression'>Compression</h2>")
     parts.append(_table(COMPRESSION_COLUMNS,
                         (([e(c) for c in compression_cells(c)], "") for c in rep.compression)))

@@ -2,12 +2,15 @@
 
 On each device, among the results whose accuracy is within ``accuracy_budget`` percentage points
 of the best accuracy measured there (1.0 point = 0.01 of accuracy), the recommendation is the
-configuration (artifact and thread count) with the lowest p50; ties go to the smaller file. The
-runner-up is the fastest configuration of a *different* artifact within the same budget, and the
-recommendation says whether it is measurably slower (their p50 intervals separate) or not. A
-device with no accuracy measured at all is recommended on latency alone, and says so; where only
-some results carry an accuracy, the others cannot be shown to be within the budget and are left
-out (the count is reported).
+configuration (artifact and thread count) with the lowest p50; ties go to the smaller file. Of that
+artifact, the fewest threads that are not measurably slower ship: a thread that does not pay
+still takes a core from the rest of the device (and which of two indistinguishable thread
+counts is a hair faster changes from one session to the next). The runner-up is the fastest
+configuration of a *different* artifact within the same budget, and the recommendation says
+whether it is measurably slower (their p50 intervals separate) or not. A device with no accuracy
+measured at all is recommended on latency alone, and says so; where only some results carry an
+accuracy, the others cannot be shown to be within the budget and are left out (the count is
+reported).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def recommend(dev: Device, accuracy_budget: float = DEFAULT_ACCURACY_BUDGET) -> 
     else:
         eligible = list(dev.rows)
     eligible.sort(key=lambda r: (r.p50, r.bytes or math.inf, r.name, r.threads or 0))
-    pick = eligible[0]
+    pick = fewest_threads(eligible[0], eligible)
     runner = next((r for r in eligible[1:] if r.name != pick.name), None)
     rec: dict[str, Any] = {
         "device": dev.key, "device_id": dev.device_id, "kind": dev.kind, "title": dev.title,
@@ -78,6 +81,13 @@ def recommend(dev: Device, accuracy_budget: float = DEFAULT_ACCURACY_BUDGET) -> 
                             "not_measurably_slower": None if outcome is None else outcome != "slower"}
     rec["line"] = ship_line(rec)
     return rec
+
+
+def fewest_threads(pick: Row, rows: Iterable[Row]) -> Row:
+    """``pick``'s artifact at the fewest threads whose p50 interval overlaps ``pick``'s, else ``pick``."""
+    fewer = sorted((r for r in rows if r.name == pick.name and (r.threads or 0) < (pick.threads or 0)),
+                   key=lambda r: r.threads or 0)
+    return next((r for r in fewer if compare_rows(r, pick) == "same"), pick)
 
 
 def entry(r: Row) -> dict[str, Any]:

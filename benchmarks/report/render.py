@@ -119,6 +119,11 @@ def render_markdown(rep: Report) -> str:
             lines += [f"**{d.note}**", ""]
         lines += [f"- {v}" for v in d.verdicts] + [""]
         lines += [*table(TABLE_COLUMNS, (cells(r) for r in d.rows)), "", P99_NOTE, ""]
+    if rep.fleet:
+        from edgeship.benchmarks.report import fleet
+
+        lines += [f"## {fleet.HEADING}", "", fleet.NOTE, ""]
+        lines += [*table(fleet.COLUMNS, (fleet.cells(r) for r in rep.fleet)), ""]
     lines += ["## Compression", ""]
     lines += [*table(COMPRESSION_COLUMNS, (compression_cells(c) for c in rep.compression)), ""]
     lines += ["## Environment", ""]

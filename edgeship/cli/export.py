@@ -32,11 +32,18 @@ from edgeship.core import console
               help="TVM only: tuning time budget (90s, 10m, 1h).")
 @click.option("--qat-float", is_flag=True,
               help="Also export float32 of QAT variants (keeps the fake-quant ops: several times slower).")
+@click.option("--web-runtime", type=click.Choice(["both", "ort", "litert"]), default="both",
+              show_default=True,
+              help="web only: browser runtimes the bundle carries (onnxruntime-web, LiteRT.js).")
+@click.option("--tracker", "tracker", metavar="HOST:PORT", default=None,
+              help="TVM for a Pi: tune with --trials on the devices of --key at this RPC tracker.")
+@click.option("--key", "tracker_key", metavar="KEY", default=None,
+              help="With --tracker: the device key to tune on (e.g. rpi4; see `edgeship fleet`).")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: str | None, io: str,
-           targets: str, trials: int | None, time_budget: float | None, qat_float: bool,
-           as_json: bool) -> None:
+           targets: str, trials: int | None, time_budget: float | None, qat_float: bool, web_runtime: str,
+           tracker: str | None, tracker_key: str | None, as_json: bool) -> None:
     """Export a run's models to TFLite, ONNX and TVM, each validated against its Keras model.
 
     QAT variants export to int8 only: float32 keeps their fake-quant ops and runs several
@@ -46,14 +53,16 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
     Example:
       edgeship export latest --format tflite --quantize float32,int8
       edgeship export latest --variant all --format all --json
+      edgeship export latest --format tvm --target rpi4 --trials 64 --tracker 127.0.0.1:9190 --key rpi4
     """
     from edgeship.export.stage import export_run
 
+    tune_on = _tune_on(tracker, tracker_key, trials)
     run_dir = ctx.obj.store.resolve(run)
     results = export_run(
         run_dir, variants=variants, formats=formats, quantize=quantize, io=io,
         targets=_targets(targets), trials=trials, time_budget_s=time_budget,
-        log=console.info, qat_float=qat_float,
+        log=console.info, qat_float=qat_float, web_runtime=web_runtime, tune_on=tune_on,
     )
     if as_json:
         console.emit_json({"artifacts": [r.summary() for r in results]})
@@ -66,10 +75,32 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
         ctx.exit(1)
 
 
+def _tune_on(tracker: str | None, key: str | None, trials: int | None) -> dict[str, str] | None:
+    """``--tracker``/``--key`` checked together, and the key's devices there before any build."""
+    from edgeship.core.errors import InputError
+
+    if not tracker and not key:
+        return None
+    if not (tracker and key):
+        raise InputError("--tracker and --key go together: the tracker and the device key to tune on")
+    if not trials:
+        raise InputError("--tracker tunes on devices: give --trials N (e.g. --trials 64)")
+    from edgeship.devices.fleet.state import parse_addr
+    from edgeship.devices.fleet.tracker import free_devices
+
+    free_devices(*parse_addr(tracker), key)  # none free: one line naming `edgeship fleet join`
+    return {"tracker": tracker, "key": key}
+
+
 def _targets(value: str) -> list[str]:
     # A JSON target holds commas itself: keep it whole.
+    from edgeship.export.tvm_targets import check_target_text
+
     value = value.strip()
-    return [value] if value.startswith("{") else [t for t in value.split(",") if t.strip()]
+    names = [value] if value.startswith("{") else [t for t in value.split(",") if t.strip()]
+    for name in names:
+        check_target_text(name)
+    return names
 
 
 def _table(results: list, run_path: Path) -> None:

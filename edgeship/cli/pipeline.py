@@ -19,7 +19,8 @@ from edgeship.core.console import emit_json, escape, out, progress
 @click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed runs per benchmark.")
 @click.option("--browser/--no-browser", default=True, show_default=True,
               help="Export the web bundle and benchmark it in headless Chromium.")
-@click.option("--pi", help="Also deploy to and benchmark on a Pi: USER@HOST, or 'emulated'.")
+@click.option("--pi", callback=lambda _ctx, _param, value: _check_pi(value),
+              help="Also deploy to and benchmark on a Pi: USER@HOST, or 'emulated'.")
 @json_option
 @pass_app
 def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: int, browser: bool,
@@ -63,6 +64,19 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
     print_ship_lines(recs, out)
     out.print(f"next: edgeship show {result.run.id}   |   edgeship demo {result.run.id}", markup=False)
     _exit_if_failed(result.failed)
+
+
+def _check_pi(value: str | None) -> str | None:
+    """A malformed ``--pi`` host fails here, not after training, compressing and exporting."""
+    if value and value != "emulated":
+        from edgeship.core.errors import InputError
+        from edgeship.devices.pi.ssh import SshTarget
+
+        try:
+            SshTarget(value)  # checks the host's form only; nothing connects yet
+        except InputError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
 
 
 def _exit_if_failed(failed: list[str]) -> None:
