@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgeship.core.runstore import RunDir
+from tests._browser import browser_or_skip
 from tests._models import copy_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_reference_suite_smoke(tmp_path: Path) -> None:
 
 
 def test_browser_suite_smoke(tmp_path: Path) -> None:
-    _browser_or_skip()
+    browser_or_skip()
     out = run_suite("browser", "--smoke", "--out", str(tmp_path), cwd=tmp_path)
     for q in ("fp32", "int8"):
         for runtime in ("litert", "onnxruntime", "litert.js", "onnxruntime-web"):
@@ -118,18 +119,3 @@ def test_stability_smoke(digits_run: RunDir, tmp_path: Path) -> None:
     (overlap,) = ratios(r"^intervals overlapping: (\d+)% of 4", out)
     assert 0 <= overlap <= 100
     assert not (run.path / "bench").exists(), "nothing is stored in the run"
-
-
-def _browser_or_skip() -> None:
-    pytest.importorskip("playwright.sync_api")
-    from edgeship.benchmarks.browser import find_chromium
-    from edgeship.core.errors import MissingDependencyError
-    from edgeship.export.web import unavailable_reason
-
-    try:
-        find_chromium()
-    except MissingDependencyError as e:
-        pytest.skip(str(e))
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)

@@ -24,25 +24,12 @@ import pytest
 from edgeship.core.errors import MissingDependencyError
 from edgeship.core.fsutil import sha256_file
 from edgeship.core.runstore import RunDir
+from tests._browser import browser_or_skip
 from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _browser_or_skip() -> None:
-    pytest.importorskip("playwright.sync_api")
-    from edgeship.benchmarks.browser import find_chromium
-    from edgeship.export.web import unavailable_reason
-
-    try:
-        find_chromium()
-    except MissingDependencyError as e:
-        pytest.skip(str(e))
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
 
 
 def _copy(run: RunDir, root: Path) -> RunDir:
@@ -54,7 +41,7 @@ def _copy(run: RunDir, root: Path) -> RunDir:
 @pytest.fixture(scope="module")
 def web_run(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """The digits run with ONNX and web exports, float32 and int8, made through the CLI."""
-    _browser_or_skip()
+    browser_or_skip()
     run = _copy(digits_run, tmp_path_factory.mktemp("web-runs"))
     doc = invoke_json(run.path.parent, "export", run.id, "--format", "onnx,web", "--quantize", "float32,int8")
     assert [a["dir"].rsplit("/", 1)[-1] for a in doc["artifacts"]] == [
@@ -307,7 +294,7 @@ def test_screenshot_of_the_exported_demo(web_run: RunDir, tmp_path: Path) -> Non
 
 def test_tabular_run_bundles_its_raw_rows_and_matches_native(tabular_run: RunDir, tmp_path: Path) -> None:
     """A table: raw CSV rows ride in bundle.json, and the page's own preprocessing agrees with native."""
-    _browser_or_skip()
+    browser_or_skip()
     import csv
 
     from edgeship.benchmarks.browser_bench import bench_browser

@@ -29,20 +29,11 @@ from edgeship.benchmarks.webserver import BundleServer
 from edgeship.core.errors import InputError, MissingDependencyError
 from edgeship.core.fsutil import sha256_file
 from edgeship.export.web import MANIFEST, ORT_FILES, PAGE_FILES, WEB_DEMO_DIR, build_web_bundle
+from tests._browser import browser_or_skip
 
 pytestmark = pytest.mark.slow
 
 DIGIT_LABELS = [str(i) for i in range(10)]
-
-
-def _chromium_or_skip() -> None:
-    pytest.importorskip("playwright.sync_api")
-    try:
-        find_chromium()
-    except MissingDependencyError as e:
-        pytest.skip(str(e))
-    if not (WEB_DEMO_DIR / "node_modules" / "onnxruntime-web").is_dir():
-        pytest.skip("onnxruntime-web missing: npm ci --prefix web_demo")
 
 
 # ------------------------------------------------------------------ reference preprocessing
@@ -142,7 +133,7 @@ def native(digits: dict[str, Any]) -> Any:
 
 @pytest.fixture(scope="module")
 def driver(digits_bundle: Path) -> Any:
-    _chromium_or_skip()
+    browser_or_skip()
     with BrowserDriver(digits_bundle, timeout_s=60) as d:
         yield d
 
@@ -339,7 +330,7 @@ def test_benchmark_two_threads_isolated(driver: Any) -> None:
 
 
 def test_run_browser_benchmarks(digits_bundle: Path, digits: dict[str, Any], native: Any) -> None:
-    _chromium_or_skip()
+    browser_or_skip()
     xs, ys = digits["x"][:100], digits["y"][:100]
     want = native.run(None, {"input": image_pre(xs, digits["prep"])})[0].argmax(1)
     results = run_browser_benchmarks(digits_bundle, threads=(1, 2), warmup=3, runs=30, xs=xs, ys=ys)
@@ -356,7 +347,7 @@ def test_run_browser_benchmarks(digits_bundle: Path, digits: dict[str, Any], nat
 
 
 def test_tabular_form(wine: dict[str, Any]) -> None:
-    _chromium_or_skip()
+    browser_or_skip()
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(wine["onnx"]), providers=["CPUExecutionProvider"])
@@ -399,7 +390,7 @@ def test_tabular_form(wine: dict[str, Any]) -> None:
 
 
 def test_model_load_failure_is_reported_not_timed_out(digits_bundle: Path, tmp_path: Path) -> None:
-    _chromium_or_skip()
+    browser_or_skip()
     broken = tmp_path / "broken"
     shutil.copytree(digits_bundle, broken)
     (broken / "model.onnx").write_bytes(b"this is not an onnx model")
@@ -593,7 +584,7 @@ def test_bundle_carries_both_runtimes(both_bundle: Path) -> None:
 def test_each_runtime_draws_and_predicts_like_native(
     both_bundle: Path, digits: dict[str, Any], runtime: str
 ) -> None:
-    _chromium_or_skip()
+    browser_or_skip()
     name = {"litert": "litert.js", "ort": "onnxruntime-web"}[runtime]
     x = image_pre(digits["x"], digits["prep"])
     with BrowserDriver(both_bundle) as d:
@@ -620,7 +611,7 @@ def test_each_runtime_draws_and_predicts_like_native(
 
 
 def test_a_runtime_that_fails_to_load_leaves_the_other_running(both_bundle: Path, tmp_path: Path) -> None:
-    _chromium_or_skip()
+    browser_or_skip()
     broken = tmp_path / "broken"
     shutil.copytree(both_bundle, broken)
     (broken / "litert.mjs").write_text("export const = ;")  # LiteRT.js itself cannot load
@@ -637,7 +628,7 @@ def test_a_runtime_that_fails_to_load_leaves_the_other_running(both_bundle: Path
 
 def test_a_runtime_marked_unavailable_by_export(digits: dict[str, Any], tmp_path: Path) -> None:
     """A model the ONNX side could not make: the bundle carries LiteRT.js only, and says why."""
-    _chromium_or_skip()
+    browser_or_skip()
     from edgeship.export import ExportRequest
     from edgeship.export.web_runtimes import litert_model
 
@@ -655,7 +646,7 @@ def test_a_runtime_marked_unavailable_by_export(digits: dict[str, Any], tmp_path
 
 
 def test_measurements_choose_the_default_runtime(both_bundle: Path, tmp_path: Path) -> None:
-    _chromium_or_skip()
+    browser_or_skip()
     measured = tmp_path / "measured"
     shutil.copytree(both_bundle, measured)
     rec = {"runtime": "onnxruntime-web", "accelerator": "wasm", "threads": 1, "p50_ms": 0.05}
@@ -672,7 +663,7 @@ def test_measurements_choose_the_default_runtime(both_bundle: Path, tmp_path: Pa
 
 def test_without_isolation_threads_are_off_and_the_page_says_why(both_bundle: Path) -> None:
     """A static host without COOP/COEP: both runtimes still run, on one thread, and the page says so."""
-    _chromium_or_skip()
+    browser_or_skip()
     import functools
     import http.server
     import threading
@@ -705,7 +696,7 @@ def test_without_isolation_threads_are_off_and_the_page_says_why(both_bundle: Pa
 
 
 def test_opened_from_a_file_url_the_page_says_how_to_serve_it(both_bundle: Path) -> None:
-    _chromium_or_skip()
+    browser_or_skip()
     with BrowserDriver(both_bundle) as d:
         demo = d.open_url((both_bundle / "index.html").as_uri(), wait=False)
         with pytest.raises(BrowserPageError, match=r"opened from file://: .* serve this folder over HTTP"):
@@ -737,7 +728,7 @@ def test_a_model_litert_cannot_convert_is_marked_and_the_bundle_runs_onnx(
     assert "bessel" in rts["litert.js"]["reason"].lower()
     assert rts["onnxruntime-web"]["available"] and exported.extra["validate_as"] == "onnx"
     assert not (out / "model.tflite").exists() and not (out / "litert.mjs").exists()
-    _chromium_or_skip()
+    browser_or_skip()
     with BrowserDriver(out) as d:
         env = d.open(threads=1, runtime="litert").env()
         assert env["runtime"] == "onnxruntime-web"
