@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -189,47 +189,26 @@ def _read_csv(path: Path, columns: list[str]) -> list[dict[str, str]]:
 def read_image(path: Path, spec: dict[str, Any]) -> np.ndarray:
     """An 8- or 16-bit image file -> (H, W, C) raw intensities rescaled to the spec's ``raw_range``.
 
-    As training reads image folders: 16-bit greyscale is scaled to 0-255 (``v * 255 / 65535``,
-    resized in floating point), 32-bit and float images and decompression bombs (over Pillow's
-    ``Image.MAX_IMAGE_PIXELS``) are refused.
+    Read by ``edge_runtime.images``, as training reads image folders: 16-bit greyscale scaled
+    to 0-255, 32-bit and float images and decompression bombs refused.
     """
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise InputError("reading image files needs Pillow: pip install pillow (or pass a .npy)") from e
+    if importlib.util.find_spec("PIL") is None:
+        raise InputError("reading image files needs Pillow: pip install pillow (or pass a .npy)")
+    from edge_runtime.images import ImageRefused, image_array, open_image
+
     mode = "L" if int(spec["channels"]) == 1 else "RGB"
     size = (int(spec["width"]), int(spec["height"]))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-        with img:
-            arr = _image_array(img, mode, size, path)
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise InputError(f"refusing {path}: more than {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's "
-                         "decompression-bomb limit): shrink it first") from e
+        with open_image(path) as img:
+            arr = image_array(img, mode, size)
+    except ImageRefused as e:
+        raise InputError(str(e)) from e
     except OSError as e:
         raise InputError(f"{path} is not a readable image ({e})") from e
     if arr.ndim == 2:
         arr = arr[..., None]
     lo, hi = (float(v) for v in spec.get("raw_range", [0, 255]))
     return (lo + arr / 255.0 * (hi - lo)).astype(np.float32)
-
-
-def _image_array(img: Any, mode: str, size: tuple[int, int], path: Path) -> np.ndarray:
-    """``img`` as float32 0-255 in ``mode`` at ``size``; the arithmetic of edgeship.training.images."""
-    from PIL import Image
-
-    sixteen = img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG")
-    if not sixteen and (img.mode in ("I", "F") or img.mode.startswith(("I;32", "F;"))):
-        raise InputError(f"{path} is a 32-bit or float image (mode {img.mode}): save it as an 8- "
-                         "or 16-bit PNG")
-    if sixteen:
-        scaled = np.asarray(img, dtype=np.float32) * np.float32(255.0 / 65535.0)
-        if mode == "L":
-            return np.asarray(Image.fromarray(scaled).resize(size, Image.Resampling.BILINEAR), np.float32)
-        img = Image.fromarray(np.rint(scaled).astype(np.uint8))
-    return np.asarray(img.convert(mode).resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 # ---------------------------------------------------------------- bench

@@ -1,27 +1,19 @@
-"""Reading one image file for training: refused when hostile or of an unsupported depth.
+"""Reading one image file for training, through edge_runtime's reader (the device reads the same).
 
-An image folder is read with Pillow. Three things would otherwise go wrong quietly or loudly:
-
-- a decompression bomb (a small file that expands to gigapixels): Pillow warns above
-  ``Image.MAX_IMAGE_PIXELS`` and raises above twice that; both are refused here, naming the file;
-- 16-bit greyscale (``I;16*``, what Pillow makes of 16-bit PNG and TIFF): ``convert("L")``
-  clips every value above 255 to white; it is scaled to 0-255 instead (``v * 255 / 65535``)
-  and resized in floating point, as ``edge_runtime`` does on the device;
-- 32-bit integer or float images (``I``, ``F``): no fixed range to scale from, so refused.
+Bombs and 32-bit or float images become one-line ``DataError``s; 16-bit greyscale is scaled to
+0-255 rather than clipped (see ``edge_runtime.images``).
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from edge_runtime.images import GREY_MODES, ImageRefused, image_array
+from edge_runtime.images import open_image as _open_image
 from edgeship.core.errors import DataError
 
-GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N"})
-SIXTEEN_BIT = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+__all__ = ["GREY_MODES", "image_array", "open_image"]
 
 
 def open_image(path: Path) -> Any:
@@ -30,37 +22,8 @@ def open_image(path: Path) -> Any:
     An unreadable file still raises Pillow's ``UnidentifiedImageError``/``OSError``, which
     the folder loader counts and skips.
     """
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(path)
-        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise DataError(
-                f"refusing {path}: it expands to more than {Image.MAX_IMAGE_PIXELS:,} pixels "
-                f"(Pillow's decompression-bomb limit; {str(e).split(',')[0]}): shrink it or "
-                "remove it from the folder"
-            ) from e
-    if im.mode == "I" and im.format == "PNG":  # older Pillow: 16-bit PNG as 32-bit "I"
-        return im
-    if im.mode in ("I", "F") or im.mode.startswith(("I;32", "F;")):
-        im.close()
-        kind = "float" if im.mode.startswith("F") else "32-bit integer"
-        raise DataError(
-            f"{path} is a {kind} image (mode {im.mode}): edgeship reads 8-bit and 16-bit images; "
-            "save it as an 8- or 16-bit PNG"
-        )
-    return im
-
-
-def image_array(im: Any, mode: str, size: tuple[int, int]) -> np.ndarray:
-    """``im`` as float32 intensities in 0-255, ``mode`` ``L`` or ``RGB``, resized to ``size`` (w, h)."""
-    from PIL import Image
-
-    if im.mode in SIXTEEN_BIT or im.mode == "I":
-        scaled = np.asarray(im, dtype=np.float32) * np.float32(255.0 / 65535.0)
-        if mode == "L":
-            return np.asarray(Image.fromarray(scaled).resize(size, Image.BILINEAR), np.float32)
-        im = Image.fromarray(np.rint(scaled).astype(np.uint8))
-    return np.asarray(im.convert(mode).resize(size, Image.BILINEAR), dtype=np.float32)
+    try:
+        return _open_image(path)
+    except ImageRefused as e:
+        fix = " or remove it from the folder" if "decompression-bomb" in str(e) else ""
+        raise DataError(f"{e}{fix}") from e
