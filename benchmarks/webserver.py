@@ -13,7 +13,6 @@ hold a thread.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import sys
 import threading
@@ -25,6 +24,7 @@ from typing import ClassVar
 from urllib.parse import unquote, urlsplit
 
 from edgeship.core.errors import InputError
+from edgeship.core.names import is_wildcard
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -81,14 +81,6 @@ def _resolved_inside(root: Path, path: Path) -> Path | None:
     except (OSError, RuntimeError):
         return None
     return real if real == root or root in real.parents else None
-
-
-def is_wildcard(address: str) -> bool:
-    """Whether a bound address listens on every interface (0.0.0.0, ::, and their spellings)."""
-    try:
-        return ipaddress.ip_address(address.split("%", 1)[0]).is_unspecified
-    except ValueError:
-        return False
 
 
 class BundleHandler(BaseHTTPRequestHandler):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from edgeship.core.errors import EdgeshipError, InputError
+from edgeship.core.names import binds_everywhere
 from edgeship.devices.fleet.state import (
     DEFAULT_PORT,
     TRACKER_PROGRAM,
@@ -29,7 +30,6 @@ from edgeship.devices.fleet.state import (
     write_state,
 )
 
-WILDCARDS = ("0.0.0.0", "::", "0", "")
 CONNECT_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 60.0
 T = TypeVar("T")
@@ -98,7 +98,7 @@ def start_tracker(host: str = "127.0.0.1", port: int = DEFAULT_PORT, warn: Calla
     if current and current.running:
         raise InputError(f"a tracker started here already runs on {current.addr} (pid {current.pid}): "
                          "`edgeship fleet tracker stop` first")
-    if host in WILDCARDS and warn is not None:
+    if binds_everywhere(host) and warn is not None:
         warn(f"the tracker listens on every interface ({host!r}): anyone on the network can take its "
              "devices, and a device's RPC server runs the code it is sent; use a trusted network")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -129,7 +129,7 @@ def start_tracker(host: str = "127.0.0.1", port: int = DEFAULT_PORT, warn: Calla
 
 
 def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in WILDCARDS else host
+    return "127.0.0.1" if binds_everywhere(host) else host
 
 
 def stop_tracker() -> TrackerInfo | None:
