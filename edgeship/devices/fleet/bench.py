@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeship.core.console import Progress
 from edgeship.core.runstore import RunDir
-from edgeship.devices.bench import EMULATED_NOTE, Progress, finish_results
+from edgeship.devices.bench import EMULATED_NOTE, finish_results
 from edgeship.devices.bundle import select_artifacts
 from edgeship.devices.fleet.tracker import FleetError, free_devices, resolve_tracker, with_timeout
 
