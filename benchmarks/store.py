@@ -9,6 +9,7 @@ others in place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +23,26 @@ from edge_runtime.result import (
 )
 from edgeship.core.errors import InputError, RunError
 from edgeship.core.fsutil import read_json, write_json_atomic
-from edgeship.core.runstore import RunDir
+from edgeship.core.runstore import RunDir, StageStart
 
 BENCH_DIR = "bench"
 
 
-def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> list[Path]:
+def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str,
+                 start: StageStart | None = None,
+                 beside: Mapping[str, dict[str, Any]] | None = None) -> list[Path]:
     """Validate every result, then write them in one ``bench`` stage; returns the final paths.
 
     ``label`` names the measuring session in the manifest (e.g. "host", "browser",
     "pi user@host"). Nothing is written if any result is invalid. Files already in ``bench/``
     with other names are kept: the stage copies them forward, then replaces the folder whole.
     The copy is read inside the stage, under the run's lock, so a concurrent ``bench`` on the
-    same run cannot commit in between and lose its results.
+    same run cannot commit in between and lose its results. ``start`` (``run.begin()``, taken
+    before measuring) makes the stage's wall time cover the measuring, not only this commit.
+    ``beside`` are JSON files the results imply elsewhere in the run (run-relative path -> content,
+    e.g. a browser bundle's ``measurements.json``, which its page opens with), committed in the same
+    stage; one whose folder is gone is left out. The driver says what they are
+    (``edgeship.devices.registry.BESIDE``): the store knows no device.
     """
     if not results:
         raise InputError("no benchmark results to save")
@@ -52,7 +60,7 @@ def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> l
               "on": sorted({r["on"] for r in results}),
               "devices": sorted({str(r.get("device_id")) for r in results}),
               "emulated": any(is_emulated(r) for r in results)}
-    with run.stage("bench", params) as st:
+    with run.stage("bench", params, start=start) as st:
         out = st.output_dir(BENCH_DIR)
         existing = run.path / BENCH_DIR  # read under the lock the stage holds
         if existing.is_dir():
@@ -61,13 +69,9 @@ def save_results(run: RunDir, results: list[dict[str, Any]], *, label: str) -> l
                     (out / old.name).write_bytes(old.read_bytes())
         for name, r in names.items():
             write_json_atomic(out / name, {**r, "label": r.get("label") or label})
-        if any(r.get("on") == "browser" and r.get("bundle") for r in results):
-            # The demo page opens with the runtime its bundle measured fastest.
-            from edgeship.benchmarks.browser_bench import bundle_measurements
-
-            for rel, m in bundle_measurements(results).items():
-                if (run.path / rel).is_dir():
-                    write_json_atomic(st.output(f"{rel}/measurements.json"), m)
+        for rel, content in (beside or {}).items():
+            if (run.path / rel).parent.is_dir():
+                write_json_atomic(st.output(rel), content)
         st.metrics = {
             "results": len(names),
             "p50_ms": {name.removesuffix(".json"): r["latency_ms"]["p50"] for name, r in names.items()},

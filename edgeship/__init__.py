@@ -2,8 +2,8 @@
 
 The stages live in the design's top-level folders (``training/``, ``compression/``,
 ``export/``, ``benchmarks/``) and are installed as subpackages of this one
-(``edgeship.training`` ...), so edgeship claims no generic top-level name such as ``export``;
-in the checkout, ``edgeship/<stage>`` is a symbolic link to the folder.
+(``edgeship.training`` ...) through pyproject's ``package-dir``, so edgeship claims no generic
+top-level name such as ``export`` and every file keeps one path.
 """
 
 from edgeship.core import __version__

@@ -1,23 +1,16 @@
 """The floor plan is enforced: import-linter's contracts (pyproject.toml) hold, and breaking a
-layer breaks the build. Both run the real ``lint-imports``."""
+layer or closing a cycle breaks the build. Each runs the real ``lint-imports`` on the checkout's
+view (tests/house.py)."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-LINT = Path(sys.executable).parent / "lint-imports"
+from house import ROOT, js_cycles
+from house import lint as _lint
+
 PACKAGES = ("edgeship", "edge_runtime", "training", "compression", "export", "benchmarks")
-
-
-def _lint(cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(cwd)}
-    return subprocess.run([str(LINT), "--no-cache"], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
 
 
 def test_the_import_contracts_hold() -> None:
@@ -31,7 +24,7 @@ def _copy(tmp_path: Path) -> Path:
     dst.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "node_modules")
     for name in PACKAGES:
-        shutil.copytree(ROOT / name, dst / name, symlinks=True, ignore=ignore)
+        shutil.copytree(ROOT / name, dst / name, ignore=ignore)
     shutil.copy(ROOT / "pyproject.toml", dst / "pyproject.toml")
     return dst
 
@@ -39,11 +32,11 @@ def _copy(tmp_path: Path) -> Path:
 def test_a_back_edge_breaks_the_layers(tmp_path: Path) -> None:
     house = _copy(tmp_path)
     errors = house / "edgeship" / "core" / "errors.py"
-    errors.write_text(errors.read_text() + "\nimport edgeship.benchmarks.report  # a back-edge\n")
+    errors.write_text(errors.read_text() + "\nimport edgeship.report  # a back-edge\n")
     done = _lint(house)
     assert done.returncode != 0
     assert "Layers: the CLI on top" in done.stdout and "BROKEN" in done.stdout
-    assert "edgeship.core.errors -> edgeship.benchmarks.report" in done.stdout
+    assert "edgeship.core.errors -> edgeship.report" in done.stdout
 
 
 def test_a_stage_by_its_folder_name_is_refused(tmp_path: Path) -> None:
@@ -52,3 +45,20 @@ def test_a_stage_by_its_folder_name_is_refused(tmp_path: Path) -> None:
     stage.write_text(stage.read_text() + "\nimport training.models  # two copies of one module\n")
     done = _lint(house)
     assert done.returncode != 0 and "never by their folder names BROKEN" in done.stdout
+
+
+def test_the_page_modules_import_no_cycle(tmp_path: Path) -> None:
+    assert js_cycles(ROOT / "web_demo") == []
+    (tmp_path / "a.js").write_text("import { b } from './b.js';\n")
+    (tmp_path / "b.js").write_text("export const b = 1;\nconst c = await import('./c.js');\n")
+    (tmp_path / "c.js").write_text("import { a } from './a.js';\n")
+    assert js_cycles(tmp_path) == [["a.js", "b.js", "c.js", "a.js"]]
+
+
+def test_a_cycle_breaks_the_build(tmp_path: Path) -> None:
+    house = _copy(tmp_path)
+    stats = house / "edge_runtime" / "stats.py"  # rounds imports stats: closing the loop is refused
+    stats.write_text(stats.read_text() + "\n\ndef _loop() -> None:\n    import edge_runtime.rounds  # noqa\n")
+    done = _lint(house)
+    assert done.returncode != 0 and "No import cycles" in done.stdout and "BROKEN" in done.stdout
+    assert ".stats -> .rounds" in done.stdout or ".rounds -> .stats" in done.stdout

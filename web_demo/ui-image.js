@@ -2,14 +2,14 @@
 // input preview, and the two ways a picture becomes raw intensities (scikit-learn digits' own
 // preprocessing for 8x8 0..16 digits, a plain resize otherwise).
 
-import { predictRaw, showError } from './ui.js';
-
 const $ = (id) => document.getElementById(id);
-let S; let imageSpec; let flatten; let setStatus;
+let S; let imageSpec; let flatten; let setStatus; let predictRaw; let showError;
 
-/** Take the app's state and helpers (called by ui.js's startUi). */
-export function bindImage(app) {
+/** Take the app's state and helpers, and ui.js's predictRaw and showError (called by ui.js's
+ * startUi; passed in rather than imported, so the two modules do not import each other). */
+export function bindImage(app, ui) {
   ({ S, imageSpec, flatten, setStatus } = app);
+  ({ predictRaw, showError } = ui);
 }
 
 // ---------------------------------------------------------------- UI: image input

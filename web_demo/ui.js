@@ -11,7 +11,7 @@ let env; let setStatus; let isMissing;
 /** Wire the page to the loaded app (state and functions from app.js). */
 export function startUi(app) {
   ({ S, fmtMs, labelOf, labelIndex, flatten, imageSpec, predict, benchmark, env, setStatus, isMissing } = app);
-  bindImage(app);
+  bindImage(app, { predictRaw, showError });
   if (S.bundle.preprocessing.kind === 'image') {
     $('image-input').hidden = false;
     if (!S.digitsMode) $('draw-hint').textContent = 'Draw, or upload an image: it is resized to the model input. Keyboard: arrows move, Space toggles the pen, Enter predicts, Delete clears.';
