@@ -9,23 +9,36 @@ with validation and writes artifacts.
 from __future__ import annotations
 
 import gzip
+import re
 from typing import Any
 
 import numpy as np
 
 from edge_runtime.model import dequantize, quantize
+from edgeship.core.errors import EdgeshipError
 from edgeship.training.calibration import Calibration
 from edgeship.training.evaluation import accuracy
 from edgeship.training.keras_env import quiet_native_stderr, tf
+
+RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN"})  # the layers that take unroll=True
+_TF_OP = re.compile(r"'tf\.(\w+)' op")
+_SCOPE = re.compile(r'"([^"@]+)@__inference')
+
+
+class ConversionError(EdgeshipError):
+    """The TFLite converter cannot convert this model; the message names the op or layer."""
 
 
 def tflite_bytes(model: Any, mode: str, calibration: np.ndarray | None = None) -> bytes:
     """Convert with TFLiteConverter: float32, float16, dynamic, int8 (PTQ) or qat (already fake-quant).
 
     int8 calibrates on exactly the ``calibration`` rows given (``training.calibration`` picks
-    them, the same ones export uses), not a slice of them.
+    them, the same ones export uses), not a slice of them. A recurrent model is converted
+    unrolled (``unrolled_for_tflite``); a model TFLite cannot express is a one-line
+    ``ConversionError``, not the converter's pages of MLIR.
     """
     t = tf()
+    model = unrolled_for_tflite(model)
     converter = t.lite.TFLiteConverter.from_keras_model(model)
     if mode in ("dynamic", "float16", "int8", "qat"):
         converter.optimizations = [t.lite.Optimize.DEFAULT]
@@ -42,8 +55,105 @@ def tflite_bytes(model: Any, mode: str, calibration: np.ndarray | None = None) -
 
         converter.representative_dataset = representative
         converter.target_spec.supported_ops = [t.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    with quiet_native_stderr():
-        return converter.convert()
+    try:
+        with quiet_native_stderr():
+            return converter.convert()
+    except Exception as e:  # ConverterError lives in a private TF module
+        if "tensorflow" not in type(e).__module__ and type(e).__name__ != "ConverterError":
+            raise
+        reason = _first_error(e, model)
+        raise ConversionError(f"TFLite cannot convert this model ({mode}): {reason}; compress measures "
+                              "every variant as TFLite, so replace that layer") from None
+
+
+def recurrent_layers(model: Any) -> list[Any]:
+    """LSTM, GRU and SimpleRNN layers of ``model``, inside nested models and Bidirectional too."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        inner = getattr(layer, "forward_layer", None) or getattr(layer, "layer", None)
+        if type(layer).__name__ in RECURRENT or type(inner).__name__ in RECURRENT:
+            found.append(layer)
+        elif hasattr(layer, "layers"):
+            found += recurrent_layers(layer)
+    return found
+
+
+def unrolled_for_tflite(model: Any) -> Any:
+    """``model`` itself, or (when it has LSTM/GRU/SimpleRNN layers) a copy with them unrolled.
+
+    Why: from a Keras model with a free batch dimension the converter keeps the recurrence
+    as a loop over a TensorList whose element shape is unknown, and fails
+    (``TensorListReserve``). Traced at batch 1 instead, an LSTM becomes TFLite's fused
+    ``UNIDIRECTIONAL_SEQUENCE_LSTM``, whose state is a variable tensor that carries over from
+    one call to the next: every answer after the first is wrong unless the runtime resets it.
+    Unrolled over the model's fixed sequence length, each step is plain builtin ops (fully
+    connected, add, logistic, tanh), stateless, with a free batch and every quantization;
+    the outputs equal Keras' (same weights). The price is a graph that grows with the sequence
+    length. A sequence length that is not fixed cannot unroll: a one-line ``ConversionError``.
+    """
+    rnns = recurrent_layers(model)
+    if not rnns:
+        return model
+    from edgeship.training.keras_env import custom_objects, keras
+
+    config = model.get_config()
+    _set_unroll(config)
+    k = keras()
+    try:
+        with k.utils.custom_object_scope(custom_objects()):
+            copy = type(model).from_config(config)
+        copy.set_weights(model.get_weights())
+    except ValueError as e:
+        if "time dimension is undefined" not in str(e) and "unroll" not in str(e).lower():
+            raise
+        names = ", ".join(f"'{r.name}' ({type(r).__name__})" for r in rnns)
+        raise ConversionError(
+            f"recurrent layer {names} has no fixed sequence length, which TFLite needs: build the "
+            "model with a fixed number of time steps (Input(shape=(steps, features)))") from None
+    return copy
+
+
+def loop_layers(model: Any) -> list[str]:
+    """Layers that run a loop over time steps (recurrent and convolutional-recurrent ones), as
+    "'name' (Class)": where a TensorList op the converter rejects comes from, since its error
+    locations name no layer."""
+    found = []
+    for layer in getattr(model, "layers", []):
+        cls = type(layer).__name__
+        if any(part in cls for part in ("LSTM", "GRU", "RNN")):
+            found.append(f"'{layer.name}' ({cls})")
+        elif hasattr(layer, "layers"):
+            found += loop_layers(layer)
+    return found
+
+
+def _set_unroll(node: Any) -> None:
+    if isinstance(node, list):
+        for value in node:
+            _set_unroll(value)
+    elif isinstance(node, dict):
+        if node.get("class_name") in RECURRENT and isinstance(node.get("config"), dict):
+            node["config"]["unroll"] = True
+        for value in node.values():
+            _set_unroll(value)
+
+
+def _first_error(e: Exception, model: Any) -> str:
+    """The converter's failure in a few words: the TensorFlow ops it could not express and the
+    layers they come from (the op scopes of its locations), else its first error line."""
+    text = str(e)
+    ops = list(dict.fromkeys(_TF_OP.findall(text)))
+    if ops:
+        known = {layer.name: type(layer).__name__ for layer in getattr(model, "layers", [])}
+        layers = list(dict.fromkeys(f"'{part}' ({known[part]})" for scope in _SCOPE.findall(text)
+                                    for part in scope.split("/")[:-1] if part in known))
+        if not layers and any(op.startswith("TensorList") for op in ops):
+            layers = loop_layers(model)
+        where = f" in layer {', '.join(layers[:3])}" if layers else ""
+        return f"TensorFlow op {', '.join(ops[:5])}{where} has no TFLite builtin"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else type(e).__name__)
+    return first[:240]
 
 
 def tflite_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:

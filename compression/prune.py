@@ -6,13 +6,22 @@ kernels on recent CPUs and accelerators can exploit for speed.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.compression.base import PassContext, fine_tune, wrap_kernel_layers
+from edgeship.compression.base import PassContext, fine_tune, kernels, wrap_kernel_layers
 from edgeship.core.console import warn
-from edgeship.core.errors import InputError
+from edgeship.core.errors import EdgeshipError, InputError
 from edgeship.training.keras_env import tfmot
+
+# Reached overall sparsity may fall short of the target by this much (tfmot rounds per layer);
+# more, and the pass fails rather than ship a variant whose name overstates it.
+SPARSITY_TOLERANCE = 0.02
+
+
+class SparsityNotReachedError(EdgeshipError):
+    """Pruning left the model measurably less sparse than asked."""
 
 
 @dataclass(frozen=True)
@@ -30,11 +39,56 @@ class PruneConfig:
 
 
 def prune(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
-    """A pruned, stripped copy of ``model``."""
+    """A pruned, stripped copy of ``model``; fails in one line if the target was not reached."""
     wrapped = wrap_for_pruning(model, ctx, cfg)
     fine_tune(wrapped, ctx, extra_callbacks=[tfmot().sparsity.keras.UpdatePruningStep()])
     ctx.applied.append("prune")
-    return tfmot().sparsity.keras.strip_pruning(wrapped)
+    stripped = tfmot().sparsity.keras.strip_pruning(wrapped)
+    reached = sparsity_reached(stripped, ctx.notes.get("pruned_layers"))
+    ctx.notes["sparsity_reached"] = {"requested": cfg.sparsity if cfg.structure is None else cfg.structure,
+                                     **reached}
+    check_sparsity(cfg, reached, ctx.notes.get("prune_skipped_layers") or [])
+    return stripped
+
+
+def sparsity_reached(model: Any, pruned: Collection[str] | None = None) -> dict[str, Any]:
+    """Zeros per kernel layer, and overall (weighted by size) over the layers pruning acts on.
+
+    ``pruned``: the layers whose kernels tfmot prunes (``None``: all). It leaves depthwise
+    kernels dense (few weights, each a whole filter), so they are listed apart and counted in
+    ``all_kernels`` only. A QAT model's layers carry tfmot's ``quant_`` prefix.
+    """
+    found = kernels(model)
+    layers = {name: round(float((k == 0).mean()), 4) for name, k in found.items()}
+
+    def counted(name: str) -> bool:
+        return pruned is None or name in pruned or name.removeprefix("quant_") in pruned
+
+    def overall(names: list[str]) -> float:
+        total = sum(found[n].size for n in names)
+        return round(sum(float((found[n] == 0).sum()) for n in names) / total, 4) if total else 0.0
+
+    return {"overall": overall([n for n in found if counted(n)]), "all_kernels": overall(list(found)),
+            "layers": layers, "not_pruned": [n for n in found if not counted(n)]}
+
+
+def check_sparsity(cfg: PruneConfig, reached: dict[str, Any], skipped: list[str],
+                   what: str = "pruning") -> None:
+    """A one-line error when the model is less sparse than ``cfg`` asked (2:4: each wrapped layer)."""
+    if cfg.structure == "2:4":
+        short = [n for n, s in reached["layers"].items() if n not in skipped and s < 0.5 - SPARSITY_TOLERANCE]
+        if short:
+            raise SparsityNotReachedError(
+                f"{what} to 2:4 left {', '.join(short[:5])} below 50 % sparsity; "
+                "fine-tune longer (--epochs) or drop --quantize qat")
+        return
+    if reached["overall"] < cfg.sparsity - SPARSITY_TOLERANCE:
+        dense = sorted((n for n, s in reached["layers"].items() if s < cfg.sparsity - SPARSITY_TOLERANCE),
+                       key=lambda n: reached["layers"][n])
+        raise SparsityNotReachedError(
+            f"{what} reached {reached['overall']:.1%} sparsity, not the {cfg.sparsity:.0%} asked "
+            f"(below target: {', '.join(dense[:5])}{' ...' if len(dense) > 5 else ''}); "
+            "fine-tune longer (--epochs) or ask for less (--prune)")
 
 
 def wrap_for_pruning(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
@@ -60,6 +114,8 @@ def wrap_for_pruning(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
     if skipped:
         warn(f"pruning left these layers dense (tfmot cannot wrap them): {', '.join(skipped)}")
     ctx.notes["prune_skipped_layers"] = skipped
+    ctx.notes["pruned_layers"] = [layer.layer.name for layer in wrapped.layers
+                                  if getattr(layer, "prunable_weights", None)]
     return wrapped
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.compression.base import PassContext, clone, fine_tune
+from edgeship.compression.base import PassContext, fine_tune, flatten
 from edgeship.core.errors import InputError
 from edgeship.training.keras_env import tfmot
 
@@ -48,7 +48,8 @@ def quantize_aware(model: Any, ctx: PassContext, cfg: QuantizeConfig) -> Any:
         return model
     qk = tfmot().quantization.keras
     name, scheme = scheme_for(ctx.applied)
-    annotated = qk.quantize_annotate_model(clone(model))
+    # Nested models inlined first: tfmot annotates the top level's layers only.
+    annotated = qk.quantize_annotate_model(flatten(model))
     with qk.quantize_scope():
         quantized = qk.quantize_apply(annotated, scheme)
     fine_tune(quantized, ctx)

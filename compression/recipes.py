@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 from edgeship.compression.stage import CompressConfig
 from edgeship.core.errors import InputError
 
@@ -21,6 +24,24 @@ def recipe(name: str) -> list[CompressConfig]:
     if name not in RECIPES:
         raise InputError(f"unknown recipe '{name}'; recipes: {', '.join(RECIPES)}")
     return RECIPES[name]
+
+
+def tuned_recipe(name: str, **settings: Any) -> list[CompressConfig]:
+    """Recipe ``name`` with ``settings`` (seed, source, epochs, distill_epochs, learning_rate,
+    batch_size, temperature, alpha, low_rank_energy) applied to every variant, each checked.
+
+    A recipe fixes passes and names, not how long or how fast they fine-tune: those follow the
+    command line, and the manifest records the values that ran.
+    """
+    allowed = {"seed", "source", "epochs", "distill_epochs", "learning_rate", "batch_size", "temperature",
+               "alpha", "low_rank_energy"}
+    unknown = sorted(set(settings) - allowed)
+    if unknown:
+        raise InputError(f"recipe {name} fixes {', '.join(unknown)}; drop it")
+    configs = [replace(c, **settings) for c in recipe(name)]
+    for c in configs:
+        c.check()
+    return configs
 
 
 def search_space() -> list[CompressConfig]:

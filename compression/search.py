@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.compression.measure import tflite_bytes, tflite_latency_ms
+from edgeship.compression.prune import SparsityNotReachedError
 from edgeship.compression.recipes import search_space
 from edgeship.compression.stage import (
     BuiltVariant,
     VariantResult,
     build_variant,
+    check_name_free,
     load_run_data,
+    retire_artifacts,
     variant_result,
     write_variant,
 )
@@ -39,6 +42,20 @@ class SearchConfig:
     epochs: int = 4
     distill_epochs: int = 20
     seed: int = 0
+    # None: each try's own default (``CompressConfig``); else every try fine-tunes with it.
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    temperature: float | None = None
+    alpha: float | None = None
+    low_rank_energy: float | None = None
+    name: str | None = None  # the kept variant's name (default: search-<recipe>)
+    force: bool = False  # replace a variant of that name (its exports and bench results go)
+
+    def tuning(self) -> dict[str, Any]:
+        """What every try runs with: epochs, seed and the options given."""
+        extra = {k: getattr(self, k) for k in ("learning_rate", "batch_size", "temperature", "alpha",
+                                               "low_rank_energy") if getattr(self, k) is not None}
+        return {"epochs": self.epochs, "distill_epochs": self.distill_epochs, "seed": self.seed, **extra}
 
     def check(self) -> None:
         if self.accuracy_budget < 0:
@@ -48,6 +65,8 @@ class SearchConfig:
             raise InputError(f"--objective {self.objective}: use one of {', '.join(OBJECTIVES)}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise InputError("--time-budget must be positive, e.g. 10m")
+        for c in search_space():
+            replace(c, **self.tuning(), name=self.name).check()
 
 
 @dataclass
@@ -59,11 +78,13 @@ class SearchResult:
 
 def search(run: RunDir, cfg: SearchConfig, progress: Any = None) -> SearchResult:
     cfg.check()
+    start = run.begin()  # --no-wait fails here, not after the tries; the wall time counts them
     data = load_run_data(run)
     ref_val = _base_val_accuracy(run, data)
     floor = ref_val - cfg.accuracy_budget / 100
-    space = [replace(c, epochs=cfg.epochs, distill_epochs=cfg.distill_epochs, seed=cfg.seed)
-             for c in search_space()]
+    space = [replace(c, **cfg.tuning()) for c in search_space()]
+    for name in [cfg.name] if cfg.name else [f"search-{c.default_name()}" for c in space]:
+        check_name_free(run, name, cfg.force)  # before the tries, not after them
     started = time.monotonic()
     tries: list[dict[str, Any]] = []
     best: tuple[float, BuiltVariant] | None = None
@@ -74,7 +95,12 @@ def search(run: RunDir, cfg: SearchConfig, progress: Any = None) -> SearchResult
             tries.append({"name": name, "status": "skipped (time budget)"})
             continue
         t0 = time.monotonic()
-        built = build_variant(run, data, replace(candidate, name=name))
+        try:
+            built = build_variant(run, data, replace(candidate, name=name))
+        except SparsityNotReachedError as e:
+            tries.append({"name": name, "status": f"failed: {e}"})
+            info(f"try {i + 1}/{len(space)} {name}: {e}")
+            continue
         m = built.metrics
         row = {
             "name": name,
@@ -98,16 +124,32 @@ def search(run: RunDir, cfg: SearchConfig, progress: Any = None) -> SearchResult
             progress.update(1, status=f"{name}: val {m['val_accuracy']:.3f}, {m['tflite_gzip_bytes']:,} B gz")
         info(f"try {i + 1}/{len(space)} {name}: val acc {m['val_accuracy']:.4f}, "
              f"{m['tflite_gzip_bytes']:,} gzip bytes" + ("  (within budget)" if row["within_budget"] else ""))
-    params = {**asdict(cfg), "reference_val_accuracy": ref_val}
-    with run.stage("search", params) as st:
-        out = st.output_dir("search")
-        _write_tables(out, tries, ref_val, cfg, best[1].name if best else None)
-        plot_pareto(out / "pareto.png", tries, ref_val, cfg.accuracy_budget, best[1].name if best else None)
+    params = {**asdict(cfg), "reference_val_accuracy": ref_val, "tuning": cfg.tuning()}
+    replacing = False
+    with run.writing():
         if best is not None:
-            best[1].record["search"] = {"objective": cfg.objective, "budget_points": cfg.accuracy_budget}
-            write_variant(st, run, best[1])
-        st.metrics.update({"tries": len(tries), "best": best[1].name if best else None})
+            if cfg.name:
+                _rename(best[1], cfg.name)
+            replacing = check_name_free(run, best[1].name, cfg.force)
+        with run.stage("search", params, start=start) as st:
+            out = st.output_dir("search")
+            _write_tables(out, tries, ref_val, cfg, best[1].name if best else None)
+            plot_pareto(out / "pareto.png", tries, ref_val, cfg.accuracy_budget,
+                        best[1].name if best else None)
+            if best is not None:
+                best[1].record["search"] = {"objective": cfg.objective, "budget_points": cfg.accuracy_budget}
+                write_variant(st, run, best[1], replacing=replacing)
+            st.metrics.update({"tries": len(tries), "best": best[1].name if best else None})
+        if replacing and best is not None:
+            retire_artifacts(run, best[1].name)
     return SearchResult(variant_result(run, best[1]) if best else None, tries, ref_val)
+
+
+def _rename(built: BuiltVariant, name: str) -> None:
+    """Keep the winning try under ``--name`` (its record says which try it was)."""
+    built.record["search_try"] = built.name
+    built.name = built.record["name"] = name
+    built.record["dir"] = f"variants/{name}"
 
 
 def _base_val_accuracy(run: RunDir, data: Any) -> float:

@@ -8,7 +8,9 @@ comes last so it sees the final weights (and preserves sparsity and clusters, PQ
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,10 +23,12 @@ from edgeship.compression.cluster import ClusterConfig, cluster
 from edgeship.compression.distill import DistillConfig, distill
 from edgeship.compression.lowrank import LowRankConfig, low_rank
 from edgeship.compression.measure import measure_variant
-from edgeship.compression.prune import PruneConfig, prune
+from edgeship.compression.prune import PruneConfig, check_sparsity, prune, sparsity_reached
 from edgeship.compression.quantize import QuantizeConfig, quantize_aware
+from edgeship.core.console import info, warn
 from edgeship.core.errors import InputError, RunError
-from edgeship.core.runstore import RunDir
+from edgeship.core.fsutil import make_temp_dir, read_json
+from edgeship.core.runstore import STAGE_PREFIX, RunDir
 from edgeship.training.calibration import Calibration, calibration_set
 from edgeship.training.keras_env import load_model, seed_everything
 from edgeship.training.splits import balanced_class_weight
@@ -156,13 +160,70 @@ class BuiltVariant:
     calibration: Calibration | None = None  # the int8 calibration rows, None if not int8 PTQ
 
 
-def compress_run(run: RunDir, cfg: CompressConfig, progress: Any = None) -> VariantResult:
-    """Apply the configured passes to a model of ``run`` and commit the measured variant."""
+def compress_run(run: RunDir, cfg: CompressConfig, progress: Any = None, *,
+                 force: bool = False) -> VariantResult:
+    """Apply the configured passes to a model of ``run`` and commit the measured variant.
+
+    A variant of the same name is replaced only with ``force``; its exports and benchmark
+    results, made from the model that is replaced, are removed under the run's lock.
+    """
     cfg.check()
+    check_name_free(run, cfg.name or cfg.default_name(), force)  # before the slow part
+    start = run.begin()  # --no-wait fails here, not after the work; the wall time counts it
     built = build_variant(run, load_run_data(run), cfg, progress)
-    with run.stage("compress", {**asdict(cfg), "name": built.name}) as st:
-        write_variant(st, run, built)
+    with run.writing():
+        replacing = check_name_free(run, built.name, force)  # again: another writer may have made it
+        with run.stage("compress", {**asdict(cfg), "name": built.name, "force": force},
+                       start=start) as st:
+            write_variant(st, run, built, replacing=replacing)
+        if replacing:
+            retire_artifacts(run, built.name)
     return variant_result(run, built)
+
+
+def check_name_free(run: RunDir, name: str, force: bool) -> bool:
+    """Whether ``name`` is an existing variant (one ``force`` replaces), else a one-line error."""
+    taken = name in (run.manifest.get("variants") or {}) or (run.path / "variants" / name).exists()
+    if taken and not force:
+        raise InputError(f"run {run.id} already has a variant '{name}'; pass --force to replace it (its "
+                         "exports and benchmark results go with it) or --name to keep both")
+    return taken
+
+
+def retire_artifacts(run: RunDir, name: str) -> list[str]:
+    """Remove the exports and benchmark results of variant ``name``: made from a model it no longer has.
+
+    Under the run's lock, after the compress stage committed (so a failed compress keeps them);
+    each goes by one rename into a ``.stage-*`` folder first, which the next writer clears if this
+    process is killed, so ``exports/`` never holds half a folder. A kill between the commit and
+    this leaves them in place: readers compare each artifact's source sha256 with the variant's
+    model (``export.listing``) and refuse or flag what no longer matches.
+    """
+    removed: list[str] = []
+    with run.writing():
+        trash = make_temp_dir(f"{STAGE_PREFIX}retired-", run.path)
+        try:
+            folder = run.path / "exports" / name
+            if folder.exists():
+                os.replace(folder, trash / "exports")
+                removed.append(f"exports/{name}")
+            for path in sorted((run.path / "bench").glob("*.json")):
+                try:
+                    variant = read_json(path).get("variant")
+                except (OSError, ValueError, AttributeError):
+                    continue
+                if variant == name:
+                    os.replace(path, trash / path.name)
+                    removed.append(f"bench/{path.name}")
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
+    children = [v for v, e in (run.manifest.get("variants") or {}).items() if (e or {}).get("parent") == name]
+    if removed:
+        info(f"removed {len(removed)} exports and benchmark results of the replaced variant {name}")
+    if children:
+        warn(f"variants {', '.join(children)} were compressed from the replaced {name}: their parent's "
+             "model is not the one they came from")
+    return removed
 
 
 def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any = None) -> BuiltVariant:
@@ -193,6 +254,7 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
             scratch_keras_test_accuracy=scratch["keras_test_accuracy"],
             gain_over_scratch=metrics["test_accuracy"] - scratch["test_accuracy"],
         )
+    reached = _check_final_sparsity(model, ctx, cfg, passes)
     parent_acc = variant_accuracy(run, cfg.source)
     base_acc = variant_accuracy(run, "base")
     metrics.update({
@@ -202,6 +264,7 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
         "base_test_accuracy": base_acc,
         "passes": passes,
         "notes": ctx.notes,
+        "sparsity_reached": reached,
     })
     record = {
         "name": name, "parent": cfg.source, "passes": passes, "applied": ctx.applied,
@@ -209,11 +272,25 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
         "calibration": metrics["calibration"],
         "config": {k: v for k, v in asdict(cfg).items() if v not in (None, False)},
         "dir": f"variants/{name}",
+        "sparsity_reached": reached,
         # QAT models do not round-trip the native Keras format (tfmot's quantize layers lose
         # variables on load); HDF5 keeps them.
         "model_file": "model.h5" if deploy == "qat" else "model.keras",
     }
     return BuiltVariant(name, model, metrics, record, calibration)
+
+
+def _check_final_sparsity(model: Any, ctx: PassContext, cfg: CompressConfig,
+                          passes: list[str]) -> dict[str, Any] | None:
+    """The sparsity the finished variant has (per kernel layer and overall), or None without
+    pruning; a one-line error when later passes (QAT, clustering) lost what pruning reached."""
+    if cfg.prune is None and not cfg.prune_structure:
+        return None
+    pcfg = PruneConfig(sparsity=cfg.prune if cfg.prune is not None else 0.5, structure=cfg.prune_structure)
+    reached = {"requested": pcfg.structure or pcfg.sparsity,
+               **sparsity_reached(model, ctx.notes.get("pruned_layers"))}
+    check_sparsity(pcfg, reached, ctx.notes.get("prune_skipped_layers") or [], what=" + ".join(passes))
+    return reached
 
 
 def run_calibration(run: RunDir, data: RunData) -> Calibration:
@@ -224,8 +301,9 @@ def run_calibration(run: RunDir, data: RunData) -> Calibration:
                            fix="use --quantize qat, float16 or dynamic instead")
 
 
-def write_variant(st: Any, run: RunDir, built: BuiltVariant) -> None:
-    """Stage a variant's files and its manifest entry (committed with the stage)."""
+def write_variant(st: Any, run: RunDir, built: BuiltVariant, replacing: bool = False) -> None:
+    """Stage a variant's files and its manifest entry (committed with the stage); ``replacing``
+    drops the replaced variant's exports from the manifest (``retire_artifacts`` removes them)."""
     out = st.output_dir(f"variants/{built.name}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # HDF5 is deliberate for QAT: see model_file
@@ -236,6 +314,10 @@ def write_variant(st: Any, run: RunDir, built: BuiltVariant) -> None:
     variants[built.name] = {**built.record, **_headline(built.metrics)}
     st.set_section("variants", variants)
     st.metrics.setdefault("variants", {})[built.name] = _headline(built.metrics)
+    if replacing:
+        exports = dict(st.sections.get("exports") or run.manifest.get("exports") or {})
+        st.set_section("exports", {k: v for k, v in exports.items()
+                                   if not k.startswith(f"exports/{built.name}/")})
 
 
 def variant_result(run: RunDir, built: BuiltVariant) -> VariantResult:
@@ -267,7 +349,9 @@ def _headline(m: dict[str, Any]) -> dict[str, Any]:
         "test_accuracy": m["test_accuracy"],
         "accuracy_delta": m["accuracy_delta"],
         "accuracy_delta_vs_base": m["accuracy_delta_vs_base"],
-        "sparsity": m["sparsity"],
+        "sparsity": m["sparsity"],  # over every kernel, depthwise ones included
+        # over the kernels pruning acts on (what --prune asked for); None without pruning
+        "pruned_sparsity": (m.get("sparsity_reached") or {}).get("overall"),
         "params": m["params"],
         "nonzero_params": m["nonzero_params"],
         "tflite_bytes": m["tflite_bytes"],

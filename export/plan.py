@@ -113,7 +113,7 @@ def _with_onnx_sources(run: RunDir, jobs: list[Job], notes: list[str]) -> list[J
     for j in jobs:
         if j.fmt.source == "onnx-export" and j.quantize in onnx.quantize:
             src = Job(j.variant, onnx, j.quantize, None, None)
-            if src.rel not in have and onnx_export_file(run, j.variant, j.quantize) is None:
+            if src.rel not in have and _current_onnx_export(run, j.variant, j.quantize) is None:
                 notes.append(f"{j.rel} is built from {src.rel}/, which the run lacks: exporting it too")
                 out.append(src)
                 have.add(src.rel)
@@ -176,7 +176,7 @@ def _check_jobs(run: RunDir, jobs: list[Job], qat: set[str], web_runtime: str = 
         if j.fmt.source != "onnx-export" or web_runtime == "litert":
             continue
         source_rel = f"exports/{j.variant}/{onnx.dirname(j.quantize)}"
-        if source_rel in seen or onnx_export_file(run, j.variant, j.quantize) is not None:
+        if source_rel in seen or _current_onnx_export(run, j.variant, j.quantize) is not None:
             continue
         flags = "".join([f" --variant {j.variant}" if j.variant != BASE else "",
                          f" --quantize {j.quantize}" if j.quantize != "float32" else ""])
@@ -185,6 +185,23 @@ def _check_jobs(run: RunDir, jobs: list[Job], qat: set[str], web_runtime: str = 
             f"(or it failed validation); make it with `edgeship export {run.id} --format onnx{flags}` "
             f"(or ask for --format onnx,{j.fmt.name})"
         )
+
+
+def _current_onnx_export(run: RunDir, variant: str, quantize: str) -> Path | None:
+    """The variant's passing ONNX export of ``quantize``, unless it was made from a model the
+    variant no longer has (``compress --force``): then it is rebuilt, not built from."""
+    from edge_runtime.artifact import ARTIFACT_FILE
+    from edgeship.core.fsutil import read_json, sha256_file
+
+    path = onnx_export_file(run, variant, quantize)
+    if path is None:
+        return None
+    try:
+        made_from = (read_json(path.parent / ARTIFACT_FILE).get("source") or {}).get("sha256")
+        current = sha256_file(model_path(run, run.manifest, variant))
+    except (OSError, ValueError, RunError):
+        return None
+    return path if not made_from or made_from == current else None
 
 
 def qat_forms(variant: str, fmt: ExportFormat, qs: list[str],

@@ -86,7 +86,7 @@ def export_run(
     measured the variant's int8 form on. ``web_runtime`` (ort, litert, both): the browser
     runtimes a web bundle carries; one that carries onnxruntime-web builds its ONNX source too.
     ``tune_on`` (``{"tracker": "HOST:PORT", "key": KEY}``): TVM builds for another machine are
-    tuned on that key's devices through TVM's RPC tracker (``export.tvm_remote``).
+    tuned on that key's devices through TVM's RPC tracker (``export.tvm.remote``).
     """
     say = log or (lambda _msg: None)
     manifest = run.manifest

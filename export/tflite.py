@@ -3,6 +3,8 @@
 float32; float16 weights; dynamic-range (int8 weights, float activations); full int8 from a
 representative set drawn from the train split, with int8 or float32 model input and output.
 A quantisation-aware-trained model carries its own ranges and converts to int8 without one.
+LSTM/GRU/SimpleRNN layers are converted unrolled over their fixed sequence length
+(``compression.measure.unrolled_for_tflite`` says why), the same graph compress measured.
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from edgeship.compression.measure import (
+    ConversionError,
+    loop_layers,
+    recurrent_layers,
+    unrolled_for_tflite,
+)
 from edgeship.export import (
     ExportedModel,
     ExportError,
@@ -42,6 +50,11 @@ def convert(req: ExportRequest, path: Path, *, batch: int | None = None) -> Expo
     """
     tf = get_tf()
     model = req.keras_model
+    unrolled = bool(recurrent_layers(model))
+    try:
+        model = unrolled_for_tflite(model)
+    except ConversionError as e:
+        raise ExportError(str(e)) from None
     if batch is None:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
     else:
@@ -85,7 +98,7 @@ def convert(req: ExportRequest, path: Path, *, batch: int | None = None) -> Expo
         outputs=outputs,
         runtime=_runtime(),
         extra={"converter": {"name": "tensorflow.lite.TFLiteConverter", "version": tf.__version__},
-               "qat": bool(req.qat)},
+               "qat": bool(req.qat), **({"recurrent": "unrolled"} if unrolled else {})},
     )
 
 
@@ -133,6 +146,7 @@ def _is_converter_error(e: Exception) -> bool:
 _OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 _SCOPE = re.compile(r'"([^"@]+)@__inference')
 _SELECT = re.compile(r"TF Select ops: ([\w, ]+)")
+_ANY_OP = re.compile(r"error: 'tf\.(\w+)' op")  # e.g. TensorListReserve "requires element_shape to be static"
 
 
 def _explain(e: Exception, log: list[str], model: Any) -> ExportError:
@@ -141,8 +155,12 @@ def _explain(e: Exception, log: list[str], model: Any) -> ExportError:
     if not ops:
         m = _SELECT.search(text)
         ops = [o.strip() for o in m.group(1).split(",")] if m else []
+    if not ops:
+        ops = list(dict.fromkeys(_ANY_OP.findall(text)))
     if ops:
         layers = _layers_for(ops, text, model)
+        if not layers and any(op.startswith("TensorList") for op in ops):
+            layers = loop_layers(model)
         where = f" in layer {', '.join(layers)}" if layers else ""
         return UnsupportedOperatorError(
             f"the TFLite converter cannot convert TensorFlow op {', '.join(ops)}{where}: it is not a "

@@ -4,7 +4,9 @@ Kept apart from the stage (which plans, opens the run's stage and records the ou
 life of one artifact reads in one place: scratch folder, exporter, artifact.json, validation
 through ``edge_runtime`` (or the exporter's static checks for a build for another machine),
 then ``exports/<variant>/<fmt>/`` or ``<fmt>.failed/``. Keras-built formats go first, so the
-ONNX-built ones reuse the float32 ONNX file and the web bundle its ONNX export.
+ONNX-built ones reuse the float32 ONNX file and the web bundle its ONNX export. A converter
+that cannot express the model (an ``ExportError``: an op TFLite or ONNX lacks) fails that one
+artifact, recorded under ``<fmt>.failed/`` with its one-line reason; the other formats go on.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from edge_runtime.artifact import ARTIFACT_FILE
+from edge_runtime.artifact import ARTIFACT_FILE, SCHEMA_VERSION
+from edgeship.core import __version__
 from edgeship.core.errors import RunError
 from edgeship.core.fsutil import read_json
-from edgeship.core.runstore import RunDir
-from edgeship.export import ExportedModel, ExportRequest
+from edgeship.core.runstore import RunDir, now_iso
+from edgeship.export import PORTABLE_TARGET, ExportedModel, ExportError, ExportRequest
 from edgeship.export.artifact import build_artifact, write_artifact
 from edgeship.export.inputs import (
     REFERENCE_FILE,
@@ -138,13 +141,19 @@ def _export_job(s: Session, v: _Variant, job: Job) -> ExportResult | None:
     source failed validation in this request)."""
     work = s.scratch / v.name / job.dirname
     work.mkdir(parents=True)
-    onnx_path = _onnx_input(s, v, job)
+    try:
+        onnx_path = _onnx_input(s, v, job)
+    except ExportError as e:
+        return _conversion_failed(s, v, job, work, f"its ONNX source could not be made: {e}")
     if job.fmt.source == "onnx-export" and onnx_path is None and s.web_runtime == "ort":
         s.say(f"{v.name}: skipping {job.dirname}: its ONNX source failed validation")
         shutil.rmtree(work)
         return None
     s.say(f"{v.name}: exporting {job.dirname}")
-    exported = job.fmt.load()(_request(s, v, job, work, onnx_path))
+    try:
+        exported = job.fmt.load()(_request(s, v, job, work, onnx_path))
+    except ExportError as e:
+        return _conversion_failed(s, v, job, work, str(e))
     if exported.inputs is None or exported.outputs is None:
         if v.onnx_source is None:
             raise RunError(f"the {job.fmt.name} exporter did not describe its inputs and outputs")
@@ -163,6 +172,38 @@ def _export_job(s: Session, v: _Variant, job: Job) -> ExportResult | None:
     meta["validation"] = _check(s, v, job, work, meta, exported)
     write_artifact(work, meta)
     return _place(s, v, job, work, meta, exported)
+
+
+def _conversion_failed(s: Session, v: _Variant, job: Job, work: Path, reason: str) -> ExportResult:
+    """An artifact whose converter gave up: ``<fmt>.failed/`` holds only an artifact.json with
+    the one-line reason (no model file), so the request goes on to its other formats."""
+    shutil.rmtree(work)
+    work.mkdir(parents=True)
+    check = {
+        "ran": False, "samples": 0, "criterion": "conversion", "tolerance": None,
+        "reference_accuracy": None, "top1_agreement": None, "accuracy": None, "accuracy_drop": None,
+        "max_abs_diff": None, "passed": False, "failures": [f"conversion failed: {reason}"],
+        "warnings": [],
+    }
+    target = dict(PORTABLE_TARGET) if not job.fmt.targets else {"name": job.target or "host"}
+    meta = {
+        "schema_version": SCHEMA_VERSION, "format": job.fmt.name, "file": None, "sha256": None,
+        "bytes": 0, "run_id": s.run.id, "variant": v.name, "model": s.model_name,
+        "quantize": job.quantize, "io": job.io, "target": target, "inputs": None, "outputs": None,
+        "labels": [str(label) for label in s.labels], "preprocessing": s.preprocessing,
+        "runtime": None, "validation": check, "source": v.source, "created": now_iso(),
+        "edgeship_version": __version__,
+    }
+    write_artifact(work, meta)
+    final = s.output(job.rel + FAILED_SUFFIX)
+    os.replace(work, final)
+    if job.fmt.name == "onnx":
+        v.onnx_built[job.quantize] = None
+    s.say(f"{v.name}/{job.dirname}: FAILED: {check['failures'][0]}")
+    return ExportResult(
+        dir=s.run.path / (job.rel + FAILED_SUFFIX), format=job.fmt.name, variant=v.name, target=target,
+        quantize=job.quantize, io=job.io, bytes=0, sha256="", validation=check, artifact=meta,
+    )
 
 
 def _onnx_input(s: Session, v: _Variant, job: Job) -> Path | None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _models import copy_run, read_artifact
+from clihelp import assert_one_line_error, invoke
 
 from edgeship.core.errors import DataError, InputError
 from edgeship.core.runstore import RunDir
 from edgeship.training.calibration import CALIBRATION_ROWS, calibration_set, class_quotas
-from tests._models import copy_run, read_artifact
-from tests.clihelp import assert_one_line_error, invoke
 
 # ---------------------------------------------------------------- the routine
 
@@ -157,9 +157,9 @@ def test_qat_float_builds_float32_with_a_warning(cli_with_export: None, qat_run:
 def test_a_hand_saved_qat_model_is_recognised_from_its_config(tmp_path) -> None:
     """A QAT .h5 with no ``qat`` in its manifest entry (not made by compress) is still int8 only."""
     import tensorflow_model_optimization as tfmot
+    from _models import hand_run, tiny_mlp
 
     from edgeship.export.stage import export_run, variant_is_qat
-    from tests._models import hand_run, tiny_mlp
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 120)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clihelp import assert_one_line_error, invoke, invoke_json
 
 from edgeship.core.runstore import RunDir
-from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
 
 @pytest.fixture()
@@ -115,3 +115,52 @@ def test_durations_parse() -> None:
 
     assert parse_duration("10m") == 600 and parse_duration("90s") == 90 and parse_duration("2") == 2
     assert parse_duration("1h") == 3600 and np.isclose(parse_duration("0.5m"), 30)
+
+
+@pytest.mark.slow
+def test_recipe_honours_the_fine_tuning_flags_and_records_them(run: RunDir) -> None:
+    out = invoke_json(run.path.parent, "compress", run.id, "--recipe", "default", "--epochs", "1",
+                      "--distill-epochs", "1", "--learning-rate", "0.001", "--batch-size", "64")
+    assert [v["name"] for v in out["variants"]] == ["prune75-pqat", "distill25"]
+    stages = run.stages("compress")
+    assert [s["params"]["name"] for s in stages] == ["prune75-pqat", "distill25"]
+    for s in stages:
+        p = s["params"]
+        assert (p["epochs"], p["distill_epochs"], p["learning_rate"], p["batch_size"]) == (1, 1, 0.001, 64)
+    variants = run.manifest["variants"]
+    assert variants["prune75-pqat"]["config"]["epochs"] == 1
+    assert variants["distill25"]["config"]["distill_epochs"] == 1
+    metrics = json.loads((run.path / "variants/distill25/metrics.json").read_text())
+    assert metrics["notes"]["distillation"]["epochs"] == 1
+    assert variants["prune75-pqat"]["sparsity_reached"]["overall"] >= 0.73
+
+
+def test_recipe_and_search_refuse_the_flags_they_fix(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"  # refused before any run is read
+    assert_one_line_error(invoke(runs, "compress", "latest", "--recipe", "default", "--name", "mine"),
+                          "--recipe default fixes", "--name")
+    assert_one_line_error(invoke(runs, "compress", "latest", "--recipe", "default", "--prune", "0.5"),
+                          "--prune")
+    assert_one_line_error(invoke(runs, "compress", "latest", "--search", "--student-width", "0.5"),
+                          "--student-width")
+
+
+@pytest.mark.slow
+def test_search_honours_the_fine_tuning_flags_and_the_name(run: RunDir,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgeship.compression.search as search_mod
+    from edgeship.compression.stage import CompressConfig
+
+    monkeypatch.setattr(search_mod, "search_space", lambda: [CompressConfig(prune=0.5, quantize="int8")])
+    out = invoke_json(run.path.parent, "compress", run.id, "--search", "--accuracy-budget", "100",
+                      "--epochs", "1", "--learning-rate", "0.002", "--batch-size", "16", "--name", "best")
+    assert [v["name"] for v in out["variants"]] == ["best"]
+    (stage,) = run.stages("search")
+    assert stage["params"]["tuning"] == {"epochs": 1, "distill_epochs": 20, "seed": 0, "learning_rate": 0.002,
+                                         "batch_size": 16}
+    entry = run.manifest["variants"]["best"]
+    assert entry["config"]["epochs"] == 1 and entry["config"]["learning_rate"] == 0.002
+    assert entry["config"]["batch_size"] == 16 and entry["search_try"] == "search-prune50-int8"
+    # the same name again: refused before the tries, unless --force
+    assert_one_line_error(invoke(run.path.parent, "compress", run.id, "--search", "--name", "best"),
+                          "already has a variant 'best'", "--force")

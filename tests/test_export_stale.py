@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _models import copy_run
 
 from edgeship.core.errors import RunError
 from edgeship.core.runstore import RunDir
 from edgeship.export.validate import ValidationConfig
-from tests._models import copy_run
 
 FAILING = ValidationConfig(float_tolerance=-1.0)  # the real check, a bar no output can clear
 

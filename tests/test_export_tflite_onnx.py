@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _models import copy_run, exported_copy, hand_run, odd_layer_class, read_artifact, tiny_mlp
+from clihelp import assert_one_line_error, invoke
 
 from edgeship.core.errors import DataError, InputError, RunError
 from edgeship.core.runstore import RunDir
-from edgeship.export import FORMATS, ExportFormat, UnsupportedOperatorError, get_format
+from edgeship.export import FORMATS, ExportFormat, get_format
 from edgeship.export.stage import export_run, list_artifacts
 from edgeship.export.validate import ValidationConfig
-from tests._models import copy_run, exported_copy, hand_run, odd_layer_class, read_artifact, tiny_mlp
-from tests.clihelp import assert_one_line_error, invoke
 
 pytestmark = pytest.mark.slow
 
@@ -201,12 +201,12 @@ def test_unsupported_operator_names_layer_and_converter(tmp_path: Path, fmt: str
     xt, yt, xs, ys = _blobs()
     model = tiny_mlp(6, 3, middle=odd_layer_class()(name="bessel"))
     run = hand_run(tmp_path, model, xt, yt, xs, ys, ["a", "b", "c"])
-    with pytest.raises(UnsupportedOperatorError) as info:
-        export_run(run, formats=fmt, quantize="float32")
-    msg = str(info.value)
+    (result,) = export_run(run, formats=fmt, quantize="float32")  # recorded as failed: others go on
+    (msg,) = result.validation["failures"]
     assert converter in msg and "BesselI0e" in msg and "'bessel' (BesselLayer)" in msg
-    assert "\n" not in msg
-    assert run.stages("export") == [] and not (run.path / "exports").exists()
+    assert "\n" not in msg and not result.passed
+    assert result.dir.name == f"{fmt}-float32.failed"
+    assert sorted(p.name for p in result.dir.iterdir()) == ["artifact.json"]
 
 
 def test_failed_validation_is_kept_aside_and_replaces_a_stale_pass(tmp_path: Path) -> None:
@@ -216,7 +216,7 @@ def test_failed_validation_is_kept_aside_and_replaces_a_stale_pass(tmp_path: Pat
     run = hand_run(tmp_path, model, xt, yt, xs, ys, ["a", "b", "c"])
     (ok,) = export_run(run, formats="tflite", quantize="int8")
     assert ok.passed and ok.dir.name == "tflite-int8"
-    impossible = ValidationConfig(max_accuracy_drop=-1.0)
+    impossible = ValidationConfig(max_accuracy_drop=-1.0, min_tolerance_rows=0)
     (bad,) = export_run(run, formats="tflite", quantize="int8", validation=impossible)
     assert not bad.passed and bad.dir.name == "tflite-int8.failed"
     assert "accuracy fell" in bad.validation["failures"][0]
@@ -280,8 +280,7 @@ def test_registry_names_and_folders() -> None:
 def test_a_format_built_from_onnx_plugs_in_by_name(monkeypatch: pytest.MonkeyPatch,
                                                    tabular_run: RunDir, tmp_path: Path) -> None:
     """The TVM slot, filled with a stand-in exporter: ONNX source, static batch, validation."""
-    pytest.importorskip("tvm")
-    fake = ExportFormat(name="tvm", entry="tests._models:fake_tvm_export", quantize=("float32",),
+    fake = ExportFormat(name="tvm", entry="_models:fake_tvm_export", quantize=("float32",),
                         default_quantize=("float32",), summary="test", source="onnx", targets=True)
     monkeypatch.setitem(FORMATS, "tvm", fake)
     run = copy_run(tabular_run, tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import zipfile
@@ -10,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clihelp import assert_one_line_error, invoke
 
 from edgeship.core.errors import InputError
 from edgeship.core.runstore import RunDir
 from edgeship.training.imported import load_foreign_model
-from tests.clihelp import assert_one_line_error, invoke
 
 SENTINEL = "edgeship_hostile_sentinel"
 
@@ -122,8 +123,125 @@ def test_h5_with_tf_op_lambda_is_refused(tmp_path: Path) -> None:
     k.Model(inputs, outputs).save(path)
     with pytest.raises(InputError) as e:
         load_foreign_model(path, (4,), 2)
-    assert str(e.value) == ("sin.h5 refused: layer 'tf.math.sin' is TFOpLambda: it runs arbitrary "
-                            "TensorFlow code; rebuild the model without it")
+    assert str(e.value) == ("sin.h5 refused: layer 'tf.math.sin' is TFOpLambda calling tf.math.sin: it "
+                            "runs arbitrary TensorFlow code, and only elementwise arithmetic and "
+                            "activations (tf.math.add, multiply, ...) are accepted; rebuild the model "
+                            "without it")
+
+
+def _op_lambda(function: str, module: str = "keras.layers") -> dict[str, Any]:
+    return {"module": module, "class_name": "TFOpLambda", "registered_name": None,
+            "config": {"name": f"tf.{function}", "trainable": True, "dtype": "float32",
+                       "function": function}}
+
+
+@pytest.mark.parametrize("function", ["io.write_file", "py_function", "raw_ops.WriteFile",
+                                      "compat.v1.py_func", "print", "debugging.assert_equal"])
+def test_tf_op_lambda_outside_the_allowlist_is_refused(tmp_path: Path, function: str) -> None:
+    """Only side-effect-free arithmetic passes: a TFOpLambda calling anything else (file I/O,
+    Python callbacks, raw ops) is refused before Keras looks the function up."""
+    with pytest.raises(InputError, match=f"is TFOpLambda calling tf.{function}") as e:
+        load_foreign_model(_hostile_keras(tmp_path, _op_lambda(function)), (4,), 2)
+    assert "\n" not in str(e.value) and "rebuild the model without it" in str(e.value)
+
+
+def test_tf_op_lambda_from_outside_tf_keras_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"layer 'tf\.math\.multiply' is TFOpLambda: it runs arbitrary"):
+        load_foreign_model(_hostile_keras(tmp_path, _op_lambda("math.multiply", module="evil")), (4,), 2)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_hard_sigmoid_arithmetic_loads(tmp_path: Path, suffix: str) -> None:
+    """``relu6(x + 3) * (1 / 6)`` on Keras tensors, as MobileNetV3 writes it: TFOpLambdas of
+    tf.__operators__.add and tf.math.multiply; the loaded model computes the same."""
+    import numpy as np
+
+    from edgeship.training.keras_env import keras
+
+    k = keras()
+    inputs = k.Input((4,))
+    x = k.layers.Dense(8)(inputs)
+    x = x * (k.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0))
+    outputs = k.layers.Dense(2, activation="softmax")(x)
+    model = k.Model(inputs, outputs)
+    path = tmp_path / f"hard_swish{suffix}"
+    model.save(path)
+    loaded, _ = load_foreign_model(path, (4,), 2)
+    data = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(data, verbose=0), model.predict(data, verbose=0), atol=1e-6)
+
+
+def test_tf_constant_initializer_from_other_modules_is_refused(tmp_path: Path) -> None:
+    """TensorFlow's own initializer module is accepted for its initializers only."""
+    entry = {"module": "keras.layers", "class_name": "Dense", "registered_name": None,
+             "config": {"name": "d", "units": 2, "kernel_initializer": {
+                 "module": "tensorflow.python.ops.init_ops_v2", "class_name": "Boom",
+                 "registered_name": "Boom", "config": {}}}}
+    with pytest.raises(InputError, match=re.escape("layer 'd' is Boom from module 'tensorflow.python")):
+        load_foreign_model(_hostile_keras(tmp_path, entry), (4,), 2)
+    entry["config"]["kernel_initializer"]["module"] = "tensorflow.python.ops.evil"
+    entry["config"]["kernel_initializer"]["class_name"] = "Constant"
+    entry["config"]["kernel_initializer"]["registered_name"] = "Constant"
+    with pytest.raises(InputError, match="outside tf_keras"):
+        load_foreign_model(_hostile_keras(tmp_path, entry), (4,), 2)
+
+
+def test_convnext_layer_scale_only_from_its_own_module(tmp_path: Path) -> None:
+    entry = {"module": "tf_keras.src.applications.regnet", "class_name": "LayerScale",
+             "registered_name": "LayerScale", "config": {"name": "ls", "init_values": 1e-6,
+                                                          "projection_dim": 4}}
+    needle = "layer 'ls' is LayerScale from module 'tf_keras.src.applications.regnet', which is not"
+    with pytest.raises(InputError, match=re.escape(needle)):
+        load_foreign_model(_hostile_keras(tmp_path, entry), (4,), 2)
+
+
+def _keras3_zip(tmp_path: Path) -> Path:
+    """A .keras file as Keras 3 writes it (metadata and config copied from keras 3.15)."""
+    policy = {"module": "keras", "class_name": "DTypePolicy", "config": {"name": "float32"},
+              "registered_name": None}
+    config = {"module": "keras", "class_name": "Sequential", "registered_name": None, "config": {
+        "name": "sequential", "trainable": True, "dtype": policy, "layers": [
+            {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+             "config": {"batch_shape": [None, 4], "dtype": "float32", "name": "input_layer"}},
+            {"module": "keras.layers", "class_name": "Dense", "registered_name": None,
+             "config": {"name": "dense", "dtype": policy, "units": 2, "activation": "softmax"}}]}}
+    path = tmp_path / "k3.keras"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("metadata.json", json.dumps({"keras_version": "3.15.1", "date_saved": "2026-12-07"}))
+        z.writestr("config.json", json.dumps(config))
+        z.writestr("model.weights.h5", b"")
+    return path
+
+
+KERAS3_MESSAGE = ("was saved by Keras 3 (keras 3.15.1); edgeship reads Keras 2 (tf_keras) models: build and "
+                  "save it with `import tf_keras as keras`")
+
+
+def test_keras3_file_is_refused_saying_so(tmp_path: Path) -> None:
+    with pytest.raises(InputError) as e:
+        load_foreign_model(_keras3_zip(tmp_path), (4,), 2)
+    assert str(e.value).startswith("k3.keras " + KERAS3_MESSAGE) and "\n" not in str(e.value)
+    result = invoke(tmp_path / "runs", "compress", "--model", str(_keras3_zip(tmp_path)),
+                    "--dataset", "digits", "--quantize", "int8")
+    assert_one_line_error(result, "k3.keras " + KERAS3_MESSAGE, "model.save('model.keras')")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_real_keras3_files_are_refused_saying_so(tmp_path: Path, suffix: str) -> None:
+    """Saved by the venv's own ``import keras`` (Keras 3), in a fresh process."""
+    import os
+    import subprocess
+
+    path = tmp_path / f"model{suffix}"
+    code = ("import keras\n"
+            "m = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation='softmax')])\n"
+            f"m.save({str(path)!r})\n")
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True, timeout=300)
+    with pytest.raises(InputError, match=r"was saved by Keras 3 \(keras 3\.") as e:
+        load_foreign_model(path, (4,), 2)
+    assert "import tf_keras as keras" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_slicing_op_lambda_is_refused(tmp_path: Path) -> None:

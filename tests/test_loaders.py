@@ -84,6 +84,38 @@ def test_16_bit_beside_colour_images_becomes_rgb_grey(tmp_path: Path) -> None:
     np.testing.assert_allclose(grey, 255.0)
 
 
+def test_unreadable_images_are_counted_and_named_on_stderr(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Skipped files change the data: one warning line with the count and the first few names."""
+    from PIL import Image
+
+    from edgeship.training.datasets import load_image_folder
+
+    root = tmp_path / "photos"
+    for name in ("cats", "dogs"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (16, 16), 40 * i).save(root / name / f"ok{i}.png")
+    for i in range(4):  # not images at all: refused when the header is read
+        (root / "cats" / f"broken{i}.png").write_bytes(b"not an image")
+    noisy = np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)
+    Image.fromarray(noisy).save(root / "dogs" / "whole.png")
+    (root / "dogs" / "truncated.png").write_bytes((root / "dogs" / "whole.png").read_bytes()[:200])
+    (root / "dogs" / "whole.png").unlink()  # a header that reads, pixels that do not
+
+    data = load_image_folder(root, (8, 8))
+    assert data.rows == 6 and data.dropped_rows == {"unreadable_images": 5}
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"warning: skipped 5 of 11 images in {root} that could not be read")
+    assert "cats/broken0.png, cats/broken1.png, cats/broken2.png and 2 more" in lines[0]
+
+    for f in [*root.glob("*/broken*"), *root.glob("*/truncated*")]:
+        f.unlink()
+    load_image_folder(root, (8, 8))
+    assert capsys.readouterr().err == ""  # a clean folder loads silently
+
+
 def test_the_table_reader_keeps_other_missing_markers(tmp_path: Path) -> None:
     from edgeship.training.tables import read_table
 

@@ -184,7 +184,7 @@ def _kill_run(run_path: Path, point: int, when: str) -> subprocess.CompletedProc
 def test_a_kill_at_any_commit_point_leaves_the_old_or_the_new_run(tmp_path: Path) -> None:
     """SIGKILL before and after each rename of a commit: `edgeship show` reads the run, and
     manifest and files are both the state before the stage or both the state after it."""
-    from tests.clihelp import invoke
+    from clihelp import invoke
 
     with RunStore(tmp_path / "template").new_run("template", 7) as template, \
             template.stage("first") as st:  # no data section: `show` renders it without a split
@@ -387,10 +387,10 @@ barrier, me, other = Path(os.environ["BARRIER"]), os.environ["ME"], os.environ["
 real_write, real_wait = cs.write_variant, runlock.lock_blocking
 
 
-def write_variant(st, run, built):
+def write_variant(st, run, built, **kwargs):
     # Both processes are past their snapshot of the manifest before either commits, unless a
     # lock makes one wait (then it says so here, so the other need not sit out the timeout).
-    real_write(st, run, built)
+    real_write(st, run, built, **kwargs)
     (barrier / me).touch()
     deadline = time.monotonic() + 60
     while not (barrier / other).exists() and time.monotonic() < deadline:
@@ -452,7 +452,7 @@ def test_two_concurrent_compress_both_land_in_the_manifest(digits_copy: RunDir, 
 
 @pytest.mark.slow
 def test_no_wait_against_a_held_run_is_one_line_exit_2(digits_copy: RunDir) -> None:
-    from tests.clihelp import assert_one_line_error, invoke
+    from clihelp import assert_one_line_error, invoke
 
     run = digits_copy
     before = run.manifest_path.read_bytes()
@@ -467,3 +467,114 @@ def test_no_wait_against_a_held_run_is_one_line_exit_2(digits_copy: RunDir) -> N
         proc.wait(timeout=20)
     assert run.manifest_path.read_bytes() == before
     assert not (run.path / "variants" / "blocked").exists()
+
+
+# ---------------------------------------------------------------- issue 17: prefixes, stage clocks, --no-wait
+
+
+def _shared_prefix(names: list[str]) -> str:
+    """The longest start of the strings that all of them share (character by character)."""
+    first = names[0]
+    return next((first[:i] for i in range(len(first), 0, -1)
+                 if all(n.startswith(first[:i]) for n in names)), "")
+
+
+def test_an_ambiguous_prefix_names_its_candidates(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    runs = [_make_run(store, label) for label in ("alpha", "beta", "gamma")]
+    prefix = _shared_prefix([r.path.name for r in runs])
+    assert prefix  # the ids start with the date
+    with pytest.raises(RunError) as e:
+        store.resolve(prefix)
+    message = str(e.value)
+    assert message.startswith(f"run id prefix '{prefix}' matches 3 runs: ")
+    assert all(r.path.name in message for r in runs) and "give more characters" in message
+    assert "\n" not in message
+    assert store.resolve(runs[1].path.name[:-2]).path == runs[1].path  # a unique prefix still resolves
+
+
+def test_a_stage_begun_before_its_work_times_the_work(tmp_path: Path) -> None:
+    import time
+
+    run = _make_run(RunStore(tmp_path))
+    start = run.begin()
+    time.sleep(0.3)  # the work, done before the stage commits
+    with run.stage("worked", start=start) as st:
+        (st.output_dir("extra") / "x").write_text("x")
+    stage = run.last_stage("worked")
+    assert stage is not None and stage["wall_time_s"] >= 0.3
+    assert stage["started"] == start.started
+    with run.stage("plain"):  # without a start: timed from the block, as before
+        pass
+    assert run.last_stage("plain")["wall_time_s"] < 0.3
+
+
+_driver_calls: list[str] = []
+
+
+def _sleepy_driver(run: RunDir, **_options: object) -> list[dict[str, object]]:
+    """A device driver whose measuring takes 0.4 s (registered by the test below)."""
+    import time
+
+    from test_bench import fake_result
+
+    _driver_calls.append(run.path.name)
+    time.sleep(0.4)
+    return [fake_result(run_id=run.id)]
+
+
+def test_bench_times_the_measuring_and_checks_no_wait_before_it(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench stage's wall time covers the driver, not only the commit; a held run with
+    --no-wait fails before the driver measures anything."""
+    from edgeship.devices import registry
+
+    monkeypatch.setitem(registry.DRIVERS, "sleepy", (f"{__name__}:_sleepy_driver", "a test driver"))
+    _driver_calls.clear()
+    run = _make_run(RunStore(tmp_path))
+    registry.bench_run(run, "sleepy")
+    assert run.last_stage("bench")["wall_time_s"] >= 0.4
+
+    before = run.manifest_path.read_bytes()
+    proc = _holder(run.path)
+    try:
+        with pytest.raises(RunError, match=rf"is being written by pid {proc.pid}"):
+            registry.bench_run(RunDir(run.path, wait=False), "sleepy")
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+    assert _driver_calls == [run.path.name]  # the refused bench never measured
+    assert run.manifest_path.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_compress_times_its_passes_and_checks_no_wait_before_them(digits_copy: RunDir) -> None:
+    import time
+
+    from edgeship.compression.stage import CompressConfig, compress_run
+
+    run = digits_copy
+    cfg = CompressConfig(prune=0.5, epochs=1, name="timed")
+    epochs: list[str] = []
+
+    class Bar:
+        def update(self, advance: int = 1, status: str = "") -> None:
+            epochs.append(status)
+
+    proc = _holder(run.path)
+    try:
+        with pytest.raises(RunError, match=rf"is being written by pid {proc.pid}"):
+            compress_run(RunDir(run.path, wait=False), cfg, progress=Bar())
+    finally:
+        proc.kill()
+        proc.wait(timeout=20)
+    assert epochs == []  # refused before any fine-tuning, not after it
+    assert "timed" not in run.manifest.get("variants", {})
+
+    t0 = time.perf_counter()
+    compress_run(run, cfg, progress=Bar())
+    elapsed = time.perf_counter() - t0
+    assert epochs  # it fine-tuned this time
+    stage = run.last_stage("compress")
+    assert stage["params"]["name"] == "timed"
+    assert stage["wall_time_s"] >= 0.8 * elapsed, (stage["wall_time_s"], elapsed)

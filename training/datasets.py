@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgeship.core.console import warn
 from edgeship.core.errors import DataError, InputError
 from edgeship.training.images import GREY_MODES, image_array, open_image
 from edgeship.training.tables import read_table, reject_non_finite
@@ -180,7 +181,8 @@ def parse_time_column(column: pd.Series, name: str) -> pd.Series:
 
 
 def load_image_folder(root: Path, image_size: tuple[int, int]) -> RawDataset:
-    """One sub-folder per class; unreadable files are skipped and counted, bombs refused."""
+    """One sub-folder per class; unreadable files are skipped, counted and named on stderr, bombs
+    refused."""
     from PIL import UnidentifiedImageError
 
     classes = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
@@ -202,12 +204,13 @@ def load_image_folder(root: Path, image_size: tuple[int, int]) -> RawDataset:
         )
     # First pass, headers only: refuse bombs and odd depths before decoding anything, and
     # learn the colour mode (greyscale only when every image is).
-    readable, grayscale = [], True
+    readable, unreadable, grayscale = [], [], True
     for label, f in files:
         try:
             with open_image(f) as im:
                 grayscale &= im.mode in GREY_MODES
         except (UnidentifiedImageError, OSError):
+            unreadable.append(f)
             continue
         readable.append((label, f))
     mode = "L" if grayscale else "RGB"
@@ -218,6 +221,7 @@ def load_image_folder(root: Path, image_size: tuple[int, int]) -> RawDataset:
             with open_image(f) as im:
                 arrays.append(image_array(im, mode, (w, h)))
         except (UnidentifiedImageError, OSError):
+            unreadable.append(f)
             continue
         ys.append(labels.index(label))
         digest.update(str(f.relative_to(root)).encode())
@@ -227,13 +231,22 @@ def load_image_folder(root: Path, image_size: tuple[int, int]) -> RawDataset:
     images = np.stack(arrays)
     if images.ndim == 3:
         images = images[..., None]
-    unreadable = len(files) - len(arrays)
-    dropped = {"unreadable_images": unreadable} if unreadable else {}
+    if unreadable:
+        _warn_unreadable(root, unreadable, len(files))
+    dropped = {"unreadable_images": len(unreadable)} if unreadable else {}
     return RawDataset(
         name=root.name, kind="image", source=str(root.resolve()), labels=labels,
         y=np.asarray(ys, np.int64), images=images, raw_range=(0.0, 255.0), color_mode=mode,
         sha256=digest.hexdigest(), dropped_rows=dropped,
     )
+
+
+def _warn_unreadable(root: Path, unreadable: list[Path], total: int, shown: int = 3) -> None:
+    """One line on stderr: a skipped image changes the data, and the manifest alone is not read."""
+    names = [str(f.relative_to(root)) for f in unreadable[:shown]]
+    more = f" and {len(unreadable) - shown} more" if len(unreadable) > shown else ""
+    warn(f"skipped {len(unreadable)} of {total} images in {root} that could not be read "
+         f"({', '.join(names)}{more}); fix or remove them")
 
 
 def _sha256_path(path: Path) -> str:

@@ -13,12 +13,20 @@ an allowlist before Keras sees the file:
   ``regularizers``, ``constraints``, ``activations``, ``optimizers`` (and their schedules),
   ``losses``, ``metrics`` and ``mixed_precision.Policy``;
 - tfmot's quantization wrappers and configs, which edgeship's own QAT variants (``model.h5``)
-  hold; pruned and clustered variants are saved stripped, as stock layers.
+  hold; pruned and clustered variants are saved stripped, as stock layers;
+- what tf_keras's own ``applications`` write: ConvNeXt's ``LayerScale`` and ``StochasticDepth``
+  (from ``tf_keras.src.applications.convnext`` only), TensorFlow's own initializer classes
+  (EfficientNetV2's ``tf.constant_initializer`` is ``Constant`` from
+  ``tensorflow.python.ops.init_ops_v2``, which TensorFlow has already imported), and a
+  ``TFOpLambda`` calling one of ``SAFE_TF_FUNCTIONS``: side-effect-free elementwise arithmetic
+  and activations (MobileNetV3's and RegNet's ``x + 3``, ``x * (1 / 6)``; residual adds).
 
-Refused: ``Lambda`` (Python code stored in the file), ``TFOpLambda`` and ``SlicingOpLambda``
-(an arbitrary TensorFlow function named in the file, what ``tf.math.sin(x)`` on a Keras tensor
-records), ``TensorFlowOpLayer`` (an arbitrary TensorFlow op), any class registered as a custom
-object, subclassed models, and any module outside tf_keras (and tfmot for its wrappers).
+Refused: ``Lambda`` (Python code stored in the file), ``TFOpLambda`` of any other function and
+``SlicingOpLambda`` (a TensorFlow function named in the file, what ``tf.math.sin(x)`` or
+``x[:, :2]`` on a Keras tensor records), ``TensorFlowOpLayer`` (an arbitrary TensorFlow op), any
+class registered as a custom object, subclassed models, and any module outside tf_keras (and
+tfmot for its wrappers). A file Keras 3 wrote (``import keras``) is refused in one line that
+says so: its config is another format, and tf_keras cannot rebuild it.
 """
 
 from __future__ import annotations
@@ -45,6 +53,21 @@ REFUSED = {
 # Plain data markers Keras' JSON uses for shapes, tuples and constants: nothing is imported.
 DATA_MARKERS = {"TensorShape", "__tuple__", "__ellipsis__", "__tensor__", "__numpy__", "__bytes__"}
 MODELS = {"Sequential", "Functional", "Model"}
+# TFOpLambda functions (the API name tf_keras stores, looked up in TensorFlow's namespace, never
+# imported): elementwise arithmetic and activations, no state, no I/O, no shape tricks.
+SAFE_TF_FUNCTIONS = frozenset({
+    "__operators__.add", "math.add", "math.subtract", "math.multiply", "math.truediv",
+    "math.divide", "math.negative", "math.maximum", "math.minimum", "math.square", "math.sqrt",
+    "math.rsqrt", "math.sigmoid", "math.tanh", "nn.relu", "nn.relu6", "nn.sigmoid", "nn.silu",
+    "nn.swish", "nn.gelu",
+})
+# Layers tf_keras's applications define outside tf_keras.layers: (module, class).
+APPLICATION_LAYERS = {
+    ("tf_keras.src.applications.convnext", "LayerScale"),
+    ("tf_keras.src.applications.convnext", "StochasticDepth"),
+}
+# TensorFlow's own initializer module (``tf.constant_initializer`` and friends), loaded with TF.
+TF_INITIALIZER_MODULE = "tensorflow.python.ops.init_ops_v2"
 # Public tf_keras layers left out: DenseFeatures rebuilds feature columns, which carry their own
 # serialized functions.
 LEFT_OUT_LAYERS = {"DenseFeatures"}
@@ -57,13 +80,16 @@ def load_foreign_model(path: Path, input_shape: tuple[int, ...],
         raise InputError(f"no such model file: {path}; check the path")
     suffix = path.suffix.lower()
     if suffix in (".h5", ".hdf5"):
+        _refuse_keras3(path, _h5_keras_version(path))
         check_config(_h5_config(path), path)
     elif suffix == ".keras":
+        _refuse_keras3(path, _keras_zip_version(path))
         check_config(_keras_zip_config(path), path)
     else:
         raise InputError(f"{path.name} is not a Keras model: use a .keras (native) or .h5 file")
     try:
-        model = load_model(path)
+        with keras().utils.custom_object_scope(_application_layers()):  # .h5 names them bare
+            model = load_model(path)
     except (ValueError, TypeError, OSError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{path.name} could not be loaded as a Keras model ({first[:200]})") from e
@@ -75,6 +101,15 @@ def load_foreign_model(path: Path, input_shape: tuple[int, ...],
     if outputs != n_classes:
         raise InputError(f"{path.name} has {outputs} outputs, but the dataset has {n_classes} classes")
     return model, {"file": str(path.resolve()), "sha256": sha256_file(path), "format": suffix[1:]}
+
+
+def _refuse_keras3(path: Path, version: str | None) -> None:
+    """A file Keras 3 wrote: say so, and how to save one edgeship reads, before any other check."""
+    if version and version.split(".")[0].isdigit() and int(version.split(".")[0]) >= 3:
+        raise InputError(
+            f"{path.name} was saved by Keras 3 (keras {version[:20]}); edgeship reads Keras 2 "
+            "(tf_keras) models: build and save it with `import tf_keras as keras` "
+            "(or TF_USE_LEGACY_KERAS=1 and tf.keras), then model.save('model.keras')")
 
 
 def check_config(config: Any, path: Path) -> None:
@@ -114,6 +149,13 @@ def _object_problem(node: dict[str, Any], layer: str | None) -> str | None:
     rebuild = "rebuild the model without it"
     if not isinstance(cls, str) or not isinstance(module, str | None):
         return f"{where} has a malformed class entry ({str(cls)[:60]!r}); it is not a file Keras wrote"
+    if cls == "TFOpLambda" and _keras_module(module or "keras") and registered in (None, cls):
+        fn = (node.get("config") or {}).get("function")
+        if fn in SAFE_TF_FUNCTIONS:
+            return None
+        return (f"{where} is TFOpLambda calling tf.{str(fn)[:60]}: {ARBITRARY_TF}, and only "
+                f"elementwise arithmetic and activations (tf.math.add, multiply, ...) are accepted; "
+                f"{rebuild}")
     if cls in REFUSED:
         return f"{where} is {cls}: {REFUSED[cls]}; {rebuild}"
     if cls in DATA_MARKERS:
@@ -128,6 +170,12 @@ def _object_problem(node: dict[str, Any], layer: str | None) -> str | None:
         if fn not in allowed["functions"] or registered not in (None, "function", fn):
             return (f"{where} names function {str(fn)[:60]!r}, which is not one of tf_keras's "
                     f"activations, losses or metrics; {rebuild}")
+        return None
+    if (module, cls) in APPLICATION_LAYERS and registered in (None, cls):
+        return None
+    if module is None and cls in {c for _, c in APPLICATION_LAYERS}:  # .h5 names them bare:
+        return None  # resolved only to the classes of APPLICATION_LAYERS (load_foreign_model)
+    if module == TF_INITIALIZER_MODULE and cls in allowed["initializers"] and registered in (None, cls):
         return None
     if module is not None and not _keras_module(module) and not (
             cls in allowed["tfmot"] and module.startswith(TFMOT_MODULE)):
@@ -158,6 +206,7 @@ def _allowed() -> dict[str, frozenset[str]]:
               if inspect.isclass(obj) and issubclass(obj, k.layers.Layer)}
     classes = (layers - set(REFUSED) - LEFT_OUT_LAYERS) | MODELS | {"Policy"}
     functions: set[str] = set()
+    initializers = {n for n, obj in public(k.initializers).items() if inspect.isclass(obj)}
     for module in (k.initializers, k.regularizers, k.constraints, k.activations, k.optimizers,
                    k.optimizers.schedules, k.losses, k.metrics):
         for n, obj in public(module).items():
@@ -166,7 +215,15 @@ def _allowed() -> dict[str, frozenset[str]]:
             elif inspect.isfunction(obj) and n not in ("get", "serialize", "deserialize"):
                 functions.add(n)
     return {"classes": frozenset(classes), "functions": frozenset(functions),
-            "tfmot": frozenset(custom_objects())}
+            "initializers": frozenset(initializers), "tfmot": frozenset(custom_objects())}
+
+
+def _application_layers() -> dict[str, Any]:
+    """APPLICATION_LAYERS as classes, for files (.h5) that name them without their module."""
+    keras()
+    from tf_keras.src.applications import convnext
+
+    return {cls: getattr(convnext, cls) for _, cls in APPLICATION_LAYERS}
 
 
 def _keras_zip_config(path: Path) -> dict[str, Any] | None:
@@ -175,6 +232,29 @@ def _keras_zip_config(path: Path) -> dict[str, Any] | None:
             return json.loads(z.read("config.json"))
     except (zipfile.BadZipFile, KeyError, ValueError):
         return None
+
+
+def _keras_zip_version(path: Path) -> str | None:
+    """``keras_version`` from a .keras zip's metadata.json (None when absent or unreadable)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            version = json.loads(z.read("metadata.json")).get("keras_version")
+    except (zipfile.BadZipFile, KeyError, ValueError, AttributeError):
+        return None
+    return version if isinstance(version, str) else None
+
+
+def _h5_keras_version(path: Path) -> str | None:
+    """``keras_version`` from an HDF5 model file's attributes."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("keras_version")
+    except OSError:
+        return None
+    version = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
+    return version if isinstance(version, str) else None
 
 
 def _h5_config(path: Path) -> dict[str, Any] | None:

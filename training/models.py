@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeship.core.errors import InputError
+from edgeship.training.batchnorm import set_momentum
 from edgeship.training.keras_env import keras
 
 
@@ -144,10 +145,18 @@ def resolve_model_name(name: str | None, kind: str) -> str:
 
 def build_model(name: str, input_shape: tuple[int, ...], n_classes: int,
                 options: ModelOptions | None = None) -> Any:
-    """A fresh, uncompiled tf_keras model from the registry."""
+    """A fresh, uncompiled tf_keras model from the registry.
+
+    Its batch-norm layers get momentum 0.9 (keras.applications uses 0.999): edgeship trains on
+    small datasets for a few hundred steps, and slower moving averages stay near their
+    initial values, so inference would use statistics unrelated to the weights (see
+    ``training.batchnorm``).
+    """
     if name not in MODELS:
         raise InputError(f"unknown model '{name}'; valid models: {', '.join(MODELS)}")
-    return MODELS[name].build(tuple(input_shape), n_classes, options or ModelOptions())
+    model = MODELS[name].build(tuple(input_shape), n_classes, options or ModelOptions())
+    set_momentum(model)
+    return model
 
 
 def count_params(model: Any) -> int:

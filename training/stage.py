@@ -1,7 +1,9 @@
 """The training stage: data in, a new run out.
 
-Load -> split -> fit preprocessing on train -> train with early stopping -> evaluate on test
--> baselines -> write the run. The run only appears once everything is written.
+Load -> split -> fit preprocessing on train -> train with early stopping (images of 32 px and
+up: augmented, with a rate that halves on plateaus) -> recompute batch-norm statistics on train
+-> evaluate on test -> baselines, and a warning when validation does not beat them -> write the
+run. The run only appears once everything is written.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ from typing import Any
 
 import numpy as np
 
+from edgeship.core.console import warn
 from edgeship.core.errors import InputError
 from edgeship.core.runstore import RunDir, RunStore
 from edgeship.training import preprocessing
-from edgeship.training.baselines import run_baselines
+from edgeship.training.baselines import baseline_verdict, run_baselines
+from edgeship.training.batchnorm import SHORT_TRAINING_MOMENTUM, recompute_statistics
+from edgeship.training.card import model_card, plot_curves
 from edgeship.training.datasets import RawDataset, load_dataset
 from edgeship.training.evaluation import classification_metrics
 from edgeship.training.keras_env import keras, seed_everything
+from edgeship.training.keras_env import tf as tf_module
 from edgeship.training.models import ModelOptions, build_model, count_params, resolve_model_name
-from edgeship.training.report import model_card, plot_curves
 from edgeship.training.splits import Split, balanced_class_weight, split_dataset
 
 
@@ -47,6 +52,7 @@ class TrainConfig:
     class_weight: str | None = None
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    augment: str = "auto"  # auto: on for images of at least AUGMENT_MIN_SIDE pixels a side
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -61,6 +67,22 @@ class TrainConfig:
             raise InputError(f"--class-weight {self.class_weight}: use 'balanced' or 'none'")
         if min(self.image_size) < 4:
             raise InputError(f"--image-size {self.image_size}: use at least 4 pixels a side")
+        if self.augment not in ("auto", "on", "off"):
+            raise InputError(f"--augment {self.augment}: use auto, on or off")
+
+
+# Small shifts and zooms are label-preserving at 32 px and up; on the 8x8 digits one pixel is
+# 12 % of the digit, so ``auto`` leaves small images (and the default run) alone.
+AUGMENT_MIN_SIDE = 32
+AUGMENT_SHIFT = 0.1  # fraction of height and width
+AUGMENT_ZOOM = 0.1
+
+
+def augments(cfg: TrainConfig, kind: str, input_shape: tuple[int, ...]) -> bool:
+    """Whether training augments: ``on``/``off`` as asked; ``auto`` for images >= 32 px a side."""
+    if kind != "image" or cfg.augment == "off":
+        return False
+    return cfg.augment == "on" or min(input_shape[0], input_shape[1]) >= AUGMENT_MIN_SIDE
 
 
 @dataclass
@@ -127,20 +149,36 @@ def _fit_and_evaluate(out: Path, prep: Prepared, cfg: TrainConfig, model_name: s
                     if cfg.class_weight == "balanced" else None)
     callbacks = [k.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience,
                                            restore_best_weights=True)]
+    augment = augments(cfg, prep.data.kind, a["x_train"].shape[1:])
+    if augment:  # the small-image-folder recipe: augmented data, and a rate that halves on plateaus
+        callbacks.append(k.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(2, cfg.patience // 3),
+            min_lr=cfg.learning_rate / 16))
     if progress is not None:
         callbacks.append(_EpochProgress(progress))
     t0 = time.perf_counter()
+    if augment:
+        inputs: dict[str, Any] = {"x": _augmented(a["x_train"], a["y_train"], cfg.batch_size,
+                                                  cfg.seed)}
+    else:
+        inputs = {"x": a["x_train"], "y": a["y_train"], "batch_size": cfg.batch_size,
+                  "shuffle": True}
     history = model.fit(
-        a["x_train"], a["y_train"], validation_data=(a["x_val"], a["y_val"]),
-        epochs=cfg.epochs, batch_size=cfg.batch_size, class_weight=class_weight,
-        callbacks=callbacks, verbose=0, shuffle=True,
+        **inputs, validation_data=(a["x_val"], a["y_val"]), epochs=cfg.epochs,
+        class_weight=class_weight, callbacks=callbacks, verbose=0,
     ).history
+    # The moving averages lag the final (restored) weights: recompute them on the train split.
+    bn_layers = recompute_statistics(model, a["x_train"])
     wall = time.perf_counter() - t0
     metrics = _evaluate_and_save(out, model, prep, cfg.seed, wall)
     metrics.update({
         "epochs_run": len(history["loss"]),
         "best_epoch": int(np.argmin(history["val_loss"])) + 1,
         "class_weight": class_weight,
+        "augmentation": ({"shift": AUGMENT_SHIFT, "zoom": AUGMENT_ZOOM} if augment else None),
+        "batch_norm": ({"layers": bn_layers, "momentum": SHORT_TRAINING_MOMENTUM,
+                        "statistics": "recomputed on the train split after training"}
+                       if bn_layers else None),
     })
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     _write_history(out / "history.csv", history)
@@ -154,12 +192,21 @@ def _evaluate_and_save(out: Path, model: Any, prep: Prepared, seed: int, wall: f
     """Test metrics, baselines and the saved model: the same for trained and imported models."""
     a, labels = prep.arrays, prep.data.labels
     probs = model.predict(a["x_test"], batch_size=256, verbose=0)
+    val_probs = model.predict(a["x_val"], batch_size=256, verbose=0)
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
+    baselines = run_baselines(a["x_train"], a["y_train"], a["x_test"], a["y_test"], len(labels),
+                              seed, x_val=a["x_val"], y_val=a["y_val"])
+    val_acc = float((val_probs.argmax(axis=1) == a["y_val"]).mean()) if len(a["y_val"]) else 0.0
+    beats, warnings = baseline_verdict(val_acc, baselines, len(a["y_val"]))
+    for line in warnings:
+        warn(line)
     metrics = {
         "test": classification_metrics(probs, a["y_test"], labels),
-        "baselines": run_baselines(a["x_train"], a["y_train"], a["x_test"], a["y_test"],
-                                   len(labels), seed),
+        "val_accuracy": val_acc,
+        "baselines": baselines,
+        "beats_baselines": beats,
+        "warnings": warnings,
         "params": count_params(model),
         "wall_time_s": round(wall, 3),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -195,7 +242,22 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
         "test_accuracy": metrics["test"]["accuracy"],
         "test_macro_f1": metrics["test"]["macro_f1"],
         "baselines": {k: v["accuracy"] for k, v in metrics["baselines"].items()},
+        "val_accuracy": metrics["val_accuracy"],
+        "beats_baselines": metrics["beats_baselines"],
+        "warnings": metrics["warnings"],
     }
+
+
+def _augmented(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int) -> Any:
+    """Shuffled batches with random shifts and zooms, applied outside the model so exports
+    never contain augmentation layers. Edges repeat the border pixels (``nearest``)."""
+    tf, k = tf_module(), keras()
+    shift = k.layers.RandomTranslation(AUGMENT_SHIFT, AUGMENT_SHIFT, fill_mode="nearest",
+                                       seed=seed)
+    zoom = k.layers.RandomZoom(AUGMENT_ZOOM, fill_mode="nearest", seed=seed + 1)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    return ds.map(lambda xb, yb: (zoom(shift(xb, training=True), training=True), yb)).prefetch(2)
 
 
 def _write_data(out: Path, prep: Prepared) -> None:

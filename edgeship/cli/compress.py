@@ -41,6 +41,8 @@ from edgeship.core.errors import InputError
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--name", help="Variant name (default: made from the passes).")
 @click.option("--recipe", help="A named set of variants: 'default' is what `edgeship run` makes.")
+@click.option("--force", is_flag=True,
+              help="Replace a variant of the same name (its exports and benchmark results are removed).")
 @click.option("--search", "do_search", is_flag=True, help="Search recipes under --accuracy-budget.")
 @click.option("--accuracy-budget", type=Number(float, min=0, max=100), default=1.0, show_default=True,
               help="Search: largest validation accuracy drop allowed, in points.")
@@ -58,7 +60,8 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
              cluster: int | None, quantize: str | None, distill: bool, student: str | None,
              student_width: float, temperature: float, alpha: float, distill_epochs: int,
              low_rank: str | None, low_rank_energy: float, epochs: int, batch_size: int,
-             learning_rate: float, seed: int, name: str | None, recipe: str | None, do_search: bool,
+             learning_rate: float, seed: int, name: str | None, recipe: str | None, force: bool,
+             do_search: bool,
              accuracy_budget: float, objective: str, time_budget: float | None, model_file: str | None,
              dataset: str | None, target: str | None, image_size: str, as_json: bool) -> None:
     """Compress a model of RUN into a new, measured variant.
@@ -72,7 +75,8 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
       edgeship compress latest --cluster 16 --quantize qat        # CQAT
       edgeship compress latest --distill --student-width 0.25 --quantize int8
       edgeship compress latest --low-rank auto
-      edgeship compress latest --recipe default
+      edgeship compress latest --recipe default --epochs 2 --distill-epochs 3
+      edgeship compress latest --prune 0.5 --name half --force    # replace 'half' and its exports
       edgeship compress latest --search --accuracy-budget 1.0 --objective size --time-budget 10m
       edgeship compress --model mine.keras --dataset digits --prune 0.5
     """
@@ -85,11 +89,24 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, source=source,
         name=name,
     )
+    given = _given_options()
     has_pass = any((prune is not None, prune_structure, cluster is not None, quantize, distill, low_rank))
     if do_search and (recipe or has_pass):
         raise InputError("--search picks its own passes: drop --recipe and the pass options")
+    fixed = sorted(given & RECIPE_FIXES)
+    if recipe and fixed:
+        raise InputError(f"--recipe {recipe} fixes each variant's passes and name: drop "
+                         f"{', '.join('--' + f.replace('_', '-') for f in fixed)}")
+    if do_search and given & {"student", "student_width", "source"}:
+        raise InputError("--search tries its own students from the trained model: drop --student, "
+                         "--student-width and --from")
     if not (do_search or recipe):
         cfg.check()  # before any slow loading: bad flags fail fast
+    tuning = {"epochs": epochs, "distill_epochs": distill_epochs, "learning_rate": learning_rate,
+              "batch_size": batch_size, "temperature": temperature, "alpha": alpha,
+              "low_rank_energy": low_rank_energy}
+    tuned = {k: v for k, v in tuning.items() if k in given}  # the rest: the recipe's or search's own
+    configs = _recipe_configs(recipe, cfg, tuned) if recipe else [cfg]  # checked before any loading
     run = _resolve_or_import(app, run_ref, model_file, dataset, target, image_size, seed)
     summaries: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
@@ -97,7 +114,8 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
         from edgeship.compression.search import SearchConfig, search
 
         scfg = SearchConfig(accuracy_budget=accuracy_budget, objective=objective,
-                            time_budget_s=time_budget, seed=seed)
+                            time_budget_s=time_budget, seed=seed, name=name, force=force,
+                            **tuned)
         scfg.check()
         with progress("searching", total=12) as bar:
             result = search(run, scfg, progress=bar)
@@ -107,29 +125,44 @@ def compress(app: Any, run_ref: str | None, source: str, prune: float | None, pr
         if result.best is not None:
             summaries.append(result.best.summary)
     else:
-        configs = _recipe_configs(recipe, cfg) if recipe else [cfg]
+        if recipe:
+            from edgeship.compression.stage import check_name_free
+
+            for c in configs:  # all names before the first variant trains
+                check_name_free(run, c.name or c.default_name(), force)
         for c in configs:
-            summaries.append(_compress_one(run, c))
+            summaries.append(_compress_one(run, c, force))
     if as_json:
         emit_json({"run_id": run.id, "run_dir": str(run.path), "variants": summaries, **extra})
     else:
         print_variants(run, summaries, extra.get("search"))
 
 
-def _compress_one(run: Any, cfg: Any) -> dict[str, Any]:
+# What a recipe sets for each of its variants: giving one of these with --recipe is an error.
+RECIPE_FIXES = frozenset({"prune", "prune_structure", "cluster", "quantize", "distill", "student",
+                          "student_width", "low_rank", "name"})
+
+
+def _given_options() -> set[str]:
+    """The options typed on the command line (or set in the environment), not left at defaults."""
+    ctx = click.get_current_context()
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+
+
+def _compress_one(run: Any, cfg: Any, force: bool = False) -> dict[str, Any]:
     from edgeship.compression.stage import compress_run
 
     label = cfg.name or cfg.default_name()
     with progress(f"compress {label}", total=cfg.pass_count() or None) as bar:
-        return compress_run(run, cfg, progress=bar).summary
+        return compress_run(run, cfg, progress=bar, force=force).summary
 
 
-def _recipe_configs(recipe_name: str, cfg: Any) -> list[Any]:
-    from dataclasses import replace
+def _recipe_configs(recipe_name: str, cfg: Any, tuned: dict[str, Any]) -> list[Any]:
+    """The recipe's variants with this command's seed, source and fine-tuning options."""
+    from edgeship.compression.recipes import tuned_recipe
 
-    from edgeship.compression.recipes import recipe
-
-    return [replace(c, seed=cfg.seed, source=cfg.source) for c in recipe(recipe_name)]
+    return tuned_recipe(recipe_name, seed=cfg.seed, source=cfg.source, **tuned)
 
 
 def _resolve_or_import(app: Any, run_ref: str | None, model_file: str | None, dataset: str | None,

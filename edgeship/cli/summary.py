@@ -53,6 +53,7 @@ def render_summary(run: RunDir, m: dict[str, Any], console: Console) -> None:
                       f"{acc:.4f}" if acc is not None else "-", str(v.get("tflite_bytes", "-")))
         console.print(t)
     exports = m.get("exports") or {}
+    stale = _stale_exports(run)
     if exports:
         t = Table(title="exports")
         for col in ("artifact", "format", "quantize", "target", "bytes", "top-1 agreement", "validation"):
@@ -64,8 +65,12 @@ def render_summary(run: RunDir, m: dict[str, Any], console: Console) -> None:
             t.add_row(_e(key), _e(a.get("format", "")), _e(a.get("quantize", "")),
                       _e(target.get("name", "") if isinstance(target, dict) else target),
                       f"{a.get('bytes', 0):,}", f"{agree:.4f}" if agree is not None else "-",
+                      "[red]stale[/]" if key in stale else
                       "passed" if val.get("passed") else "[red]failed[/]")
         console.print(t)
+    for key, reason in stale.items():
+        console.print(f"[red]stale:[/] {_e(reason)}; re-export it: "
+                      f"`edgeship export {_e(m['run_id'])} --variant {_e(key.split('/')[1])}`")
     t = Table(title="stages")
     for col in ("stage", "started", "wall time", "outputs", "key metrics"):
         t.add_column(col)
@@ -76,6 +81,13 @@ def render_summary(run: RunDir, m: dict[str, Any], console: Console) -> None:
         t.add_row(_e(s["name"]), _e(s["started"]), f"{s['wall_time_s']:.1f} s", str(len(s["outputs"])),
                   _e(shown))
     console.print(t)
+
+
+def _stale_exports(run: RunDir) -> dict[str, str]:
+    """Export folder -> why it no longer matches its variant's model (``compress --force``)."""
+    from edgeship.export.listing import list_artifacts
+
+    return {a["dir"]: a["stale"] for a in list_artifacts(run) if a.get("stale")}
 
 
 def _e(value: Any) -> str:

@@ -55,8 +55,9 @@ out = _console(stderr=False)
 
 
 def warn(message: str, *, markup: bool = False) -> None:
-    """``warning: <message>`` on stderr; the message is plain text unless ``markup``."""
-    err.print(f"[yellow]warning:[/] {message if markup else escape(message)}")
+    """``warning: <message>`` on stderr, one line however long (logs are grepped); the message
+    is plain text unless ``markup``."""
+    err.print(f"[yellow]warning:[/] {message if markup else escape(message)}", soft_wrap=True)
 
 
 def info(message: str, *, markup: bool = False) -> None:

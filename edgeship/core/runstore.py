@@ -10,7 +10,9 @@ Writing is safe against other writers and against being killed at any point:
 * **One writer at a time.** A stage holds the run's lock (``<run>/.lock``, an ``fcntl.flock``;
   the file names the holder's pid and command line) from before its staging folder exists until
   its commit or rollback is done. A second writer says whom it waits for and waits, or, with
-  ``wait=False`` (``edgeship --no-wait``), fails at once. The kernel drops a killed holder's lock.
+  ``wait=False`` (``edgeship --no-wait``), fails at once; a stage that works before it commits
+  (compress, bench) checks that at its start (``RunDir.begin``), and its wall time counts from
+  there. The kernel drops a killed holder's lock.
   The lock is re-entrant within a process (a stage inside ``new_run`` or inside another stage).
 * **Sections merge, they do not overwrite.** At commit the manifest is read again under the lock
   and the stage's sections are merged into it key by key (``merge_section``), so a stage never
@@ -77,6 +79,14 @@ def default_root() -> Path:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class StageStart:
+    """When a stage's work began (``RunDir.begin``): its wall time runs from here, not from its commit."""
+
+    started: str  # ISO-8601 UTC
+    t0: float  # time.perf_counter()
 
 
 @dataclass
@@ -210,18 +220,34 @@ class RunDir:
             del HELD[key]
             release(lock, self.path)
 
+    def begin(self) -> StageStart:
+        """Mark the start of a stage that works in memory before ``stage`` commits it.
+
+        Compress and bench train, convert or measure for minutes and take the lock only to
+        commit, so two of them can work on one run at once. Their wall time counts from here,
+        and with ``wait=False`` a run another process is writing fails here, before the work,
+        not after it (a writer that starts during the work still makes the commit wait, or fail).
+        """
+        if not self.wait:
+            with self.writing():  # raises RunError naming the holder
+                pass
+        return StageStart(now_iso(), time.perf_counter())
+
     @contextmanager
-    def stage(self, name: str, params: dict[str, Any] | None = None) -> Iterator[StageContext]:
-        """Run a stage transactionally under the run's lock; see the module docstring."""
+    def stage(self, name: str, params: dict[str, Any] | None = None, *,
+              start: StageStart | None = None) -> Iterator[StageContext]:
+        """Run a stage transactionally under the run's lock; see the module docstring.
+
+        ``start`` (from ``begin``) is when the stage's work began, if before this block.
+        """
         with self.writing():
             staging = make_temp_dir(f"{STAGE_PREFIX}{name}-", self.path)
             ctx = StageContext(run=self, name=name, params=dict(params or {}), staging=staging)
-            started = now_iso()
-            t0 = time.perf_counter()
+            start = start or StageStart(now_iso(), time.perf_counter())
             try:
                 yield ctx
-                wall = time.perf_counter() - t0
-                self._commit(ctx, started, wall)
+                wall = time.perf_counter() - start.t0
+                self._commit(ctx, start.started, wall)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
@@ -380,6 +406,11 @@ class RunStore:
         matches = [r for r in self.list() if r.path.name.startswith(ref_s)]
         if len(matches) == 1:
             return _opened(matches[0])
+        if len(matches) > 1:
+            names = [r.path.name for r in reversed(matches)]  # newest first
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise RunError(f"run id prefix '{ref_s}' matches {len(names)} runs: {shown}; "
+                           "give more characters of the run id")
         known = ", ".join(r.path.name for r in self.list()[-5:]) or "none yet"
         raise RunError(
             f"no run '{ref_s}' (a path, a run id or 'latest') in {self.root}; recent runs: {known}"

@@ -1,0 +1,118 @@
+"""Models people ship, brought in by file: tf_keras's own applications, LSTM and GRU models.
+
+Each application family is built with random weights at a small input size, saved, and
+imported through the allowlist (``training.imported``); the loaded model must compute what
+the saved one did. Recurrent models go through compress (TFLite measurement) and export to
+TFLite and ONNX; a layer TFLite cannot express fails that format in one line while the other
+formats go on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from clihelp import assert_one_line_error, invoke
+
+from edgeship.core.runstore import RunDir, RunStore
+from edgeship.training.imported import load_foreign_model
+
+pytestmark = pytest.mark.slow
+
+SHAPE = (32, 32, 3)  # the smallest input every family below accepts
+FAMILIES = ["MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "EfficientNetV2B0", "ConvNeXtTiny",
+            "RegNetX002", "ResNet50", "DenseNet121"]
+SMALL = {"MobileNetV2": {"alpha": 0.35}, "MobileNetV3Small": {"alpha": 0.75}}
+
+
+def _application(name: str) -> Any:
+    from edgeship.training.keras_env import keras
+
+    build = getattr(keras().applications, name)
+    return build(input_shape=SHAPE, weights=None, classes=10, **SMALL.get(name, {}))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_stock_application_imports(tmp_path: Path, name: str) -> None:
+    """Refused before (TFOpLambda of x + 3, Constant initializer, LayerScale); now loaded, and the
+    loaded model gives the saved model's outputs."""
+    model = _application(name)
+    suffix = ".h5" if name == "ConvNeXtTiny" else ".keras"  # .h5 names LayerScale without a module
+    path = tmp_path / f"{name}{suffix}"
+    model.save(path)
+    loaded, origin = load_foreign_model(path, SHAPE, 10)
+    x = np.random.default_rng(0).uniform(-1, 1, size=(4, *SHAPE)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+    assert origin["format"] == suffix[1:] and loaded.count_params() == model.count_params()
+
+
+def _sequence_model(path: Path, layer: str) -> Path:
+    """digits rows as a sequence of 8 steps of 8 features, then ``layer``."""
+    from edgeship.training.keras_env import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 1))
+    if layer == "ConvLSTM1D":
+        x = k.layers.Flatten()(k.layers.ConvLSTM1D(4, 3)(inputs))
+    else:
+        x = getattr(k.layers, layer)(16)(k.layers.Reshape((8, 8))(inputs))
+    k.Model(inputs, k.layers.Dense(10, activation="softmax")(x)).save(path)
+    return path
+
+
+def _only_run(runs: Path) -> RunDir:
+    (path,) = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return RunDir(path)
+
+
+@pytest.mark.parametrize("layer", ["LSTM", "GRU"])
+def test_recurrent_model_compresses_and_exports_to_tflite_and_onnx(tmp_path: Path, layer: str) -> None:
+    """compress measured LSTM/GRU through TFLite and died with the converter's TensorListReserve
+    traceback; now the recurrence is unrolled over its 8 steps and every format matches Keras."""
+    from edgeship.export.stage import export_run
+
+    runs = tmp_path / "runs"
+    path = _sequence_model(tmp_path / f"{layer}.keras", layer)
+    result = invoke(runs, "compress", "--model", str(path), "--dataset", "digits", "--quantize", "int8")
+    assert result.exit_code == 0, result.stderr
+    run = _only_run(runs)
+    (variant,) = [p for p in (run.path / "variants").iterdir() if p.is_dir()]
+    metrics = json.loads((variant / "metrics.json").read_text())
+    assert metrics["tflite_bytes"] > 0 and metrics["deploy_form"] == "int8"
+    results = export_run(run, formats="tflite,onnx", quantize="float32")
+    assert sorted(r.dir.name for r in results) == ["onnx-float32", "tflite-float32"]
+    for r in results:
+        assert r.passed, (r.dir.name, r.validation)
+        assert r.validation["top1_agreement"] == 1.0 and r.validation["max_abs_diff"] <= 1e-4
+    tflite = next(r for r in results if r.format == "tflite")
+    assert tflite.artifact["recurrent"] == "unrolled" and tflite.artifact["inputs"][0]["shape"][0] == -1
+
+
+def test_layer_tflite_cannot_express_fails_one_format_and_export_goes_on(tmp_path: Path) -> None:
+    """ConvLSTM1D (a loop TFLite cannot express with a free batch): compress says so in one line;
+    export records tflite as failed with the reason and still makes and validates ONNX."""
+    from edgeship.export.stage import export_run
+    from edgeship.training.stage import TrainConfig, adopt
+
+    path = _sequence_model(tmp_path / "convlstm.keras", "ConvLSTM1D")
+    result = invoke(tmp_path / "cli-runs", "compress", "--model", str(path), "--dataset", "digits",
+                    "--quantize", "int8")
+    assert_one_line_error(result, "TFLite cannot convert this model", "'conv_lstm1d' (ConvLSTM1D)",
+                          "replace that layer")
+    run = adopt(RunStore(tmp_path / "runs"), path, TrainConfig(dataset="digits")).run
+    results = export_run(run, formats="tflite,onnx", quantize="float32")
+    by = {r.dir.name: r for r in results}
+    assert sorted(by) == ["onnx-float32", "tflite-float32.failed"]
+    assert by["onnx-float32"].passed and by["onnx-float32"].validation["top1_agreement"] == 1.0
+    failed = by["tflite-float32.failed"]
+    (reason,) = failed.validation["failures"]
+    assert "\n" not in reason and "TensorListReserve" in reason and "'conv_lstm1d' (ConvLSTM1D)" in reason
+    meta = json.loads((failed.dir / "artifact.json").read_text())
+    assert meta["validation"]["passed"] is False and meta["file"] is None
+    assert sorted(p.name for p in failed.dir.iterdir()) == ["artifact.json"]
+    exports = run.manifest["exports"]
+    assert exports["exports/base/tflite-float32.failed"]["validation"]["passed"] is False
+    assert exports["exports/base/onnx-float32"]["validation"]["passed"] is True
