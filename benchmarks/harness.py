@@ -1,6 +1,6 @@
 """What every benchmark driver shares: choosing artifacts, thread counts and counts, progress.
 
-The registry of drivers (which device name runs which driver) is ``edgeship.measure``, on the
+The registry of drivers (which device name runs which driver) is ``edgeship.devices.registry``, on the
 top floor, since the Pi's driver lives above this layer.
 """
 

@@ -27,7 +27,8 @@ Required keys (``None`` allowed where marked ``| null``)::
     latency_ms      {mean, std, min, p50, p90, p95, p99, max}   invoke alone, milliseconds, per
                                                   call; p50 is the median of the rounds' p50s, the
                                                   rest are over every sample of every round
-    p50_ci_ms       [lo, hi] | null               95 % interval of p50 (``ci_method``); null for 1 round
+    p50_ci_ms       [lo, hi] | null               interval of p50 (``ci_method``) at ``ci_level``; null
+                                                  for 1 round
     calls_per_sample int >= 1                     k: a sample is the mean of k back-to-back calls
     clock_step_ms   float | null                  the timer's measured step
     init_ms         float | null                  load (sha256 check + runtime init)
@@ -38,7 +39,12 @@ Required keys (``None`` allowed where marked ``| null``)::
     accuracy_source "device" | "export validation" | null
     device          {cpu_model, cores, arch, os, python, governor, emulated: bool, ...}
 
-Optional: ``round_p50_ms`` (each round's p50), ``ci_method``, ``tail_ms`` ({p50, p90, p99, max,
+Optional: ``round_p50_ms`` (each round's p50), ``ci_method``, ``ci_level`` (the interval's exact
+coverage for this many rounds, e.g. 0.9375 for 5; null without an interval or in results written
+before it was recorded, whose bootstrap interval claimed 95 % it did not reach: reports say "level
+not stated"), ``calibration`` ({warmup, calls, call_ms, end_call_ms, drift, drifted}: how k was
+chosen, after warm-up, and the call time re-checked at the end of the session; ``drifted`` when
+the two differ by more than ``DRIFT_LIMIT`` x, so k may be off), ``tail_ms`` ({p50, p90, p99, max,
 samples}: single-call samples, for tail latency, since a k-call mean hides a slow call),
 ``top1_agreement`` and ``evaluation`` (how accuracy was measured), ``end_to_end_ms`` (same keys
 as latency_ms: preprocess + invoke + postprocess), ``samples_ms`` (every round's samples, for
@@ -66,6 +72,7 @@ REQUIRED = (
 REQUIRED_V2 = ("device_id", "rounds", "p50_ci_ms", "calls_per_sample", "clock_step_ms", "accuracy_source")
 ACCURACY_SOURCES = ("device", "export validation")
 TAIL_KEYS = ("p50", "p90", "p99", "max")
+DRIFT_LIMIT = 2.0  # call time at the end of a session vs at calibration: beyond this, k may be off
 _NULLABLE_STR = ("model", "variant", "quantize", "backend_version")
 _NULLABLE_MS = ("init_ms", "first_ms", "peak_rss_mb")
 _ORDER = ("min", "p50", "p90", "p95", "p99", "max")
@@ -179,6 +186,16 @@ def _check_rounds(d: dict[str, Any], problems: list[str]) -> None:
             p50 = d["latency_ms"]["p50"]
             if not ci[0] - _SLACK <= p50 <= ci[1] + _SLACK:
                 problems.append(f"p50 ({p50}) lies outside its interval p50_ci_ms {ci}")
+    level = d.get("ci_level")
+    if level is not None and not (_is_num(level) and 0 < level <= 1):
+        problems.append(f"ci_level must be a fraction in (0, 1] or null, got {level!r}")
+    elif level is not None and ci is None:
+        problems.append("ci_level is set but p50_ci_ms is null: a level needs an interval")
+    cal = d.get("calibration")
+    if cal is not None and not (isinstance(cal, dict) and _is_num(cal.get("call_ms")) and cal["call_ms"] >= 0
+                                and isinstance(cal.get("drifted"), bool)):
+        problems.append("calibration must be an object with call_ms (a number >= 0) and drifted "
+                        "(true or false)")
     step = d.get("clock_step_ms")
     if step is not None and not (_is_num(step) and step > 0):
         problems.append(f"clock_step_ms must be a number > 0 or null, got {step!r}")
@@ -207,6 +224,7 @@ def upgrade_result(d: dict[str, Any]) -> dict[str, Any]:
     out.setdefault("device_id", device_id(str(d.get("on") or "host"), d.get("device") or {}))
     out.setdefault("rounds", 1)
     out.setdefault("p50_ci_ms", None)
+    out.setdefault("ci_level", None)
     out.setdefault("calls_per_sample", (d.get("options") or {}).get("callsPerSample") or 1)
     out.setdefault("clock_step_ms", d.get("timer_resolution_ms"))
     out.setdefault("accuracy_source", None if d.get("accuracy") is None else

@@ -5,11 +5,15 @@ Method, the same on every device (the browser's page follows it step by step):
 1. load every (artifact, thread count) once; time the load and the first inference;
 2. measure the test split's accuracy through the loaded model (untimed), where a test set is given;
 3. measure the clock step, and per configuration choose k, the back-to-back calls per sample, so a
-   sample spans >= 100 clock steps (``edge_runtime.sampling``);
+   sample spans >= 100 clock steps (``edge_runtime.sampling``), from the call time of a warm
+   runtime (warm-up calls first, then the lower quartile of 11 batches of back-to-back calls);
 4. for each of ``rounds`` rounds, every configuration once, in an order that changes each round
    (``round_order``): warm-up calls, then ``runs`` samples of
    k calls (and, when k > 1, ``runs`` single-call samples for the tail);
-5. summarise with ``edge_runtime.stats``: median of round p50s, its 95 % interval, the tail.
+5. re-check each configuration's call time the same way; a result whose call time moved more
+   than 2x from its calibration says so (``calibration.drifted`` and a note): its k may be off;
+6. summarise with ``edge_runtime.stats``: median of round p50s, its order-statistic interval and
+   that interval's level (``ci_level``), the tail.
 
 Configurations share one process, so switching between them costs nothing and a round takes
 seconds, not minutes of process start-up; a short pause between configurations lets one
@@ -27,8 +31,15 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError, InputError
-from edge_runtime.result import SCHEMA_VERSION, device_id
-from edge_runtime.sampling import calls_per_sample, clock_step_ns, estimate_call_ns, sample_calls
+from edge_runtime.result import DRIFT_LIMIT, SCHEMA_VERSION, device_id
+from edge_runtime.sampling import (
+    CALIBRATION_WARMUP,
+    calls_per_sample,
+    clock_step_ns,
+    drift_ratio,
+    estimate_call_ns,
+    sample_calls,
+)
 from edge_runtime.stats import summarize_rounds
 from edge_runtime.timing import PERCENTILE_METHOD, device_facts, device_kind, peak_rss_mb, summarize_ms
 
@@ -48,6 +59,9 @@ class Config:
     init_ms: float
     first_ms: float
     k: int = 1
+    call_ns: float = 0.0  # the call time k was chosen from (warm)
+    calibration_calls: int = 0
+    end_call_ns: float | None = None  # the same estimate at the end of the session
     rounds: list[list[float]] = field(default_factory=list)
     single: list[float] = field(default_factory=list)
     evaluation: dict[str, Any] | None = None
@@ -86,9 +100,11 @@ def bench_session(
     for c in configs:
         _bind(c)
     step = clock_step_ns()
+    cal_warmup = max(warmup, CALIBRATION_WARMUP)
     for c in configs:
         _activate(c)
-        c.k = calls_per_sample(step, estimate_call_ns(c.invoke))
+        c.call_ns, c.calibration_calls = estimate_call_ns(c.invoke, warmup=cal_warmup)
+        c.k = calls_per_sample(step, c.call_ns)
     total = rounds * len(configs)
     done = 0
     for r in range(rounds):
@@ -101,8 +117,27 @@ def bench_session(
             done += 1
             if progress is not None:
                 progress(done, total, f"round {r + 1}/{rounds} {c.label}")
+    for c in configs:  # did the call time that set k hold for the whole session?
+        _activate(c)
+        c.end_call_ns, _ = estimate_call_ns(c.invoke, warmup=cal_warmup)
     facts = device_facts()
     return [_result(c, kind, facts, step, warmup, end_to_end, keep_samples) for c in configs]
+
+
+def calibration_record(call_ms: float, end_call_ms: float | None, warmup: int, calls: int,
+                       k: int) -> tuple[dict[str, Any], str | None]:
+    """The result's ``calibration`` object and, when the call time drifted more than
+    ``DRIFT_LIMIT`` x between calibration and the end of the session, the note that says so."""
+    drift = None if end_call_ms is None else drift_ratio(call_ms, end_call_ms)
+    drifted = drift is not None and drift > DRIFT_LIMIT
+    record = {"warmup": warmup, "calls": calls, "call_ms": round(call_ms, 6),
+              "end_call_ms": None if end_call_ms is None else round(end_call_ms, 6),
+              "drift": None if drift is None else round(drift, 3), "drifted": drifted}
+    note = None
+    if drifted:
+        note = (f"call time drifted {drift:.1f}x during the session ({call_ms:.4g} ms at calibration, "
+                f"{end_call_ms:.4g} ms at the end): k = {k} may be off")
+    return record, note
 
 
 def _check_counts(rounds: int, runs: int, warmup: int) -> None:
@@ -214,6 +249,11 @@ def _result(
     notes = []
     if step is None:
         notes.append("the clock step could not be measured: one call per sample")
+    calibration, drift_note = calibration_record(
+        c.call_ns / 1e6, None if c.end_call_ns is None else c.end_call_ns / 1e6,
+        max(warmup, CALIBRATION_WARMUP), c.calibration_calls, c.k)
+    if drift_note:
+        notes.append(drift_note)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "on": kind,
@@ -231,6 +271,7 @@ def _result(
         "batch": int(model.input_shape[0]) if model.input_shape[0] > 0 else 1,
         "warmup": warmup,
         **timing,
+        "calibration": calibration,
         "end_to_end_ms": None,
         "init_ms": round(c.init_ms, 3),
         "first_ms": round(c.first_ms, 3),
@@ -265,3 +306,22 @@ def threads_env_for(threads: Sequence[int | None]) -> dict[str, str]:
 def apply_threads_env(threads: Sequence[int | None]) -> None:
     """Set ``threads_env_for`` in this process, before any runtime is imported."""
     os.environ.update(threads_env_for(threads))
+
+def benchmark(
+    artifact: str | Path,
+    runs: int = 200,
+    warmup: int = 20,
+    threads: int | None = None,
+    raw: Any = None,
+    end_to_end: bool = True,
+    on: str | None = None,
+    keep_samples: bool = True,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """One artifact at one thread count: ``edge_runtime.rounds.bench_session`` for a single config.
+
+    ``raw`` is accepted for compatibility and ignored: inputs are synthesised from the spec.
+    """
+    del raw
+    return bench_session([artifact], [threads], rounds=rounds, runs=runs, warmup=warmup, on=on,
+                         end_to_end=end_to_end, keep_samples=keep_samples)[0]

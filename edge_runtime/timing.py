@@ -191,25 +191,3 @@ def device_kind(on: str | None = None) -> str:
         raise InputError(f"device kind must be one of {', '.join(ON_CHOICES)}, got {kind!r} "
                          f"(from --on or ${DEVICE_ENV})")
     return kind
-
-
-def benchmark(
-    artifact: str | Path,
-    runs: int = 200,
-    warmup: int = 20,
-    threads: int | None = None,
-    raw: Any = None,
-    end_to_end: bool = True,
-    on: str | None = None,
-    keep_samples: bool = True,
-    rounds: int = 1,
-) -> dict[str, Any]:
-    """One artifact at one thread count: ``edge_runtime.rounds.bench_session`` for a single config.
-
-    ``raw`` is accepted for compatibility and ignored: inputs are synthesised from the spec.
-    """
-    from edge_runtime.rounds import bench_session
-
-    del raw
-    return bench_session([artifact], [threads], rounds=rounds, runs=runs, warmup=warmup, on=on,
-                         end_to_end=end_to_end, keep_samples=keep_samples)[0]

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from _models import copy_run
+from clihelp import invoke
 
 from edgeship.core.runstore import LOCK, RunDir
-from tests._models import copy_run
-from tests.clihelp import invoke
 
 # -- the world: one exported run, one tabular run, and the bad files --------------------------
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _models import exported_copy
+from clihelp import assert_one_line_error, invoke, invoke_json
 
 from edge_runtime import EdgeModel, InputError
 from edge_runtime.result import (
@@ -27,15 +29,13 @@ from edge_runtime.result import (
     validate_result,
 )
 from edge_runtime.timing import device_kind, peak_rss_mb
-from edgeship import measure
 from edgeship.benchmarks.harness import parse_threads, select_artifacts
 from edgeship.benchmarks.store import load_results, save_results
 from edgeship.core.errors import InputError as EdgeshipInputError
 from edgeship.core.errors import RunError
 from edgeship.core.runstore import RunDir, RunStore
-from edgeship.measure import DriverUnavailableError, get_driver
-from tests._models import exported_copy
-from tests.clihelp import assert_one_line_error, invoke, invoke_json
+from edgeship.devices import registry
+from edgeship.devices.registry import DriverUnavailableError, get_driver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,9 +226,9 @@ def test_load_skips_or_names_a_damaged_file(tmp_path: Path) -> None:
 
 
 def test_a_missing_driver_is_one_clean_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setitem(measure.DRIVERS, "browser", ("tests.no_such_module:bench_browser", "not yet"))
-    monkeypatch.setitem(measure.DRIVERS, "pi", ("tests.test_bench:no_such_function", "not yet"))
-    with pytest.raises(DriverUnavailableError, match=r"needs tests\.no_such_module:bench_browser, which is"):
+    monkeypatch.setitem(registry.DRIVERS, "browser", ("no_such_module:bench_browser", "not yet"))
+    monkeypatch.setitem(registry.DRIVERS, "pi", ("test_bench:no_such_function", "not yet"))
+    with pytest.raises(DriverUnavailableError, match=r"needs no_such_module:bench_browser, which is"):
         get_driver("browser")
     run = empty_run(tmp_path / "runs")
     assert_one_line_error(invoke(tmp_path / "runs", "bench", run.id, "--on", "browser"), "not yet")
@@ -240,7 +240,7 @@ RECORDED: dict[str, Any] = {}
 
 
 def fake_pi_driver(run: RunDir, **options: Any) -> list[dict[str, Any]]:
-    """Stands in for edgeship.devices.deploy:bench_pi."""
+    """Stands in for edgeship.devices.pi_driver:bench_pi."""
     RECORDED.clear()
     RECORDED.update(options)
     progress = options["progress"]
@@ -251,7 +251,7 @@ def fake_pi_driver(run: RunDir, **options: Any) -> list[dict[str, Any]]:
 
 def test_pi_options_pass_through_and_results_are_stored(monkeypatch: pytest.MonkeyPatch,
                                                          tmp_path: Path) -> None:
-    monkeypatch.setitem(measure.DRIVERS, "pi", ("tests.test_bench:fake_pi_driver", ""))
+    monkeypatch.setitem(registry.DRIVERS, "pi", ("test_bench:fake_pi_driver", ""))
     run = empty_run(tmp_path / "runs")
     out = invoke_json(tmp_path / "runs", "bench", run.id, "--on", "pi", "--emulated", "--runs", "7",
                       "--threads", "1,4", "--port", "2222", "--identity", "key", "--accept-new-host-key",
@@ -316,7 +316,7 @@ def test_each_backend_gives_the_export_validations_predictions(exported: RunDir,
 
 @pytest.mark.slow
 def test_bench_host_gives_valid_results_for_every_backend(exported: RunDir) -> None:
-    from edgeship.benchmarks.host import bench_host
+    from edgeship.devices.host import bench_host
 
     seen: list[str] = []
 
@@ -379,7 +379,7 @@ def test_cli_bench_stores_and_prints_results(run_copy: RunDir) -> None:
 
 @pytest.mark.slow
 def test_bad_artifacts_are_one_line_errors(run_copy: RunDir, tmp_path: Path) -> None:
-    from edgeship.benchmarks.host import HostBenchError, bench_artifact
+    from edgeship.devices.host import HostBenchError, bench_artifact
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(HostBenchError, match=r"has no artifact\.json"):

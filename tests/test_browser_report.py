@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from test_report import WEB, result
+
 from edge_runtime.result import result_name
-from edgeship.benchmarks.browser_bench import bundle_measurements
-from edgeship.benchmarks.report import build_report, recommendations
 from edgeship.benchmarks.store import save_results
 from edgeship.core.runstore import RunStore
-from tests.test_report import WEB, result
+from edgeship.devices.browser.session import bundle_measurements, measurements_files
+from edgeship.report import build_report, recommendations
 
 RUNTIMES = {"ort": ("onnxruntime-web", "1.30.0"), "litert": ("litert.js", "2.5.3")}
 P50 = {("web", "ort"): 3.2, ("web", "litert"): 1.9, ("web-int8", "ort"): 4.0, ("web-int8", "litert"): 1.3}
@@ -37,7 +38,7 @@ def test_two_runtimes_get_two_files_and_the_faster_ships(tmp_path: Path) -> None
     with RunStore(tmp_path / "runs").new_run("fake", seed=0) as run, run.stage("export") as st:
         for bundle in ("web", "web-int8"):
             st.output_dir(f"exports/base/{bundle}")
-    save_results(run, results, label="browser")
+    save_results(run, results, label="browser", beside=measurements_files(results))
     assert sorted(p.name for p in (run.path / "bench").iterdir()) == sorted(f"{n}.json" for n in names)
     # Each bundle learns its measured runtime: the page opens with it.
     for bundle, best in (("web", ("litert.js", 1.9)), ("web-int8", ("litert.js", 1.3))):

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from tests.clihelp import assert_one_line_error, invoke, invoke_json
+from clihelp import assert_one_line_error, invoke, invoke_json
 
 
 def test_help_is_instant_and_does_not_import_tensorflow() -> None:
@@ -25,7 +24,9 @@ def test_help_is_instant_and_does_not_import_tensorflow() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "train" in out.stdout
-    assert float(out.stdout.strip().splitlines()[-1]) < 1.0
+    # The check is that TensorFlow stays out (above); the time is a bound a loaded 2-core machine
+    # cannot trip (about 0.3 s quiet), while importing TensorFlow alone takes seconds more.
+    assert float(out.stdout.strip().splitlines()[-1]) < 10.0
 
 
 def _churn_csv(path: Path, n: int = 300) -> Path:
@@ -112,7 +113,8 @@ def test_edgeship_run_exits_1_naming_the_failed_artifacts(tmp_path: Path,
     from edgeship.export.stage import export_run
     from edgeship.export.validate import ValidationConfig
 
-    monkeypatch.setitem(export_run.__kwdefaults__, "validation", ValidationConfig(max_accuracy_drop=-1.0))
+    impossible = ValidationConfig(max_accuracy_drop=-1.0, min_tolerance_rows=0)
+    monkeypatch.setitem(export_run.__kwdefaults__, "validation", impossible)
     monkeypatch.setitem(recipes.RECIPES, "default", [])
     runs = tmp_path / "runs"
     result = invoke(runs, "run", "--epochs", "3", "--tvm-trials", "0", "--runs", "5", "--no-browser",
@@ -132,6 +134,27 @@ def test_edgeship_run_exits_1_naming_the_failed_artifacts(tmp_path: Path,
 
 
 # Bad inputs, one table per command family: tests/test_bad_inputs.py.
+
+
+def test_an_ambiguous_run_prefix_names_the_candidates(tmp_path: Path) -> None:
+    """`show 2026` with three runs from this year: the runs it could mean, not "no run"."""
+    from edgeship.core.runstore import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    names = []
+    for label in ("one", "two", "three"):
+        with store.new_run(label, seed=0) as run, run.stage("train"):
+            pass
+        names.append(run.path.name)
+    prefix = names[0]
+    while not all(name.startswith(prefix) for name in names):  # the start all three share
+        prefix = prefix[:-1]
+    for verb in ("show", "report", "bench"):
+        line = assert_one_line_error(invoke(store.root, verb, prefix),
+                                     f"run id prefix '{prefix}' matches 3 runs", "give more characters")
+        assert all(name in line for name in names)
+    shown = invoke(store.root, "show", names[1][:-1])  # one more character: that run
+    assert shown.exit_code == 0 and names[1] in shown.stdout, shown.stderr
 
 
 def test_unwritable_runs_dir_is_one_line(tmp_path: Path) -> None:

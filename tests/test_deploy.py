@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import sshd
+from clihelp import assert_one_line_error, invoke, invoke_json
 
 from edge_runtime.result import validate_result
 from edgeship.core.errors import MissingDependencyError
@@ -27,8 +29,6 @@ from edgeship.devices.deploy import deploy, deploy_pi
 from edgeship.devices.errors import PipInstallError, VerifyError
 from edgeship.devices.pi import SyncResult, emulator
 from edgeship.devices.pi.ssh import ChangedHostKeyError, SshTarget, UnknownHostKeyError
-from tests import sshd
-from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
 # A folder name that breaks any unquoted shell use: spaces, ; $() backticks, quotes, glob.
 NASTY = "dev ice; $(touch PWNED) `touch PWNED2` 'q' \"d\" *"
@@ -117,14 +117,21 @@ def test_ssh_deploy_verify_bench_and_resend_only_changes(
     model = remote / "bundle/artifacts/base/tflite-float32/model.tflite"
     assert model.read_bytes() == (exported.path / "exports/base/tflite-float32/model.tflite").read_bytes()
     assert json.loads((remote / "venv/edgeship-venv.json").read_text())["requirements"]
+    first_pair = _pair(remote)
+    assert first.switch == "switched" and first_pair[0].startswith("bundle-")
+    assert os.readlink(remote / "venv") == "bundle/venv"  # the bundle's own venv, through its link
 
-    # Adding the int8 artifact sends it and the bundle's index, nothing else; the venv stays.
+    # Adding the int8 artifact sends it, its golden answers and the bundle's index, nothing else;
+    # the venv stays.
     second = deploy_pi(exported, quantize="float32,int8", remote_dir=str(remote), bench=True,
                        threads="1", runs=20, warmup=2, **trusted)
     assert sorted(second.sync.sent) == ["artifacts/base/tflite-int8/artifact.json",
                                         "artifacts/base/tflite-int8/model.tflite",
-                                        "edgeship-bundle.json"]  # the test split is unchanged
+                                        "edgeship-bundle.json", "golden.json"]  # the test split is unchanged
     assert second.venv == "reused" and second.sync.deleted == []
+    # A new bundle beside the first, switched to with the same venv; the first bundle is gone.
+    assert _pair(remote)[0] != first_pair[0] and _pair(remote)[1] == first_pair[1]
+    assert _folders(remote) == sorted(_pair(remote))
     assert len(second.results) == 2
     for r in second.results:
         assert validate_result(r) == []
@@ -145,6 +152,7 @@ def test_ssh_deploy_verify_bench_and_resend_only_changes(
     # Running there wrote no bytecode into the bundle: the same deploy sends nothing.
     third = deploy_pi(exported, quantize="float32,int8", remote_dir=str(remote), **trusted)
     assert third.sync.sent == [] and third.sync.deleted == [] and third.venv == "reused"
+    assert third.switch == "unchanged" and _folders(remote) == sorted(_pair(remote))  # nothing left over
     assert _deploy_stages(exported) >= 3
     _no_pwned(tmp_path)
 
@@ -152,15 +160,15 @@ def test_ssh_deploy_verify_bench_and_resend_only_changes(
 class _Tampering:
     """An SshTarget whose copy gets damaged on the device right after it arrives."""
 
-    def __init__(self, inner: SshTarget, victim: Path):
-        self._inner, self._victim = inner, victim
+    def __init__(self, inner: SshTarget, victim: str):
+        self._inner, self._victim = inner, victim  # relative to the folder synced to
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     def sync(self, local_dir: Path, remote_dir: str, *, delete: bool = True) -> SyncResult:
         result = self._inner.sync(local_dir, remote_dir, delete=delete)
-        with open(self._victim, "ab") as f:
+        with open(Path(remote_dir) / self._victim, "ab") as f:
             f.write(b"\0")
         return result
 
@@ -173,54 +181,119 @@ def test_damaged_copy_is_a_sha256_mismatch_before_anything_runs(
     remote = tmp_path / "remote"
     target = SshTarget(trusted["host"], port=trusted["port"], identity=trusted["identity"],
                        known_hosts=trusted["known_hosts"], ssh_config=trusted["ssh_config"])
-    device = _Tampering(target, remote / "bundle/artifacts/base/tflite-int8/model.tflite")
+    device = _Tampering(target, "artifacts/base/tflite-int8/model.tflite")
     before = _deploy_stages(exported)
     with pytest.raises(VerifyError) as e:
         deploy(exported, device, formats="tflite-int8", remote_dir=str(remote))  # type: ignore[arg-type]
     msg = str(e.value)
     assert "sha256 mismatch" in msg and "tflite-int8/model.tflite" in msg and "\n" not in msg
     assert not (remote / "venv").exists()  # verified before installing or running anything
+    assert _folders(remote) == []  # and the damaged new bundle is removed
     assert _deploy_stages(exported) == before
 
 
-def _venvs(remote: Path) -> list[str]:
-    return sorted(p.name for p in remote.iterdir() if p.name.startswith("venv"))
+def _pair(remote: Path) -> tuple[str, str]:
+    """The bundle folder ``remote/bundle`` points at and the venv folder that bundle runs with."""
+    bundle = os.readlink(remote / "bundle")
+    return bundle, posixpath.basename(os.readlink(remote / bundle / "venv"))
+
+
+def _folders(remote: Path) -> list[str]:
+    """The bundle-* and venv-* folders on the device (in use, or left behind)."""
+    return sorted(p.name for p in remote.iterdir() if p.name.startswith(("bundle-", "venv-")))
+
+
+def _predict_there(trusted: dict[str, Any], remote: Path, artifact: str, x_file: Path) -> list[int]:
+    """What the device's installed pair answers: ``../venv/bin/python -m edge_runtime predict``."""
+    device = SshTarget(trusted["host"], port=trusted["port"], identity=trusted["identity"],
+                       known_hosts=trusted["known_hosts"], ssh_config=trusted["ssh_config"])
+    done = device.run(["../venv/bin/python", "-m", "edge_runtime", "predict", "--json", artifact,
+                       str(x_file)], cwd=str(remote / "bundle"), timeout=300)
+    return [int(p["index"]) for p in json.loads(done.stdout.strip().splitlines()[-1])["predictions"]]
+
+
+def _host_top1(run: RunDir, artifact: str, x: np.ndarray) -> list[int]:
+    from edge_runtime import EdgeModel
+
+    return [int(i) for i in EdgeModel.load(run.path / "exports/base" / artifact).predict(x).indices]
 
 
 @pytest.mark.slow
 @needs_sshd
-def test_failed_redeploy_keeps_the_working_install(
+def test_failed_redeploy_keeps_the_old_bundle_and_venv_answering(
     exported: RunDir, trusted: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pip fails on the device during a redeploy: the install in use is untouched and still runs."""
+    """pip fails on the device while a redeploy brings other artifacts: the old bundle and the old
+    venv stay in use together, and the old artifacts still answer through them."""
     remote = tmp_path / "remote"
     first = deploy_pi(exported, format="tflite-int8", remote_dir=str(remote), **trusted)
-    link = remote / "venv"
-    assert first.venv == "installed" and link.is_symlink()
-    in_use = os.readlink(link)
-    assert _venvs(remote) == sorted(["venv", in_use])
+    assert first.venv == "installed" and (remote / "bundle").is_symlink()
+    in_use = _pair(remote)
+    assert _folders(remote) == sorted(in_use)
     # The device's runtime is out of date (as after a requirements change): the redeploy reinstalls,
-    stamp = link / "edgeship-venv.json"
+    stamp = remote / "venv/edgeship-venv.json"
     stamp.write_text(json.dumps({**json.loads(stamp.read_text()), "requirements": ["older==1"]}))
     # offline, with real wheels for another CPU: pip on the device finds nothing it can install.
     aarch64 = wheels.download_wheels(first.requirements, arch="aarch64", python="3.11")
     monkeypatch.setattr(wheels, "download_wheels", lambda *a, **k: aarch64)
     before = _deploy_stages(exported)
     with pytest.raises(PipInstallError) as e:
-        deploy_pi(exported, format="tflite-int8", remote_dir=str(remote), offline=True, **trusted)
+        deploy_pi(exported, format="tflite-float32", remote_dir=str(remote), offline=True, **trusted)
     msg = str(e.value)
     assert "pip install on" in msg and "ai-edge-litert" in msg and "\n" not in msg
-    assert os.readlink(link) == in_use and _venvs(remote) == sorted(["venv", in_use])
-    assert (remote / "bundle/wheels/requirements.lock").is_file()  # the new bundle did arrive
     assert _deploy_stages(exported) == before
-    # The previous install still runs the model there, through the same link.
-    np.save(remote / "digit.npy", np.load(exported.path / "data/test_raw.npz")["x"][:3])
-    device = SshTarget(trusted["host"], port=trusted["port"], identity=trusted["identity"],
-                       known_hosts=trusted["known_hosts"], ssh_config=trusted["ssh_config"])
-    done = device.run(["../venv/bin/python", "-m", "edge_runtime", "predict", "--json",
-                       "artifacts/base/tflite-int8", "../digit.npy"], cwd=str(remote / "bundle"),
-                      timeout=300)
-    assert len(json.loads(done.stdout.strip().splitlines()[-1])["predictions"]) == 3
+    # The pair in use is the old one, and nothing of the new one is left (its bundle and venv).
+    assert _pair(remote) == in_use and _folders(remote) == sorted(in_use)
+    bundle = remote / "bundle"
+    assert (bundle / "artifacts/base/tflite-int8/model.tflite").is_file()
+    assert not (bundle / "artifacts/base/tflite-float32").exists()
+    assert not (bundle / "wheels").exists()  # the new bundle's wheels went with it
+    # The old artifacts still answer, through the old venv, as they did here.
+    x = np.load(exported.path / "data/test_raw.npz")["x"][:5]
+    np.save(remote / "digits.npy", x)
+    got = _predict_there(trusted, remote, "artifacts/base/tflite-int8", remote / "digits.npy")
+    assert got == _host_top1(exported, "tflite-int8", x)
+
+
+@pytest.mark.slow
+@needs_sshd
+def test_new_artifacts_that_fail_their_golden_check_are_never_switched_to(
+    exported: RunDir, trusted: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new bundle arrives and its venv imports, but an artifact does not give its recorded
+    answers on the device: no switch, the new bundle is removed, the old pair still answers."""
+    from edgeship.devices import bundle as bundle_mod
+    from edgeship.devices.errors import GoldenCheckError
+
+    remote = tmp_path / "remote"
+    deploy_pi(exported, format="tflite-int8", remote_dir=str(remote), **trusted)
+    in_use = _pair(remote)
+    real = bundle_mod.golden_answers
+
+    def wrong_answers(*args: Any) -> dict[str, Any]:  # recorded answers this artifact never gives
+        golden = real(*args)
+        for entry in golden["artifacts"].values():
+            entry["top1"] = [(i + 1) % 10 for i in entry["top1"]]
+        return golden
+
+    monkeypatch.setattr(bundle_mod, "golden_answers", wrong_answers)
+    with pytest.raises(GoldenCheckError) as e:
+        deploy_pi(exported, format="tflite-float32", remote_dir=str(remote), **trusted)
+    msg = str(e.value)
+    assert "artifacts/base/tflite-float32 gives the recorded answer" in msg and "\n" not in msg
+    assert "0 of 32 golden inputs" in msg and "previous bundle and runtime are kept" in msg
+    assert _pair(remote) == in_use and _folders(remote) == sorted(in_use)
+    monkeypatch.setattr(bundle_mod, "golden_answers", real)
+    x = np.load(exported.path / "data/test_raw.npz")["x"][:5]
+    np.save(remote / "digits.npy", x)
+    got = _predict_there(trusted, remote, "artifacts/base/tflite-int8", remote / "digits.npy")
+    assert got == _host_top1(exported, "tflite-int8", x)
+    # The same deploy with the true answers passes the check and switches.
+    dep = deploy_pi(exported, format="tflite-float32", remote_dir=str(remote), **trusted)
+    assert dep.switch == "switched" and _pair(remote)[0] != in_use[0]
+    assert _folders(remote) == sorted(_pair(remote))
+    got = _predict_there(trusted, remote, "artifacts/base/tflite-float32", remote / "digits.npy")
+    assert got == _host_top1(exported, "tflite-float32", x)
 
 
 @pytest.mark.slow
@@ -333,6 +406,7 @@ print(json.dumps({a: EdgeModel.load(a).predict(x).indices.tolist() for a in sys.
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the first emulated deploy: pip and the golden check under QEMU
 @needs_emulation
 def test_emulated_pi_gives_the_hosts_top1_on_the_test_split(
     exported: RunDir, emulated: dict[str, Any], tmp_path: Path
@@ -376,9 +450,11 @@ def test_cli_emulated_setup_then_deploy_and_bench(exported: RunDir, emulated: di
                       "--quantize", "int8", "--runs", "10", "--warmup", "2",
                       "--remote-dir", emulated["remote"])
     assert out["emulated"] is True and out["venv"] == "reused"  # the shared venv holds TFLite
-    # A new bundle index and requirements; the model and the TFLite wheels are there already.
+    # A new bundle index, requirements and golden answers; the model and the TFLite wheels are
+    # there already.
     assert {p for p in out["sync"]["sent"] if not p.startswith("wheels/")} == {
-        "edgeship-bundle.json", "requirements.txt"}
+        "edgeship-bundle.json", "requirements.txt", "golden.json"}
+    assert out["switch"] == "switched"
     assert "artifacts/base/tflite-float32/model.tflite" in out["sync"]["deleted"]
     (r,) = out["results"]
     assert validate_result(r) == []

@@ -150,3 +150,76 @@ def test_switch_replaces_the_link_and_removes_only_old_installs(tmp_path: Path) 
     switch("venv-cccc")
     assert (tmp_path / "venv/bin/python").read_text() == "venv-cccc"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "venv", "venv-cccc"]
+
+
+def test_a_new_pair_is_prepared_beside_the_old_and_switched_by_one_rename(tmp_path: Path) -> None:
+    """The device-side scripts, run by a real python3 in a folder laid out as an older edgeship left
+    it (bundle/ a folder, venv -> venv-aaaa): the new bundle is seeded with hard links (never the
+    venv link), the switch makes bundle -> bundle-new and venv -> bundle/venv, and only then
+    does the old pair go."""
+    import os
+    import sys
+
+    from edgeship.devices.install import _PREPARE_PY, _SWITCH_PAIR_PY, BUNDLE, VENV, VENV_PREFIX
+
+    def py(script: str, *args: str) -> str:
+        return subprocess.run([sys.executable, "-c", script, *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout
+
+    (tmp_path / "bundle/artifacts/a").mkdir(parents=True)
+    (tmp_path / "bundle/artifacts/a/model.tflite").write_bytes(b"old model")
+    for name in ("venv-aaaa", "venv-bbbb"):
+        (tmp_path / name / "bin").mkdir(parents=True)
+        (tmp_path / name / "bin/python").write_text(name)
+    (tmp_path / "venv").symlink_to("venv-aaaa")
+
+    assert json.loads(py(_PREPARE_PY, "bundle-1111", BUNDLE, VENV, VENV_PREFIX)) == {"venv": "venv-aaaa"}
+    seeded = tmp_path / "bundle-1111/artifacts/a/model.tflite"
+    assert os.path.samefile(seeded, tmp_path / "bundle/artifacts/a/model.tflite")
+    (tmp_path / "bundle-1111/venv").symlink_to("../venv-bbbb")  # the deploy's pair step
+    py(_SWITCH_PAIR_PY, "bundle-1111", BUNDLE, VENV)
+    assert os.readlink(tmp_path / "bundle") == "bundle-1111"
+    assert os.readlink(tmp_path / "venv") == "bundle/venv"
+    assert (tmp_path / "venv/bin/python").read_text() == "venv-bbbb"  # the pair's venv
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle-1111", "venv", "venv-bbbb"]
+
+    # The next deploy: seeded from the bundle in use, without its venv link; an unfinished
+    # bundle-* from an interrupted deploy is removed by the switch too.
+    assert json.loads(py(_PREPARE_PY, "bundle-2222", BUNDLE, VENV, VENV_PREFIX)) == {"venv": "venv-bbbb"}
+    assert not os.path.lexists(tmp_path / "bundle-2222/venv")
+    assert (tmp_path / "bundle-2222/artifacts/a/model.tflite").read_bytes() == b"old model"
+    (tmp_path / "bundle-3333").mkdir()
+    (tmp_path / "bundle-2222/venv").symlink_to("../venv-bbbb")  # the venv is reused
+    before = (tmp_path / "bundle/artifacts/a/model.tflite").stat().st_ino
+    py(_SWITCH_PAIR_PY, "bundle-2222", BUNDLE, VENV)
+    assert os.readlink(tmp_path / "bundle") == "bundle-2222"
+    assert (tmp_path / "bundle/artifacts/a/model.tflite").stat().st_ino == before  # nothing recopied
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "bundle-2222", "venv", "venv-bbbb"]
+
+
+def test_the_golden_answers_are_the_artifacts_own_and_the_keras_ones_for_another_cpu(
+    tmp_path: Path,
+) -> None:
+    """golden.json: the artifact's own top-1 on the first rows when it runs here; the recorded Keras
+    top-1 for a build this machine cannot run; only loading when there is no test split."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edge_runtime.testset import write_testset
+    from edgeship.devices.bundle import GOLDEN_ROWS, DeployedArtifact, golden_answers
+
+    run = SimpleNamespace(path=tmp_path / "run")
+    (run.path / "exports/base").mkdir(parents=True)
+    keras_top1 = [(i * 7) % 3 for i in range(50)]
+    (run.path / "exports/base/reference.json").write_text(json.dumps({"top1": keras_top1}))
+    testset = write_testset(tmp_path / "testset", np.zeros((50, 4), np.float32), np.zeros(50), "t")
+    cross = SimpleNamespace(rel="exports/base/tvm-rpi4", variant="base", dir=tmp_path / "missing",
+                            meta={"target": {"name": "rpi4", "arch": "not-this-cpu"}})
+    sent = DeployedArtifact(rel=cross.rel, remote="artifacts/base/tvm-rpi4", variant="base", format="tvm",
+                            quantize="float32", target="rpi4")
+    golden = golden_answers(run, [cross], [sent], testset)  # type: ignore[arg-type]
+    entry = golden["artifacts"]["artifacts/base/tvm-rpi4"]
+    assert golden["rows"] == GOLDEN_ROWS and golden["testset"] == testset.name
+    assert entry["top1"] == keras_top1[:GOLDEN_ROWS] and "reference.json" in entry["source"]
+    assert golden_answers(run, [cross], [sent], None)["artifacts"][sent.remote]["top1"] is None  # type: ignore[arg-type]

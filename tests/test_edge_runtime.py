@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _models import exported_copy
 
 from edge_runtime import ArtifactError, EdgeModel, InputError, MissingRuntimeError
 from edge_runtime.cli import main as edge_main
 from edge_runtime.preprocess import preprocess_image, preprocess_tabular, resize_bilinear
 from edge_runtime.timing import device_facts, percentile, summarize_ms, time_calls
 from edgeship.core.runstore import RunDir
-from tests._models import exported_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,7 +244,7 @@ def test_runs_without_tensorflow_or_edgeship(artifacts: dict, tmp_path: Path) ->
 import numpy as np
 import edge_runtime
 from edge_runtime import EdgeModel
-from edge_runtime.timing import benchmark
+from edge_runtime.rounds import benchmark
 raw = np.load("raw.npy")
 out = {}
 for name in ("digits-tflite-int8", "digits-onnx-int8"):
@@ -325,15 +325,22 @@ def test_cli_bench_measures_accuracy_on_the_given_test_split(artifacts: dict, tm
     meta = json.loads((folder / "artifact.json").read_text())
     model = EdgeModel.load(folder)
     raw = model.example_raw(40, seed=3)
-    truth = model.predict(raw).indices
-    test = write_testset(tmp_path / "test", raw, truth, "made up")
+    predicted = np.asarray(model.predict(raw).indices)
+    labels = predicted.copy()
+    wrong = np.arange(0, 40, 5)  # 8 of 40 rows labelled with another digit than the model says
+    labels[wrong] = (predicted[wrong] + 1) % 10
+    test = write_testset(tmp_path / "test", raw, labels, "made up")
     code, out, _ = _cli(capsys, "bench", str(folder), "--runs", "10", "--warmup", "1", "--rounds", "2",
                         "--threads", "1,2", "--test", str(test), "--json")
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["threads"] for r in rows] == [1, 2] and meta["format"] == "tflite"
-    assert all(r["accuracy"] == 1.0 and r["accuracy_source"] == "device" for r in rows)
-    assert rows[0]["evaluation"]["samples"] == 40 and len(rows[0]["evaluation"]["predictions"]) == 40
+    assert all(r["accuracy"] == pytest.approx(32 / 40) and r["accuracy_source"] == "device" for r in rows)
+    assert rows[0]["evaluation"]["samples"] == 40
+    assert rows[0]["evaluation"]["predictions"] == predicted.tolist()
+    assert all(r["ci_level"] == 0.5 and r["calibration"]["call_ms"] > 0 for r in rows)  # 2 rounds: 50 %
+    assert all(isinstance(r["calibration"]["drifted"], bool) and r["calibration"]["end_call_ms"] > 0
+               for r in rows)
 
 
 @pytest.mark.slow

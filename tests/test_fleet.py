@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clihelp import assert_one_line_error, invoke, invoke_json
 
 from edgeship.core.errors import MissingDependencyError
 from edgeship.core.runstore import RunDir
@@ -27,7 +28,6 @@ from edgeship.devices.fleet import join as fleet_join
 from edgeship.devices.fleet import tracker as fleet_tracker
 from edgeship.devices.fleet.state import ENV_DIR, SERVER_PROGRAM, TRACKER_PROGRAM, alive
 from edgeship.devices.pi import emulator
-from tests.clihelp import assert_one_line_error, invoke, invoke_json
 
 KEY = "fleet-test"
 
@@ -179,7 +179,7 @@ def test_bench_on_the_fleet_gives_one_result_per_device(exported: RunDir, fleet:
                         "--runs", "10", "--warmup", "1")
     assert {r["artifact"]: r["device_id"] for r in split["results"]} == {
         "exports/base/tvm-rpi4": emulated, "exports/base/tvm-host": host}
-    from edgeship.benchmarks.report.build import build_report  # the per-key summary across devices
+    from edgeship.report.build import build_report  # the per-key summary across devices
 
     [row] = [r for r in build_report(exported).fleet if r["key"] == KEY and r["artifact"] == "tflite-int8"]
     assert row["devices"] == sorted([emulated, host]) and row["emulated"]
@@ -189,7 +189,7 @@ def test_bench_on_the_fleet_gives_one_result_per_device(exported: RunDir, fleet:
 @pytest.mark.slow
 @needs_emulation
 def test_a_device_killed_mid_bench_fails_alone(exported: RunDir, fleet: dict[str, Any]) -> None:
-    from edgeship.devices.fleet.bench import measure_fleet
+    from edgeship.devices.fleet.session import measure_fleet
     from edgeship.devices.fleet.state import stop_group
 
     deadline = time.monotonic() + 60  # both devices free again after the last test's sessions

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from tests.clihelp import invoke
+from clihelp import invoke
 
 
 def _bracketed_csv(tmp_path: Path) -> Path:

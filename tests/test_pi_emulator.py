@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from clihelp import assert_one_line_error, invoke
 
 from edgeship.core.errors import MissingDependencyError
 from edgeship.devices import cache, wheels
 from edgeship.devices.deploy import open_device
 from edgeship.devices.pi import RemoteCommandError, emulator, local_manifest, qemu
 from edgeship.devices.pi import rootfs as rfs
-from tests.clihelp import assert_one_line_error, invoke
 
 TFLITE = wheels.RUNTIME_REQUIREMENTS["tflite"]
 
@@ -132,16 +132,26 @@ def test_cli_setup_without_debootstrap_is_one_line(fresh_machine: Path, tmp_path
     assert_one_line_error(result, "debootstrap", "apt-get install debootstrap")
 
 
-def test_mirror_comes_from_env_or_apt_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mirror_comes_from_env_or_apt_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Each source gives one known answer: the variable, a deb822 stanza, a one-line list, none."""
+    apt = tmp_path / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
     monkeypatch.setenv(rfs.ENV_MIRROR, "http://mirror.example/debian")
-    assert rfs.apt_mirror() == "http://mirror.example/debian"
+    assert rfs.apt_mirror(apt) == "http://mirror.example/debian"
     monkeypatch.delenv(rfs.ENV_MIRROR)
-    try:
-        url = rfs.apt_mirror()
-    except rfs.EmulatorError as e:
-        assert rfs.ENV_MIRROR in str(e)
-    else:
-        assert url.startswith(("http://", "https://"))
+    with pytest.raises(rfs.EmulatorError, match=rfs.ENV_MIRROR):  # no sources at all
+        rfs.apt_mirror(apt)
+    (apt / "sources.list").write_text(
+        "# deb http://commented.example/debian bookworm main\n"
+        "deb [arch=amd64] http://list.example/debian bookworm main\n")
+    assert rfs.apt_mirror(apt) == "http://list.example/debian"
+    (apt / "sources.list.d/debian.sources").write_text(
+        "Types: deb-src\nURIs: http://src.example/debian\nSuites: bookworm\n\n"
+        "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n\n"
+        "Types: deb\nURIs: http://other.example/debian\nSuites: trixie\n\n"
+        "Types: deb\nURIs: http://deb822.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n")
+    assert rfs.apt_mirror(apt) == "http://deb822.example/debian"  # .sources come first
 
 
 def test_install_wheels_unpacks_purelib(tmp_path: Path) -> None:

@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _models import exported_copy
+from clihelp import assert_one_line_error, invoke
 from rich.console import Console
 
 from edge_runtime.result import device_id, validate_result
-from edgeship.benchmarks.report import (
+from edgeship.benchmarks.store import save_results
+from edgeship.core.runstore import RunDir, RunStore
+from edgeship.report import (
     EMULATED,
     NO_DIFFERENCE,
     NO_INTERVAL,
@@ -28,12 +32,8 @@ from edgeship.benchmarks.report import (
     render_markdown,
     write_report,
 )
-from edgeship.benchmarks.store import save_results
-from edgeship.core.runstore import RunDir, RunStore
-from tests._models import exported_copy
-from tests.clihelp import assert_one_line_error, invoke
 
-CI_METHOD = "two-level percentile bootstrap (rounds, then samples within each round), test"
+CI_METHOD = "order-statistic (distribution-free) interval for the median of round p50s, test"
 
 
 def lat(p50: float) -> dict[str, float]:
@@ -59,6 +59,7 @@ def result(on: str = "host", *, variant: str, artifact: str, p50: float, ci: Any
         "quantize": quant, "backend": "ai-edge-litert", "backend_version": "2.3.0", "threads": 1,
         "warmup": 2, "runs": 7, "rounds": 1 if interval is None else 5, "latency_ms": lat(p50),
         "p50_ci_ms": interval, "ci_method": CI_METHOD if interval else "none: one round",
+        "ci_level": 0.9375 if interval else None,
         "calls_per_sample": 4, "clock_step_ms": 0.000001,
         "tail_ms": {"p50": p50, "p90": p50 * 1.2, "p99": p50 * 2, "max": p50 * 3, "samples": 50},
         "end_to_end_ms": None, "init_ms": 10.0, "first_ms": 1.0, "peak_rss_mb": 50.0, "bytes": 1000,
@@ -127,9 +128,11 @@ ROUNDS_NEAR = [[v + 0.005 for v in r] for r in ROUNDS_A]  # 0.5 % slower: inside
 ROUNDS_FAR = [[v * 1.25 for v in r] for r in ROUNDS_A]  # 25 % slower
 
 
-def test_compare_on_bootstrap_intervals_of_fixed_samples() -> None:
-    stats = pytest.importorskip("edge_runtime.stats")
+def test_compare_on_order_statistic_intervals_of_fixed_samples() -> None:
+    from edge_runtime import stats  # the project's own module: an import error fails, never skips
+
     a = stats.p50_interval(ROUNDS_A)
+    assert a == pytest.approx((1.00, 1.01))  # five rounds: the lowest and highest round p50
     near, far = stats.p50_interval(ROUNDS_NEAR), stats.p50_interval(ROUNDS_FAR)
     assert compare(a, near) == "same" and compare(near, a) == "same"
     assert compare(a, far) == "faster" and compare(far, a) == "slower"
@@ -254,11 +257,14 @@ def test_recommendation_is_the_fastest_within_the_budget() -> None:
                                                                             [0.19, 0.21])
     assert rec["accuracy"] == 0.975 and rec["accuracy_source"] == "device" and rec["bytes"] == 1200
     assert rec["best_accuracy"] == 0.98 and rec["without_accuracy_left_out"] == 1
-    ru = rec["runner_up"]
-    assert ru["name"] == "base/tflite-float32" and ru["not_measurably_slower"] is True
-    assert rec["line"] == (f"ship this on {rec['device']}: base/tflite-int8 t1, p50 0.200 ms [0.190, 0.210], "
-                           "accuracy 97.50% (device), 1.2 KiB (runner-up base/tflite-float32 t1, "
-                           "p50 0.205 ms [0.200, 0.215]: not measurably slower)")
+    assert [t["name"] for t in rec["tied_with"]] == ["base/tflite-float32"]  # intervals overlap
+    ru = rec["runner_up"]  # the fastest other artifact that is not tied
+    assert ru["name"] == "pruned/tflite-float32" and ru["not_measurably_slower"] is False
+    assert rec["line"] == (f"ship this on {rec['device']}: base/tflite-int8 t1, p50 0.200 ms [0.190, 0.210] "
+                           "at 93.75%, accuracy 97.50% (device), 1.2 KiB (tied with base/tflite-float32 t1 "
+                           "(p50 intervals overlap the fastest's; of the tied, the smallest file, then the "
+                           "most accurate, then by name); runner-up pruned/tflite-float32 t1, p50 0.400 ms "
+                           "[0.388, 0.412] at 93.75%: measurably slower)")
     [tight] = recommendations(BUDGET_SET, 0.1)
     assert tight["name"] == "base/tflite-float32" and tight["runner_up"]["name"] == "pruned/tflite-float32"
     assert tight["runner_up"]["not_measurably_slower"] is False and "measurably slower)" in tight["line"]
@@ -275,6 +281,77 @@ def test_the_fewest_threads_that_are_not_measurably_slower_ship() -> None:
     assert (rec["threads"], rec["p50_ms"]) == (1, 0.21)  # 4 threads is a hair faster, not measurably
     [rec] = recommendations([at(1, 0.40, [0.38, 0.42]), two, four])
     assert rec["threads"] == 2  # the second thread pays; the third and fourth do not
+
+
+def test_a_tie_is_broken_by_size_not_by_the_point_p50() -> None:
+    """Two sessions of the same artifacts whose point p50s swap inside overlapping intervals (the
+    noise that flipped the host's answer between sessions): the same artifact ships both times,
+    the smaller file, and the line names the tied set."""
+    def session(base: float, pruned: float) -> list[dict[str, Any]]:
+        return [result(variant="base", artifact="tflite-int8", p50=base, bytes=12_000),
+                result(variant="pruned", artifact="tflite-int8", p50=pruned, bytes=11_000),
+                result(variant="base", artifact="tflite-float32", p50=0.300, bytes=40_000)]  # separate
+
+    for base, pruned in ((0.100, 0.102), (0.102, 0.100)):
+        [rec] = recommendations(session(base, pruned))
+        assert (rec["name"], rec["p50_ms"]) == ("pruned/tflite-int8", pruned)
+        assert [t["name"] for t in rec["tied_with"]] == ["base/tflite-int8"]
+        assert "tied with base/tflite-int8 t1 (p50 intervals overlap the fastest's" in rec["line"]
+        assert rec["runner_up"]["name"] == "base/tflite-float32"
+        assert rec["runner_up"]["not_measurably_slower"] is False
+    # Same size: the more accurate; same accuracy too: the first by name.
+    same_size = [result(variant="a", artifact="tflite-int8", p50=0.100, accuracy=0.975),
+                 result(variant="b", artifact="tflite-int8", p50=0.101, accuracy=0.980)]
+    assert recommendations(same_size)[0]["name"] == "b/tflite-int8"
+    same_all = [result(variant="b", artifact="tflite-int8", p50=0.100),
+                result(variant="a", artifact="tflite-int8", p50=0.101)]
+    assert recommendations(same_all)[0]["name"] == "a/tflite-int8"
+
+
+def test_nothing_at_or_below_the_zero_rule_ships(tmp_path: Path) -> None:
+    """A chance-level model (9.3 % and 10.7 % against a zero-rule of 10.7 %) is never recommended:
+    the line says no artifact qualifies; the baseline is read from the run's model/metrics.json."""
+    chance = [result(variant="base", artifact="tflite-int8", p50=0.2, accuracy=0.093),
+              result(variant="base", artifact="tflite-float32", p50=0.3, accuracy=0.107)]  # equal: not above
+    [rec] = recommendations(chance, zero_rule=0.107)
+    assert rec["qualifies"] is False and rec["name"] is None and rec["below_zero_rule_left_out"] == 2
+    assert rec["line"].startswith(f"ship this on {rec['device']}: no artifact qualifies: the best accuracy "
+                                  "measured here, 10.70% (base/tflite-float32), is not above the zero-rule "
+                                  "baseline 10.70%")
+    # Only what is above the baseline competes, however fast the rest is.
+    above = result(variant="big", artifact="tflite-float32", p50=0.9, accuracy=0.5)
+    [rec] = recommendations([*chance, above], zero_rule=0.107)
+    assert rec["name"] == "big/tflite-float32" and rec["below_zero_rule_left_out"] == 2
+    with RunStore(tmp_path / "runs").new_run("fake", seed=0) as run, run.stage("train") as st:
+        model = st.output_dir("model")
+        (model / "metrics.json").write_text(json.dumps(
+            {"test": {"accuracy": 0.093}, "baselines": {"zero_rule": {"accuracy": 0.107, "macro_f1": 0.02},
+                                                        "logistic_regression": {"accuracy": 0.9}}}))
+    save_results(run, chance, label="host")
+    rep = build_report(run)
+    assert rep.zero_rule == 0.107 and rep.recommendations[0]["qualifies"] is False
+    assert not any("R" in r.codes for r in rep.rows)
+    assert "no artifact qualifies" in render_markdown(rep) and "above the zero-rule baseline (10.70%)" in \
+        render_markdown(rep)
+
+
+def test_every_interval_states_its_level(measured: RunDir) -> None:
+    """Tables, verdicts and ship-this lines print the level beside each interval; a drifted call
+    time is flagged K."""
+    save_results(measured, [result(variant="base", artifact="onnx-float32", p50=0.6, rounds=2, ci_level=0.5,
+                                   calibration={"call_ms": 0.2, "end_call_ms": 0.6, "drift": 3.0,
+                                                "drifted": True})], label="host")
+    rep = build_report(measured)
+    md = render_markdown(rep)
+    assert "| 0.2500 | [0.2425, 0.2575] at 93.75% |" in md and "| [0.5820, 0.6180] at 50% |" in md
+    assert "p50 0.250 ms [0.242, 0.258] at 93.75%" in rep.recommendations[0]["line"]
+    assert "1 thread at p50 0.250 ms [0.242, 0.258] at 93.75%" in " ".join(rep.devices[0].verdicts)
+    onnx = next(r for r in rep.devices[0].rows if r.artifact == "onnx-float32")
+    assert "K" in onnx.codes and "call time drifted 3.0x during the session: k may be off" in onnx.flags
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(device_table(rep.devices[0]))
+    text = console.export_text()
+    assert "250 [242, 258] 94%" in text and "600 [582, 618] 50%" in text  # us; two levels: one per row
 
 
 def test_recommendation_on_latency_alone_without_accuracy() -> None:
@@ -355,7 +432,7 @@ def test_terminal_table_fits_120_columns(measured: RunDir) -> None:
         assert any("[" in ln and "]" in ln for ln in body)
     host = device_table(rep.devices[0])
     headers = [c.header for c in host.columns]
-    assert headers[3] == "p50 ms [95% int.]" and headers[4] == "p99 ms 1-call" and headers[-1] == "flags"
+    assert headers[3] == "p50 ms [93.75% int.]" and headers[4] == "p99 ms 1-call" and headers[-1] == "flags"
     console = Console(width=120, record=True, file=io.StringIO())
     print_report(rep, {"html": "r.html", "md": "r.md"}, console)
     text = console.export_text()
@@ -396,6 +473,7 @@ def test_cli_formats(measured: RunDir) -> None:
     rows = list(csv.DictReader(io.StringIO(invoke(runs, "report", measured.id, "--format", "csv").stdout)))
     assert len(rows) == 7 and rows[0]["device"].startswith("host-devbox-") and rows[0]["p50"] == "0.25"
     assert rows[0]["p50_ci_lo"] == "0.2425" and rows[0]["codes"] == "R" and rows[0]["rounds"] == "5"
+    assert rows[0]["ci_level"] == "0.9375"
     assert {r["emulated"] for r in rows} == {"True", "False"}
     data = json.loads(invoke(runs, "report", measured.id, "--format", "json").stdout)
     assert [d["kind"] for d in data["devices"]] == ["host", "browser", "pi"]
@@ -408,8 +486,8 @@ def test_cli_formats(measured: RunDir) -> None:
 def v1(variant: str, artifact: str, p50: float, **over: Any) -> dict[str, Any]:
     """A result as schema 1 wrote it: one timing session, host-validated accuracy, no device id."""
     r = result(variant=variant, artifact=artifact, p50=p50)
-    for k in ("device_id", "rounds", "p50_ci_ms", "ci_method", "calls_per_sample", "clock_step_ms",
-              "tail_ms", "accuracy_source", "top1_agreement"):
+    for k in ("device_id", "rounds", "p50_ci_ms", "ci_level", "ci_method", "calls_per_sample",
+              "clock_step_ms", "tail_ms", "accuracy_source", "top1_agreement"):
         r.pop(k)
     r.update(schema_version=1, **over)
     assert validate_result(r) == []

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from edgeship.benchmarks.report.model import Report
-from edgeship.benchmarks.report.terminal import print_report
+from edgeship.report.model import Report
+from edgeship.report.terminal import print_report
 
 
 def test_report_paths_with_brackets_print_as_typed() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sshd
 
 from edgeship.devices.pi import RemoteCommandError
 from edgeship.devices.pi.ssh import (
@@ -20,7 +21,6 @@ from edgeship.devices.pi.ssh import (
     UnknownHostKeyError,
     remote_command,
 )
-from tests import sshd
 
 pytestmark = pytest.mark.skipif(sshd.available() is not None, reason=str(sshd.available()))
 

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from _browser import browser_or_skip
+from _models import copy_run
 
 from edgeship.core.runstore import RunDir
-from tests._browser import browser_or_skip
-from tests._models import copy_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO = r"(\d+\.\d+)x"
@@ -74,7 +74,6 @@ def test_browser_suite_smoke(tmp_path: Path) -> None:
 
 
 def test_export_suite_smoke(tmp_path: Path) -> None:
-    pytest.importorskip("tvm")
     out = run_suite("export", "--smoke", "--cache-dir", str(tmp_path / "cache"),
                     "--json", str(tmp_path / "results.json"), cwd=tmp_path)
     for fmt in ("tflite-float32", "tflite-int8", "onnx", "tvm-untuned", "tvm-tuned"):
@@ -86,7 +85,6 @@ def test_export_suite_smoke(tmp_path: Path) -> None:
 
 
 def test_fleet_suite_smoke(tmp_path: Path) -> None:
-    pytest.importorskip("tvm")
     out = run_suite("fleet", "--smoke", "--json", str(tmp_path / "fleet.json"), cwd=tmp_path)
     one, two = ratios(r"^  1 device\s+(\d+\.\d) s\n  2 devices (\d+\.\d) s$", out)
     (speedup,) = ratios(rf"^  target 2 devices >= 1\.6x faster: {RATIO}: (?:MET|NOT MET)$", out)
@@ -104,18 +102,70 @@ def test_compression_suite_smoke(tmp_path: Path) -> None:
     assert int8 < 0.5, "int8 weights take about a quarter of float32's bytes"
 
 
+def test_real_models_suite_smoke(tmp_path: Path) -> None:
+    out = run_suite("real_models", "--smoke", "--runs-dir", str(tmp_path / "real"), cwd=tmp_path)
+    for model in ("mobilenetv2 alpha 0.35", "small cnn", "baseline zero-rule",
+                  "baseline logistic-regression"):
+        (acc,) = ratios(rf"^  {re.escape(model)}\s+(\d\.\d{{4}})", out)
+        assert 0 <= acc <= 1, model
+    sparsity, size = ratios(r"^prune 0\.5 \+ int8 \(\S+\): sparsity (\d\.\d{3}) \(pruned layers; .* int8 size "
+                            rf"{RATIO} float32", out)
+    assert 0 < sparsity < 1 and 0 < size < 1
+    through, listed = ratios(r"^  (\d+) of (\d+) go through$", out)
+    assert listed == 2 and 0 <= through <= 2
+    for model in ("MobileNetV3Small", "LSTM"):
+        assert re.search(rf"^  {model}\s+[\d,]+\s", out, re.MULTILINE), f"no zoo row for {model}"
+    assert "every zoo model goes through or stops in one line" in out and ": BUG " not in out
+    assert re.search(r"^  MobileNetV2 test accuracy >= 0\.90: \d\.\d{4}: (?:MET|NOT MET)$", out, re.MULTILINE)
+
+
 def test_stability_smoke(digits_run: RunDir, tmp_path: Path) -> None:
+    """The real suite on its smoke setting: the figures it prints agree with its own table (the
+    overlap share with the yes/NO column, the spreads with the spread columns) and the level of
+    its 2-round intervals is stated (50 %)."""
     from edgeship.export.stage import export_run
 
     run = copy_run(digits_run, tmp_path)
     export_run(run, formats="tflite")
     out = run_suite("stability", str(run.path), "--smoke", cwd=tmp_path)
-    pairs = re.findall(r"^\S+ base/tflite-(?:float32|int8) t([12])\s+\d+\.\d+\s+\d+\.\d+\s+(?:yes|NO|-)\s",
-                       out, re.MULTILINE)
-    assert sorted(pairs) == ["1", "1", "2", "2"], out
+    pairs = re.findall(r"^\S+ base/tflite-(?:float32|int8) t([12])\s+\d+\.\d+\s+\d+\.\d+\s+(yes|NO|-)\s+"
+                       r"(\d+\.\d+)x\s+(\d+\.\d+)x$", out, re.MULTILINE)
+    assert sorted(p[0] for p in pairs) == ["1", "1", "2", "2"], out
     first, second = ratios(rf"^ship this on \S+: first .+ \((?:same|DIFFERENT)\); recommended p50 / "
                            rf"fastest within budget: {RATIO}, {RATIO}$", out)
-    assert first > 0 and second > 0
-    (overlap,) = ratios(r"^intervals overlapping: (\d+)% of 4", out)
-    assert 0 <= overlap <= 100
+    assert first >= 1.0 and second >= 1.0  # never faster than the fastest within the budget
+    overlap, median, largest = ratios(
+        r"^intervals overlapping: (\d+)% of 4 \(target >= 90 %\); p50 spread "
+        rf"across rounds: median {RATIO}, max {RATIO}; interval level: 50\.00%$", out)
+    judged = [p[1] for p in pairs if p[1] != "-"]
+    assert overlap == round(100 * judged.count("yes") / len(judged))
+    spreads = sorted(float(x) for p in pairs for x in p[2:])
+    assert abs(largest - spreads[-1]) <= 0.011 and abs(median - (spreads[3] + spreads[4]) / 2) <= 0.011
     assert not (run.path / "bench").exists(), "nothing is stored in the run"
+
+
+def test_stability_figures_from_fixed_sessions() -> None:
+    """``compare_sessions`` on two fixed sessions: the two int8 artifacts' point p50s swap inside
+    overlapping intervals (noise), so the recommendation must not follow them; float32 moved
+    beyond its interval."""
+    from test_report import result
+
+    from edgeship.benchmarks.suites.stability import compare_sessions
+
+    def session(base: float, pruned: float, f32: float, spread: float) -> list[dict]:
+        return [result(variant="base", artifact="tflite-int8", p50=base, bytes=12_000,
+                       round_p50_ms=[base, base * spread]),
+                result(variant="pruned", artifact="tflite-int8", p50=pruned, bytes=11_000,
+                       round_p50_ms=[pruned, pruned * 1.02]),
+                result(variant="base", artifact="tflite-float32", p50=f32, bytes=40_000,
+                       round_p50_ms=[f32, f32 * 1.01])]
+
+    stats = compare_sessions(session(0.100, 0.102, 0.300, 1.04), session(0.102, 0.100, 0.200, 1.10))
+    assert [p["overlap"] for p in stats["pairs"]] == [True, True, False]
+    assert stats["overlap_fraction"] == pytest.approx(2 / 3)
+    assert stats["spread_median"] == pytest.approx(1.02) and stats["spread_max"] == pytest.approx(1.10)
+    [device] = stats["devices"]
+    assert device["first"] == device["second"] == ("pruned/tflite-int8", 1) and device["same"]
+    assert device["tied_first"] == ["base/tflite-int8"] and device["tied_second"] == ["base/tflite-int8"]
+    assert device["ratio_first"] == pytest.approx(1.02) and device["ratio_second"] == pytest.approx(1.0)
+    assert stats["ci_levels"] == [0.9375]

@@ -60,6 +60,7 @@ def test_world_writable_tvm_artifact_is_refused_before_loading(tvm_folder: Path,
     assert "native code" in msg and f"chmod go-w {tvm_folder} {tvm_folder / 'model.so'}" in msg
 
 
+@pytest.mark.allowed_skip(reason="a login in no group but its own cannot make the file group-owned")
 def test_group_writable_tvm_artifact_is_refused_unless_the_group_is_the_owners_own(
         tvm_folder: Path) -> None:
     import grp

@@ -17,19 +17,19 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from _browser import browser_or_skip
 
-from edgeship.benchmarks.browser import (
+from edgeship.core.errors import InputError, MissingDependencyError
+from edgeship.core.fsutil import sha256_file
+from edgeship.devices.browser.chromium import (
     BrowserDriver,
     BrowserPageError,
     find_chromium,
     run_browser_benchmark,
     run_browser_benchmarks,
 )
-from edgeship.benchmarks.webserver import BundleServer
-from edgeship.core.errors import InputError, MissingDependencyError
-from edgeship.core.fsutil import sha256_file
+from edgeship.devices.browser.server import BundleServer
 from edgeship.export.web import MANIFEST, ORT_FILES, PAGE_FILES, WEB_DEMO_DIR, build_web_bundle
-from tests._browser import browser_or_skip
 
 pytestmark = pytest.mark.slow
 
@@ -321,7 +321,7 @@ def test_benchmark_two_threads_isolated(driver: Any) -> None:
     assert s["min"] <= s["p50"] <= s["p90"] <= s["p99"] <= s["max"]
     assert s["p50"] == pytest.approx(float(np.percentile(lat, 50)))
     assert s["p99"] == pytest.approx(float(np.percentile(lat, 99)))
-    assert 0 < s["p50"] < 50
+    assert 0 < s["p50"] < 1000  # a sanity bound (about 0.1 ms quiet): timing belongs to the benchmarks
     assert b["options"] == {"calls_per_sample": 1, "preallocated_output": True, "batch": 1}
     blocks = page.benchmark(warmup=0, runs=5, calls_per_sample=4, preallocate_output=False)
     assert blocks["options"]["calls_per_sample"] == 4 and len(blocks["latencies_ms"]) == 5
@@ -526,7 +526,7 @@ def test_server_stops_cleanly(digits_bundle: Path) -> None:
 def both_bundle(digits: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits bundle with LiteRT.js's batch-1 TFLite model beside the ONNX one."""
     from edgeship.export import ExportRequest
-    from edgeship.export.web_runtimes import litert_model
+    from edgeship.export.web.runtimes import litert_model
 
     work = tmp_path_factory.mktemp("litert")
     litert = litert_model(ExportRequest(out_dir=work, quantize="float32", keras_model=digits["model"]), work)
@@ -562,7 +562,7 @@ def _native_top1(bundle: Path, runtime: str, x: np.ndarray) -> list[int]:
 
 
 def test_bundle_carries_both_runtimes(both_bundle: Path) -> None:
-    from edgeship.export.web_runtimes import LITERT_FILES
+    from edgeship.export.web.runtimes import LITERT_FILES
 
     manifest = json.loads((both_bundle / MANIFEST).read_text())
     assert set(manifest["files"]) == {*PAGE_FILES, *ORT_FILES, "model.onnx", *LITERT_FILES, "model.tflite"}
@@ -630,7 +630,7 @@ def test_a_runtime_marked_unavailable_by_export(digits: dict[str, Any], tmp_path
     """A model the ONNX side could not make: the bundle carries LiteRT.js only, and says why."""
     browser_or_skip()
     from edgeship.export import ExportRequest
-    from edgeship.export.web_runtimes import litert_model
+    from edgeship.export.web.runtimes import litert_model
 
     litert = litert_model(ExportRequest(out_dir=tmp_path, quantize="float32", keras_model=digits["model"]),
                           tmp_path)
@@ -709,10 +709,11 @@ def test_a_model_litert_cannot_convert_is_marked_and_the_bundle_runs_onnx(
 ) -> None:
     """An op the TFLite converter cannot express: LiteRT.js is unavailable for that model (with the
     converter's reason), the bundle ships onnxruntime-web alone and the page runs it."""
+    from _models import odd_layer_class
+
     from edgeship.export import ExportRequest
     from edgeship.export.web import export_web
     from edgeship.training.keras_env import keras
-    from tests._models import odd_layer_class
 
     k = keras()
     model = k.Sequential([k.layers.Input((8, 8, 1)), odd_layer_class()(), k.layers.Flatten(),

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from clihelp import invoke
 
-from edgeship.benchmarks import webserver
-from edgeship.benchmarks.webserver import BundleHandler, BundleHTTPServer, BundleServer, is_wildcard
-from tests.clihelp import invoke
+from edgeship.devices.browser import server as webserver
+from edgeship.devices.browser.server import BundleHandler, BundleHTTPServer, BundleServer, is_wildcard
 
 ISOLATION = {"cross-origin-opener-policy": "same-origin",
              "cross-origin-embedder-policy": "require-corp",
@@ -94,11 +94,11 @@ def test_a_stalled_client_is_dropped_after_the_timeout(tmp_path: Path,
     monkeypatch.setattr(BundleHandler, "timeout", 0.5)
     root = _bundle(tmp_path / "bundle")
     with BundleServer(root, port=0) as srv, socket.create_connection(("127.0.0.1", srv.port)) as s:
-        s.settimeout(5)  # the test's own bound: fails (socket.timeout) if the server never hangs up
+        s.settimeout(45)  # the test's own bound: fails (socket.timeout) if the server never hangs up
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # ... and never the blank line
         t0 = time.monotonic()
         assert s.recv(1024) == b""  # closed by the server, nothing sent
-        assert time.monotonic() - t0 < 4
+        assert time.monotonic() - t0 < 30  # 0.5 s asked; the default (up to 60 s) would fail
         assert _request(srv.port, "GET", "/")[0] == 200  # others are still served
 
 
@@ -119,6 +119,7 @@ def never_listening(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "0", "", "0.0", "::"])
+@pytest.mark.allowed_skip(reason="a machine without IPv6 cannot bind '::'")
 def test_every_spelling_of_a_wildcard_bind_is_known(tmp_path: Path, host: str,
                                                     never_listening: None) -> None:
     root = _bundle(tmp_path / "bundle")

@@ -71,9 +71,12 @@ async function optionalJson(url) {
 function chooseRuntime(params, b, rts, measurements) {
   const q = readChoice(params, 'runtime', Object.keys(RUNTIME_KEYS), null);
   if (q !== null) return { name: RUNTIME_KEYS[q], why: `asked for (?runtime=${q})` };
+  // The recommendation is the report's "ship this" rule, applied in Python when the bundle was
+  // measured (edgeship.devices.browser.session.bundle_measurements): the page only follows it.
   const rec = measurements && measurements.recommended;
   if (rec && rts[rec.runtime] && rts[rec.runtime].available) {
-    return { name: rec.runtime, why: `recommended by this bundle's measurements (p50 ${rec.p50_ms} ms at ${rec.threads} thread${rec.threads > 1 ? 's' : ''}, ${measurements.browser || 'browser'})` };
+    const ties = rec.tied_with && rec.tied_with.length ? `; tied with ${rec.tied_with.join(', ')}, ${rec.rule || 'chosen by the report\'s rule'}` : '';
+    return { name: rec.runtime, why: `recommended by this bundle's measurements (p50 ${rec.p50_ms} ms at ${rec.threads} thread${rec.threads > 1 ? 's' : ''}, ${measurements.browser || 'browser'}${ties})` };
   }
   const name = b.default_runtime && rts[b.default_runtime] && rts[b.default_runtime].available
     ? b.default_runtime : Object.keys(rts).find((k) => rts[k].available);

@@ -7,6 +7,6 @@
     python -m edgeship.benchmarks.suites.stability    two ``bench`` sessions on one run, compared
 
 Each takes ``--smoke``: its smallest setting (tests/test_suites.py runs every suite on it).
-They stand apart from the harness they call (``benchmarks/host.py``, ``browser_bench.py``) and,
+They stand apart from the harness they call (``edgeship/devices/host.py``, ``browser_bench.py``) and,
 being on the benchmarks floor, call the stages and drivers directly, never the CLI.
 """

@@ -114,7 +114,7 @@ def mobilenet_bundles(work: Path, seed: int) -> list[Bundle]:
     from edgeship.export import ExportRequest
     from edgeship.export.onnx import check, convert_keras, quantize_qdq
     from edgeship.export.web import build_web_bundle, prepare_web_model
-    from edgeship.export.web_runtimes import litert_model
+    from edgeship.export.web.runtimes import litert_model
     from edgeship.training.keras_env import seed_everything
     from edgeship.training.models import build_model
 
@@ -211,8 +211,8 @@ def measure(bundles: list[Bundle], rounds: int, runs: int, warmup: int,
             profile: bool = False) -> tuple[list[Config], dict[str, Any]]:
     """Set every configuration up, then ``rounds`` interleaved rounds (rotating, odd rounds reversed);
     then, with ``profile``, a CPU profile of each browser runtime's fastest page per model."""
-    from edgeship.benchmarks.browser import BrowserDriver
-    from edgeship.benchmarks.webserver import BundleServer
+    from edgeship.devices.browser.chromium import BrowserDriver
+    from edgeship.devices.browser.server import BundleServer
 
     servers = {str(b.dir): BundleServer(b.dir, port=0).start() for b in bundles}
     envs: dict[str, Any] = {}
@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv, SMOKE)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from edgeship.benchmarks.browser import find_chromium
+    from edgeship.devices.browser.chromium import find_chromium
     from edgeship.export.web import unavailable_reason
 
     find_chromium()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeship.benchmarks.host import _device_env as device_env
+from edgeship.devices.host import _device_env as device_env
 
 _HARNESS = """
 import json, sys, time

@@ -1,4 +1,4 @@
-"""``edgeship bench``: parse, call one driver through ``edgeship.measure.bench_run``, print."""
+"""``edgeship bench``: parse, call one driver through ``edgeship.devices.registry.bench_run``, print."""
 
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
     """Measure every passing export of RUN; results go to RUN/bench/ in one schema.
 
     Every artifact and thread count is measured once per round, in an order that changes each
-    round; a result reports the median of its rounds' p50s with a 95 % interval, the tail from
+    round; a result reports the median of its rounds' p50s with an interval whose level is exact for
+    the number of rounds (93.75 % for 5, 75 % for 3), the tail from
     single-call samples, and the accuracy measured on the device itself.
 
     \b
@@ -63,7 +64,7 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
     """
     from edgeship.benchmarks.harness import check_counts, parse_threads
     from edgeship.core import console
-    from edgeship.measure import bench_run, get_driver
+    from edgeship.devices.registry import bench_run, get_driver
 
     check_counts(runs, warmup, rounds)
     thread_counts = parse_threads(threads)
@@ -79,12 +80,12 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
     total: int | None = None
     label = on
     if on == "host":
-        from edgeship.benchmarks.host import plan_size
+        from edgeship.devices.host import plan_size
 
         options.update(variants=variants, formats=formats, log=console.warn)
         total = plan_size(run, variants, formats, thread_counts, rounds)
     elif on == "browser":
-        from edgeship.benchmarks.browser_bench import plan_size as browser_plan
+        from edgeship.devices.browser.session import plan_size as browser_plan
 
         options.update(variants=variants, formats=formats, log=console.warn)
         total = browser_plan(run, variants, formats, thread_counts, rounds)
@@ -118,14 +119,16 @@ def _table(run: Any, results: list[dict[str, Any]]) -> None:
 
     from edgeship.core import console
 
-    table = Table(title=f"benchmarks of {escape(str(run.id))}: ms per call, median of rounds [95 % interval]")
-    right = ("thr", "p50 [95 % interval]", "p99 tail", "e2e p50", "KiB", "acc")
+    table = Table(title=f"benchmarks of {escape(str(run.id))}: ms per call, "
+                        "median of rounds [interval] level")
+    right = ("thr", "p50 [interval] level", "p99 tail", "e2e p50", "KiB", "acc")
     for col in ("device", "variant", "artifact", *right):
         table.add_column(col, justify="right" if col in right else "left", no_wrap=True)
     for r in sorted(results, key=lambda r: (r.get("device_id") or r["on"], r["latency_ms"]["p50"])):
         lat, e2e = r["latency_ms"], r.get("end_to_end_ms") or {}
         ci = r.get("p50_ci_ms")
-        p50 = f"{lat['p50']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else " [1 round]")
+        level = f" {r['ci_level']:.2%}" if r.get("ci_level") else ""
+        p50 = f"{lat['p50']:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]{level}" if ci else " [1 round]")
         tail = (r.get("tail_ms") or {}).get("p99", lat["p99"])
         where = escape(str(r.get("device_id") or r["on"]))
         if r["device"].get("emulated"):

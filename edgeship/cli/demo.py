@@ -1,6 +1,6 @@
 """``edgeship demo``: serve a run's web bundle (page, models, LiteRT.js and onnxruntime-web) on this machine.
 
-The library does the work (``export.web.bundle_dir`` finds the bundle, ``edgeship.benchmarks.webserver``
+The library does the work (``export.web.bundle_dir`` finds the bundle, ``edgeship.devices.browser.server``
 serves it with the cross-origin isolation headers multithreaded WebAssembly needs); this
 module parses, prints the address and blocks until Ctrl-C.
 """
@@ -38,7 +38,7 @@ def demo(app: Any, run: str, variant: str, quantize: str | None, port: int, host
       edgeship demo latest                 # then open http://127.0.0.1:8000/
       edgeship demo latest --quantize int8 --port 0 --open
     """
-    from edgeship.benchmarks.webserver import BundleServer
+    from edgeship.devices.browser.server import BundleServer
     from edgeship.export.web import bundle_dir
 
     run_dir = app.store.resolve(run)

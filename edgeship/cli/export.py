@@ -94,7 +94,7 @@ def _tune_on(tracker: str | None, key: str | None, trials: int | None) -> dict[s
 
 def _targets(value: str) -> list[str]:
     # A JSON target holds commas itself: keep it whole.
-    from edgeship.export.tvm_targets import check_target_text
+    from edgeship.export.tvm.targets import check_target_text
 
     value = value.strip()
     names = [value] if value.startswith("{") else [t for t in value.split(",") if t.strip()]

@@ -16,7 +16,7 @@ def accuracy_budget_option(f: Any) -> Any:
     """``--accuracy-budget POINTS``: a finite number >= 0, else one line and exit code 2."""
 
     def check(ctx: click.Context, param: click.Parameter, value: str) -> float:
-        from edgeship.benchmarks.report import check_budget
+        from edgeship.report import check_budget
 
         return check_budget(value)  # InputError: the CLI's one-line error, exit 2
 
@@ -38,10 +38,13 @@ def accuracy_budget_option(f: Any) -> Any:
 @pass_app
 def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
     """Summarise RUN's benchmarks: "ship this" per device, then per device id the results sorted
-    by p50 with their 95 % intervals, verdicts and flags (only where intervals separate).
+    by p50 with their intervals and each interval's level, verdicts and flags (only where
+    intervals separate).
 
     Writes RUN/report.md and a self-contained RUN/report.html (latency distributions, a
-    size/accuracy/latency Pareto plot, the compression table, environment facts).
+    size/accuracy/latency Pareto plot, the compression table, environment facts). A run with load
+    sweeps (`edgeship load`) or monitor results (`edgeship monitor`) gets a Serving and a
+    Monitoring section per device, their plots also as RUN/report-plots/*.png.
 
     \b
     Examples:
@@ -50,7 +53,7 @@ def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
       edgeship report latest --format csv > latency.csv
       edgeship report latest --format json | jq '.recommendations[].line'
     """
-    from edgeship.benchmarks.report import (
+    from edgeship.report import (
         build_report,
         render_csv,
         render_json,
@@ -75,6 +78,6 @@ def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
 
 def print_report(rep: Any, files: dict[str, Any]) -> None:
     """The terminal report (see ``benchmarks.report.terminal``) on stdout."""
-    from edgeship.benchmarks.report import print_report as show
+    from edgeship.report import print_report as show
 
     show(rep, files)

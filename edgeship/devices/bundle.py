@@ -4,8 +4,10 @@ A bundle is a local folder: ``artifacts/<variant>/<name>/`` (the export folders)
 ``edge_runtime/`` (its sources), ``requirements.txt`` (merged from
 ``edge_runtime/requirements-<format>.txt``), the run's test split for on-device accuracy,
 ``wheels/`` when offline (with ``wheels/requirements.lock``: every wheel pinned with its sha256,
-for ``pip install --require-hashes``), and ``edgeship-bundle.json`` saying what it holds. No timestamps
-anywhere: identical inputs give byte-identical files, so a re-deploy sends only what changed.
+for ``pip install --require-hashes``), ``golden.json`` (the answers each artifact must give on the
+device before it is switched to: see ``golden_answers``) and ``edgeship-bundle.json`` saying what
+it holds. No timestamps anywhere: identical inputs give byte-identical files, so a re-deploy sends
+only what changed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from edgeship.devices.probe import DeviceInfo
 from edgeship.devices.wheels import link_wheels
 
 BUNDLE_INFO = "edgeship-bundle.json"
+GOLDEN_FILE = "golden.json"
 PI_FORMATS = ("tflite", "onnx", "tvm")
+GOLDEN_ROWS = 32  # few enough to run under emulation in seconds, enough that a broken model fails
+# A near-tie may flip on another CPU; a model that does not work agrees on about 1/classes.
+GOLDEN_MIN_AGREEMENT = 0.9
 
 Log = Callable[[str], None]
 
@@ -127,12 +133,14 @@ def pack_bundle(
     No timestamps anywhere: the same run, artifacts and wheels give the same bytes.
     """
     import edge_runtime
-    from edgeship.benchmarks.evaluation import write_run_testset
+    from edgeship.benchmarks.accuracy import write_run_testset
 
     dest.mkdir(parents=True, exist_ok=False)
     _copy_runtime(dest / "edge_runtime")
     shipped = [_copy_artifact(art, dest) for art in artifacts]
     testset = write_run_testset(run, dest)  # accuracy is measured on the device, on this split
+    golden = golden_answers(run, artifacts, shipped, testset)
+    (dest / GOLDEN_FILE).write_text(json.dumps(golden, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     header = f"# edge_runtime on the device: {', '.join(sorted({a.format for a in shipped}))}\n"
     (dest / "requirements.txt").write_text(header + "\n".join(requirements) + "\n", encoding="utf-8")
     wheel_names = [] if wheels is None else link_wheels(wheels, dest / "wheels", requirements)
@@ -143,6 +151,7 @@ def pack_bundle(
         "requirements": list(requirements),
         "wheels": wheel_names,
         "testset": None if testset is None else testset.name,
+        "golden": GOLDEN_FILE,
         "edge_runtime_version": getattr(edge_runtime, "__version__", None),
         "run": ("cd bundle && PYTHONDONTWRITEBYTECODE=1 ../venv/bin/python -m edge_runtime "
                 "bench ARTIFACT"),
@@ -151,14 +160,60 @@ def pack_bundle(
     return shipped
 
 
+def golden_answers(
+    run: RunDir, artifacts: Sequence[Any], shipped: Sequence[DeployedArtifact], testset: Path | None
+) -> dict[str, Any]:
+    """What each artifact must answer on the device before the deploy switches to it.
+
+    The inputs are the first ``GOLDEN_ROWS`` rows of the bundle's test split. The answers are the
+    artifact's own top-1 there, run here by edge_runtime, when this machine runs it; a build for
+    another CPU (TVM for a Pi) is held to the Keras model's top-1 that export recorded
+    (``reference.json``). Without a test split, each artifact must only load.
+    """
+    from edge_runtime import EdgeModel, EdgeRuntimeError
+    from edge_runtime.testset import read_testset
+    from edgeship.benchmarks.accuracy import reference_top1
+    from edgeship.core.names import host_arch
+    from edgeship.devices.errors import DeployError
+
+    x = None
+    if testset is not None:
+        x = read_testset(testset)["x"][:GOLDEN_ROWS]
+    out: dict[str, Any] = {}
+    for art, sent in zip(artifacts, shipped, strict=True):
+        entry: dict[str, Any] = {"top1": None, "source": None, "min_agreement": GOLDEN_MIN_AGREEMENT}
+        if x is not None:
+            arch = (art.meta.get("target") or {}).get("arch")
+            if arch in (None, "any", host_arch()):
+                try:
+                    entry["top1"] = [int(i) for i in EdgeModel.load(art.dir).predict(x).indices]
+                except EdgeRuntimeError as e:
+                    raise DeployError(f"{art.rel} does not run here ({e}): export it again") from e
+                entry["source"] = "the artifact's own answers when exported"
+            else:
+                ref = reference_top1(run, art.variant)
+                if ref is not None:
+                    entry["top1"] = [int(i) for i in ref[: len(x)]]
+                    entry["source"] = "the Keras model's answers (reference.json)"
+        out[sent.remote] = entry
+    return {"schema_version": 1, "testset": None if testset is None else testset.name,
+            "rows": 0 if x is None else len(x), "artifacts": out}
+
+
 def _copy_runtime(dest: Path) -> None:
-    """``edge_runtime``'s modules and its requirements files (the package's other files stay)."""
+    """``edge_runtime``'s modules, its subpackages' (``serve/``) and its requirements files; the
+    package's other files (caches) stay."""
     import edge_runtime
 
+    src = Path(edge_runtime.__file__).parent
     dest.mkdir()
-    for f in sorted(Path(edge_runtime.__file__).parent.iterdir()):
-        if f.is_file() and (f.suffix == ".py" or re.fullmatch(r"requirements-\w+\.txt", f.name)):
-            shutil.copyfile(f, dest / f.name)
+    for f in sorted(src.rglob("*")):
+        rel = f.relative_to(src)
+        if "__pycache__" in rel.parts or not f.is_file():
+            continue
+        if f.suffix == ".py" or (len(rel.parts) == 1 and re.fullmatch(r"requirements-\w+\.txt", f.name)):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest / rel)
 
 
 def _copy_artifact(art: Any, bundle: Path) -> DeployedArtifact:

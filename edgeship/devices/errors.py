@@ -23,3 +23,7 @@ class PipInstallError(DeployError):
 
 class VerifyError(DeployError):
     """A bundle file on the device does not have the sha256 that was sent."""
+
+
+class GoldenCheckError(DeployError):
+    """The new bundle's artifacts do not load or answer their golden inputs on the device."""

@@ -54,15 +54,15 @@ def rootfs_dir() -> Path:
     return cache_dir() / f"debian-{SUITE}-{ARCH}"
 
 
-def apt_mirror() -> str:
+def apt_mirror(apt_dir: Path = Path("/etc/apt")) -> str:
     """A Debian mirror URL: ``$EDGESHIP_PI_MIRROR``, else the one this machine's apt uses.
 
-    Read from the apt sources so no host name is written into the project.
+    Read from the apt sources (``apt_dir``: /etc/apt) so no host name is written into the project.
     """
     if os.environ.get(ENV_MIRROR):
         return os.environ[ENV_MIRROR]
     found: list[tuple[str, list[str]]] = []
-    d = Path("/etc/apt/sources.list.d")
+    d = apt_dir / "sources.list.d"
     for path in sorted(d.glob("*.sources")) if d.is_dir() else []:
         for stanza in re.split(r"\n\s*\n", path.read_text(errors="replace")):
             fields: dict[str, str] = {}
@@ -73,7 +73,7 @@ def apt_mirror() -> str:
             if "deb" in fields.get("types", "").split() and fields.get("enabled", "yes") != "no":
                 suites = fields.get("suites", "").split()
                 found += [(uri, suites) for uri in fields.get("uris", "").split()]
-    lists = [Path("/etc/apt/sources.list"), *(sorted(d.glob("*.list")) if d.is_dir() else [])]
+    lists = [apt_dir / "sources.list", *(sorted(d.glob("*.list")) if d.is_dir() else [])]
     for path in lists:
         if not path.is_file():
             continue
