@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--progress", action="store_true",
                    help="print one 'progress DONE/TOTAL STATUS' line per measurement on stderr")
     b.add_argument("--json", action="store_true", help="print one JSON object per result, one per line")
+
+    from edge_runtime.serve import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -66,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return _predict(args)
+        if args.command == "serve":
+            from edge_runtime.serve import run_from_args
+
+            return run_from_args(args)
         return _bench(args)
     except EdgeRuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -262,7 +270,8 @@ def _print_result(result: dict[str, Any]) -> None:
           f" {result['backend_version']} on {dev['cpu_model']} ({dev['arch']}, {dev['cores']} cores"
           f"{', EMULATED' if dev['emulated'] else ''}); threads={result['threads'] or 'default'}"
           f" rounds={result['rounds']} runs={result['runs']} k={result['calls_per_sample']}")
-    interval = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else " (one round: no interval)"
+    level = f" at {result['ci_level']:.2%}" if result.get("ci_level") else ""
+    interval = f" [{ci[0]:.4f}, {ci[1]:.4f}]{level}" if ci else " (one round: no interval)"
     print(f"  invoke      p50 {lat['p50']:.4f} ms{interval}  p90 {lat['p90']:.4f}"
           f"  mean {lat['mean']:.4f} +- {lat['std']:.4f}")
     tail = result.get("tail_ms")

@@ -34,13 +34,18 @@ COMMANDS = {
     "demo": ("edgeship.cli.demo:demo", "Serve the in-browser demo (LiteRT.js, onnxruntime-web)."),
     "fleet": ("edgeship.cli.fleet:fleet",
               "A fleet of devices through TVM's RPC tracker: tracker, join, list, leave."),
+    "serve": ("edgeship.cli.serve:serve", "A serving device (python -m edge_runtime serve): status."),
+    "load": ("edgeship.cli.serve:load",
+             "Open-loop load on a serving device: throughput, p50/p99, the knee (serve/*.json)."),
+    "monitor": ("edgeship.cli.monitor:monitor",
+                "A device's request logs against the run: drift, prediction mix, live accuracy (exit 3)."),
     "bench": ("edgeship.cli.bench:bench",
               "Measure latency on the host, in a browser, on a Pi: one result schema."),
     "report": ("edgeship.cli.report:report",
                "Read the latency reports: terminal table, Markdown, HTML with plots."),
     "runs": ("edgeship.cli.runs:runs", "List runs."),
     "show": ("edgeship.cli.runs:show", "Summarise one run's manifest."),
-    "run": ("edgeship.cli.pipeline:run", "The whole chain on the built-in default, in one command."),
+    "run": ("edgeship.cli.run:run", "The whole chain on the built-in default, in one command."),
 }
 
 

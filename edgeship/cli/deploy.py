@@ -47,12 +47,22 @@ def deploy() -> None:
 @click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
               help="--bench: discarded calls per round.")
 @click.option("--threads", default="1", show_default=True, help="--bench: thread counts, comma-separated.")
+@click.option("--serve", is_flag=True,
+              help="Then run the model server there (python -m edge_runtime serve, on 127.0.0.1): a "
+                   "systemd user unit on a Pi, a supervised process on the emulated one. A server "
+                   "already running takes the new artifacts without dropping a request.")
+@click.option("--serve-port", type=PORT, default=8501, show_default=True,
+              help="--serve: the server's port on the device (--port is SSH's).")
+@click.option("--serve-workers", type=click.IntRange(min=1), default=None,
+              help="--serve: interpreters (default: the device's cores, at most 4).")
+@click.option("--log-inputs", type=click.Choice(["none", "summary", "raw"]), default="summary",
+              show_default=True, help="--serve: what the request log keeps of each input.")
 @json_option
 @pass_app
 def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, fmt: str,
        quantize: str | None, port: int | None, identity: Path | None, remote_dir: str,
        accept_new_host_key: bool, offline: bool, bench: bool, rounds: int, runs: int, warmup: int,
-       threads: str,
+       threads: str, serve: bool, serve_port: int, serve_workers: int | None, log_inputs: str,
        as_json: bool) -> None:
     """Deploy RUN's exports to a Raspberry Pi: copy, verify (sha256), install, optionally bench.
 
@@ -65,22 +75,53 @@ def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, f
       edgeship deploy pi latest --host pi@raspberrypi.local --format tflite --quantize int8 --offline
       edgeship deploy pi latest --host mypi --format tvm --bench      # export --target rpi4 first
       edgeship deploy pi latest --emulated --bench                    # no Pi: aarch64 under QEMU
+      edgeship deploy pi latest --emulated --serve                    # then serve on 127.0.0.1:8501
     """
     from edgeship.core import console
-    from edgeship.devices.deploy import deploy_pi
+    from edgeship.devices.deploy import deploy_pi, open_device
+    from edgeship.devices.serving.service import ServeOptions, serve_deployment
 
+    options = ServeOptions(port=serve_port, workers=serve_workers, log_inputs=log_inputs)
+    if serve:
+        options.check()  # before any connection
     run = app.store.resolve(run_ref)
     with console.progress("deploy", total=None) as bar:
         dep = deploy_pi(
             run, host=host, emulated=emulated, variant=variant, format=fmt, quantize=quantize,
             remote_dir=remote_dir, offline=offline, bench=bench, threads=threads, rounds=rounds, runs=runs,
             warmup=warmup, progress=bar, log=console.info, port=port, identity=identity,
-            accept_new_host_key=accept_new_host_key,
+            accept_new_host_key=accept_new_host_key, serve=serve,
         )
+    serving = None
+    if serve:
+        device = open_device(host, emulated=emulated, port=port, identity=identity,
+                             accept_new_host_key=accept_new_host_key)
+        serving = serve_deployment(device, dep.remote_dir, [a.remote for a in dep.artifacts], options,
+                                   log=console.info)
     if as_json:
-        console.emit_json(dep.summary())
+        console.emit_json({**dep.summary(), **({"serving": serving} if serving else {})})
         return
     _print(dep)
+    if serving:
+        _print_serving(serving)
+
+
+def _print_serving(serving: dict[str, Any]) -> None:
+    from edgeship.core import console
+
+    url = serving["url"]
+    if serving["action"] == "started":
+        names = ", ".join(serving["models"])
+        console.out.print(f"serving {names} at {url} ({serving['manager']}); try:  curl -d @digit.json "
+                          f"{url}/v1/models/{next(iter(serving['models']))}:predict", markup=False)
+        if serving.get("note"):
+            console.out.print(serving["note"], markup=False)
+    else:
+        for name, answer in serving["models"].items():
+            console.out.print(f"updated {name} at {url}: version {answer['model_version']} serving, version "
+                              f"{answer.get('previous')} kept (edgeship serve rollback)", markup=False)
+        if not serving["models"]:
+            console.out.print(f"the server at {url} already serves these artifacts", markup=False)
 
 
 def _print(dep: Any) -> None:

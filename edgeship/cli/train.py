@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -38,12 +39,19 @@ from edgeship.core.console import emit_json, escape, out, progress
               default=0.15, show_default=True)
 @click.option("--test-fraction", type=Number(float, min=0, max=1, min_open=True, max_open=True),
               default=0.15, show_default=True)
+@click.option("--augment", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Random shifts and zooms of training images; auto: on for images of 32 px and up.")
+@click.option("--from", "from_run", default=None,
+              help="With --add-feedback: retrain this run's model with its own settings.")
+@click.option("--add-feedback", "feedback_dir", type=click.Path(path_type=Path), default=None,
+              help="A request-log folder (--log-inputs raw) whose labelled requests join the train split.")
 @json_option
 @pass_app
 def train(app: Any, dataset: str, target: str | None, time_column: str | None, image_size: tuple[int, int],
           model_name: str, width: float, alpha: float, epochs: int, batch_size: int,
           learning_rate: float, patience: int, seed: int, class_weight: str,
-          val_fraction: float, test_fraction: float, as_json: bool) -> None:
+          val_fraction: float, test_fraction: float, augment: str, from_run: str | None,
+          feedback_dir: Path | None, as_json: bool) -> None:
     """Train a Keras model and store it as a new run.
 
     \b
@@ -52,7 +60,22 @@ def train(app: Any, dataset: str, target: str | None, time_column: str | None, i
       edgeship train --dataset wine --epochs 100
       edgeship train --dataset sales.csv --target churned --time-column date --json
       edgeship train --dataset photos/ --image-size 96 --model mobilenetv2
+      edgeship train --from latest --add-feedback device-logs/   # + labelled logged requests
     """
+    if (from_run is None) != (feedback_dir is None):
+        raise click.UsageError("--from and --add-feedback go together: "
+                               "edgeship train --from RUN --add-feedback LOGDIR")
+    if from_run is not None and feedback_dir is not None:
+        from edgeship.training.feedback import train_with_feedback
+
+        with progress("training", total=None) as bar:
+            result = train_with_feedback(app.store, from_run, feedback_dir, progress=bar)
+        summary = {**train_summary(result), "lineage": result.run.manifest.get("lineage")}
+        if as_json:
+            emit_json(summary)
+        else:
+            print_train_summary(summary)
+        return
     from edgeship.training.stage import TrainConfig
     from edgeship.training.stage import train as train_stage
 
@@ -61,7 +84,7 @@ def train(app: Any, dataset: str, target: str | None, time_column: str | None, i
         image_size=image_size, model=model_name, width=width, alpha=alpha,
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         seed=seed, class_weight=class_weight, val_fraction=val_fraction,
-        test_fraction=test_fraction,
+        test_fraction=test_fraction, augment=augment,
     )
     with progress("training", total=epochs) as bar:
         result = train_stage(app.store, cfg, progress=bar)
@@ -83,6 +106,9 @@ def train_summary(result: Any) -> dict[str, Any]:
         "test_accuracy": m["test"]["accuracy"],
         "test_macro_f1": m["test"]["macro_f1"],
         "baselines": {k: v["accuracy"] for k, v in m["baselines"].items()},
+        "val_accuracy": m.get("val_accuracy"),
+        "beats_baselines": m.get("beats_baselines"),
+        "warnings": m.get("warnings", []),
         "params": m["params"],
         "epochs_run": m["epochs_run"],
         "wall_time_s": m["wall_time_s"],

@@ -10,22 +10,27 @@ One code path for both kinds of device (``edgeship.devices.pi.Device``: ``SshTar
    ``requirements.txt`` for the formats (``edge_runtime/requirements-<format>.txt``) and,
    offline, the wheels for the device's CPU and Python (``wheels``). Identical inputs give
    byte-identical files, so a re-deploy sends only what changed;
-3. sync: ``device.sync(bundle, DIR/bundle)`` (rsync --checksum, or sha256 manifests + tar;
-   each transfer with a deadline from its size);
+3. sync: ``device.sync(bundle, DIR/bundle-XXXX)``, a new folder beside the bundle in use and
+   seeded from it (``install.prepare_bundle``), so only changes travel (rsync --checksum, or
+   sha256 manifests + tar; each transfer with a deadline from its size);
 4. verify (``install``): the sha256 of every bundle file, computed on the device, against ours
    (offline wheels included, which were checked against their download-time sha256 first);
-5. install (``install``): the venv ``DIR/venv`` is reused while its stamp says it holds the
-   requirements; otherwise a new one is built beside it (offline: ``pip --require-hashes``),
-   must import the runtime, and only then replaces it (one rename of the ``venv`` link), so a
-   failed redeploy leaves the previous install working;
-6. bench (``bench``, optional): ``venv/bin/python -m edge_runtime bench ART... --json --on pi``,
+5. install (``install``): the venv in use is reused while its stamp says it holds the
+   requirements; otherwise a new one is built beside it (offline: ``pip --require-hashes``)
+   and must import the runtime;
+6. check and switch (``install``): the new bundle with its venv loads every artifact and answers
+   the golden inputs as recorded; only then does ``DIR/bundle`` switch to it (one rename) and
+   the old pair go. A failure before that leaves the old bundle and the old venv running together;
+7. bench (``bench``, optional): ``venv/bin/python -m edge_runtime bench ART... --json --on pi``,
    results stored with ``edgeship.benchmarks.store.save_results``.
 
 Remote layout (``DIR`` defaults to ``~/edgeship``)::
 
     DIR/.edgeship-deploy    marker: edgeship manages this folder
-    DIR/bundle/             what the last deploy sent (files not in the bundle are deleted)
-    DIR/venv -> venv-XXXX/  the runtime in use (a link); venv/edgeship-venv.json marks it complete
+    DIR/bundle -> bundle-XXXX/      what the last deploy sent (a link, switched by one rename)
+    DIR/bundle-XXXX/venv -> ../venv-YYYY/   the runtime that bundle was checked with
+    DIR/venv -> bundle/venv         so ``../venv/bin/python`` in the bundle is its pair's;
+                                    venv/edgeship-venv.json marks it complete
 
 A TVM artifact is a shared library: running it runs native code with the login's rights on the
 device. The deploy says so (``Deployment.notes``, and on the log) whenever it ships one.
@@ -41,7 +46,7 @@ import posixpath
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +55,6 @@ from edgeship.core.errors import InputError
 from edgeship.core.fsutil import read_json
 from edgeship.core.runstore import RunDir
 from edgeship.devices import wheels
-from edgeship.devices.bench import bench_deployed, bench_label, bench_pi, finish_results
 from edgeship.devices.bundle import (
     BUNDLE_INFO,
     PI_FORMATS,
@@ -62,69 +66,30 @@ from edgeship.devices.bundle import (
     select_artifacts,
 )
 from edgeship.devices.cache import cache_dir
+from edgeship.devices.deployment import Deployment
 from edgeship.devices.errors import DeployError, DevicePythonError, NoSpaceError, PipInstallError, VerifyError
-from edgeship.devices.install import check_space, install_venv, no_space, venv_reusable, verify
+from edgeship.devices.install import (
+    build_venv,
+    check_golden,
+    check_space,
+    discard,
+    no_space,
+    pair,
+    prepare_bundle,
+    switch_pair,
+    venv_reusable,
+    verify,
+)
 from edgeship.devices.pi import Device, SyncResult, local_manifest, remote_path
+from edgeship.devices.pi_session import bench_deployed, bench_label, finish_results
 from edgeship.devices.probe import DEFAULT_REMOTE_DIR, DeviceInfo, probe
 
 # The names callers outside this package use (the CLI, the pipeline, `edgeship pi emulator setup`).
 __all__ = [
     "DEFAULT_REMOTE_DIR", "PI_FORMATS", "DeployError", "Deployment", "DeviceInfo", "DevicePythonError",
-    "NoSpaceError", "PipInstallError", "VerifyError", "bench_pi", "deploy", "deploy_pi",
+    "NoSpaceError", "PipInstallError", "VerifyError", "deploy", "deploy_pi",
     "native_code_notes", "open_device", "requirements_for",
 ]
-
-
-@dataclass
-class Deployment:
-    """What a deploy did, and where things are on the device."""
-
-    run_id: str
-    device: str
-    emulated: bool
-    remote_dir: str
-    artifacts: list[DeployedArtifact]
-    requirements: list[str]
-    offline: bool
-    sync: SyncResult
-    verified_files: int
-    venv: str  # "installed" | "reused"
-    device_info: DeviceInfo
-    seconds: dict[str, float]
-    results: list[dict[str, Any]] = field(default_factory=list)
-    bench_files: list[Path] = field(default_factory=list)
-    testset: str | None = None  # the test split's file in the bundle, for on-device accuracy
-    notes: list[str] = field(default_factory=list)  # what the user must know (native code shipped)
-
-    @property
-    def bundle_dir(self) -> str:
-        return posixpath.join(self.remote_dir, "bundle")
-
-    @property
-    def python(self) -> str:
-        """The venv's interpreter, relative to ``bundle_dir`` (where commands run)."""
-        return "../venv/bin/python"
-
-    def summary(self) -> dict[str, Any]:
-        """The ``--json`` object (fixed keys, read by scripts)."""
-        return {
-            "run_id": self.run_id,
-            "device": self.device,
-            "emulated": self.emulated,
-            "remote_dir": self.remote_dir,
-            "bundle_dir": self.bundle_dir,
-            "artifacts": [asdict(a) for a in self.artifacts],
-            "requirements": self.requirements,
-            "offline": self.offline,
-            "sync": asdict(self.sync),
-            "verified_files": self.verified_files,
-            "venv": self.venv,
-            "device_info": {k: v for k, v in asdict(self.device_info).items() if k != "venv_stamp"},
-            "seconds": self.seconds,
-            "results": self.results,
-            "bench_files": [str(p) for p in self.bench_files],
-            "notes": self.notes,
-        }
 
 
 class _Steps:
@@ -164,8 +129,11 @@ def deploy(
     offline: bool = False,
     progress: Progress | None = None,
     log: Log | None = None,
+    serve: bool = False,
 ) -> Deployment:
     """Probe, pack, sync, verify and install (see the module docstring); records a ``deploy`` stage.
+
+    ``serve``: the venv also gets the server's requirements (``requirements-serve.txt``).
 
     The emulated Pi always installs from shipped wheels (``offline``): pip under QEMU is slow
     enough without the network.
@@ -174,6 +142,10 @@ def deploy(
     step = _Steps(progress)
     rdir = remote_path(remote_dir)
     chosen = select_artifacts(run, variants, formats, quantize, log=say)  # fails before any connection
+    stale = next((a for a in chosen if a.meta.get("stale")), None)
+    if stale is not None:  # made from a model the variant no longer has (compress --force replaced it)
+        raise DeployError(f"not deploying stale exports: {stale.meta['stale']}; re-export it with "
+                          f"`edgeship export {run.id} --variant {stale.variant}`")
     offline = offline or device.emulated
     params = {"device": device.name, "emulated": device.emulated, "remote_dir": rdir,
               "offline": offline, "selected": [a.rel for a in chosen]}
@@ -184,27 +156,44 @@ def deploy(
         notes = native_code_notes(chosen, device.name)
         for note in notes:
             say(note)
-        requirements = requirements_for([a.format for a in chosen])
+        requirements = requirements_for([a.format for a in chosen] + (["serve"] if serve else []))
         wheel_dir = None
         if offline:
             with step("wheels", f"{info.machine} cp{info.python_minor.replace('.', '')} wheels"):
                 wheel_dir = wheels.download_wheels(requirements, arch=info.machine, python=info.python_minor)
         reuse = venv_reusable(info, requirements)
-        sent = _send(run, device, rdir, chosen, info, requirements, wheel_dir, reuse=reuse, step=step,
-                     say=say)
-        with step("install", "reusing the venv" if reuse else "installing the runtime"):
-            if not reuse:
-                with no_space(device.name, rdir):
-                    install_venv(device, rdir, requirements, python=info.python, offline=offline,
-                                 machine=info.machine)
-        venv = "reused" if reuse else "installed"
-        say(f"venv {venv}: {' '.join(requirements)}")
+        with step("prepare", "a new bundle beside the one in use"), no_space(device.name, rdir):
+            new_bundle, in_use = prepare_bundle(device, rdir)
+        reuse = reuse and in_use is not None
+        new_venv = None
+        try:
+            sent = _send(run, device, rdir, new_bundle, chosen, info, requirements, wheel_dir, reuse=reuse,
+                         step=step, say=say)
+            with step("install", "reusing the venv" if reuse else "installing the runtime"):
+                if not reuse:
+                    with no_space(device.name, rdir):
+                        new_venv = build_venv(device, rdir, requirements, python=info.python,
+                                              offline=offline, machine=info.machine, bundle=new_bundle)
+            venv = "reused" if reuse else "installed"
+            say(f"venv {venv}: {' '.join(requirements)}")
+            changed = new_venv is not None or sent.sync.sent or sent.sync.deleted
+            if changed:
+                with step("check", "the new bundle answers its golden inputs"):
+                    pair(device, rdir, new_bundle, new_venv or str(in_use))
+                    check_golden(device, rdir, new_bundle)
+                    switch_pair(device, rdir, new_bundle)
+                say(f"switched to {new_bundle} with {new_venv or in_use}; the previous pair is removed")
+            else:  # the same files and venv: the pair in use stays, checked when it was switched to
+                discard(device, rdir, new_bundle)
+        except BaseException:
+            discard(device, rdir, new_bundle, *([new_venv] if new_venv else []))
+            raise
         stage.metrics = _metrics(sent, venv, info, step.seconds)
     return Deployment(
         run_id=run.id, device=device.name, emulated=device.emulated, remote_dir=rdir,
         artifacts=sent.artifacts, requirements=requirements, offline=offline, sync=sent.sync,
         verified_files=sent.verified, venv=venv, device_info=info, seconds=step.seconds,
-        testset=sent.testset, notes=notes,
+        testset=sent.testset, notes=notes, switch="switched" if changed else "unchanged",
     )
 
 
@@ -219,10 +208,11 @@ def native_code_notes(artifacts: Sequence[Any], device_name: str) -> list[str]:
 
 
 def _send(
-    run: RunDir, device: Device, rdir: str, chosen: Sequence[Any], info: DeviceInfo,
+    run: RunDir, device: Device, rdir: str, new_bundle: str, chosen: Sequence[Any], info: DeviceInfo,
     requirements: Sequence[str], wheel_dir: Path | None, *, reuse: bool, step: _Steps, say: Log,
 ) -> _Sent:
-    """Pack the bundle in the Pi cache, check the device has room, sync it, verify it there."""
+    """Pack the bundle in the Pi cache, check the device has room, sync it into ``DIR/new_bundle``
+    (seeded from the bundle in use), verify it there."""
     bundles = cache_dir() / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bundle-", dir=bundles) as tmp:
@@ -232,7 +222,7 @@ def _send(
             testset = read_json(bundle / BUNDLE_INFO).get("testset")
             local = local_manifest(bundle)
         check_space(device.name, rdir, info, bundle, requirements, wheel_dir, install=not reuse)
-        bundle_dir = posixpath.join(rdir, "bundle")
+        bundle_dir = posixpath.join(rdir, new_bundle)
         with step("sync", f"sending to {device.name}"), no_space(device.name, rdir):
             sync = device.sync(bundle, bundle_dir, delete=True)
         say(f"sent {len(sync.sent)} file(s) ({sync.bytes_sent / 1024:.1f} KiB) by {sync.method}, "
@@ -306,6 +296,7 @@ def deploy_pi(
     rounds: int = 5,
     progress: Progress | None = None,
     log: Log | None = None,
+    serve: bool = False,
     **ssh_options: Any,
 ) -> Deployment:
     """``edgeship deploy pi``: deploy, and with ``bench`` measure there and store the results."""
@@ -316,12 +307,13 @@ def deploy_pi(
         check_counts(runs, warmup, rounds)
     device = open_device(host, emulated=emulated, **ssh_options)
     dep = deploy(run, device, variants=variant, formats=format, quantize=quantize,
-                 remote_dir=remote_dir, offline=offline, progress=progress, log=log)
+                 remote_dir=remote_dir, offline=offline, progress=progress, log=log, serve=serve)
     if bench:
         from edgeship.benchmarks.store import save_results
 
+        start = run.begin()  # the bench stage's wall time covers the measuring, not only its commit
         dep.results = finish_results(run, bench_deployed(device, dep, threads=thread_counts, runs=runs,
                                                          warmup=warmup, rounds=rounds, progress=progress,
                                                          log=log))
-        dep.bench_files = save_results(run, dep.results, label=bench_label(device))
+        dep.bench_files = save_results(run, dep.results, label=bench_label(device), start=start)
     return dep

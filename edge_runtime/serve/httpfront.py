@@ -1,0 +1,127 @@
+"""The HTTP front on the standard library: ``ThreadingHTTPServer``, HTTP/1.1 keep-alive.
+
+Chosen over uvicorn (+ h11) by measurement (see the README's "Serving" section): on this
+workload the front only parses a small request and waits on a worker, and the standard library
+did that as fast or faster, ships nothing extra to the device and needs no wheel.
+A connection cap answers 503 at once past ``max_connections`` so threads stay bounded too.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from edge_runtime.serve.app import Pending, Request, Response, Service, error_response
+from edge_runtime.serve.errors import BadRequest, HTTPError, Overloaded, TooLarge
+
+IDLE_TIMEOUT_S = 30.0  # a keep-alive connection idle this long is closed
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in one write with Nagle off: two small writes on a keep-alive
+    # connection otherwise wait for the client's delayed ACK, ~40 ms per request (measured).
+    disable_nagle_algorithm = True
+    server_version = "edge_runtime"
+    sys_version = ""
+    timeout = IDLE_TIMEOUT_S
+    server: EdgeHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the request log is issue 20's (Service.observers), not stderr
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        service = self.server.service
+        try:
+            body = self._read_body(method)
+        except HTTPError as e:
+            self.close_connection = True  # the unread body would be taken for the next request
+            service.requests.inc(route="other", code=str(e.status))
+            self._send(error_response(e))
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        out = service.handle(Request(method, self.path, body, headers, self.client_address[0]))
+        if isinstance(out, Pending):
+            out = service.execute(out)
+        self._send(out)
+
+    def _read_body(self, method: str) -> bytes:
+        """The body by Content-Length, refused past ``max_body_bytes`` before reading it."""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            raise BadRequest("chunked bodies are not accepted: send Content-Length")
+        length_text = self.headers.get("Content-Length")
+        if length_text is None:  # no body (a POST of :rollback needs none)
+            return b""
+        try:
+            length = int(length_text)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            raise BadRequest(f"Content-Length {length_text!r} is not a byte count") from None
+        limit = self.server.max_body_bytes
+        if length > limit:
+            raise TooLarge(f"the body is {length} bytes; this server takes at most {limit} "
+                           "(--max-body-bytes): send fewer or smaller instances")
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, resp: Response) -> None:
+        head = [f"{self.protocol_version} {resp.status} {self.responses.get(resp.status, ('',))[0]}",
+                f"Server: {self.server_version}", f"Content-Type: {resp.content_type}",
+                f"Content-Length: {len(resp.body)}"]
+        head += [f"{k}: {v}" for k, v in resp.headers.items()]
+        if self.close_connection:
+            head.append("Connection: close")
+        try:
+            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class EdgeHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], service: Service, *, max_body_bytes: int,
+                 max_connections: int = 256):
+        self.service = service
+        self.max_body_bytes = max_body_bytes
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """One thread per connection, up to ``max_connections``; past that a 503 and close."""
+        if not self._slots.acquire(blocking=False):
+            try:
+                e = Overloaded("too many open connections; retry later", headers={"Retry-After": "1"})
+                r = error_response(e)
+                head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                        f"Content-Length: {len(r.body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
+                request.sendall(head.encode() + r.body)
+            except OSError:
+                pass
+            self.service.rejected.inc(reason="connections")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
