@@ -68,7 +68,8 @@ def test_ctrl_c_in_a_real_process_rolls_back(tmp_path: Path) -> None:
     run = _make_run(RunStore(tmp_path))
     before = run.manifest_path.read_bytes()
     script = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal: see _CTRL_C_SCRIPT\n"
         "from edgeship.core.runstore import RunDir\n"
         "run = RunDir(sys.argv[1])\n"
         "with run.stage('slow') as st:\n"
@@ -228,6 +229,10 @@ _CTRL_C_SCRIPT = """
 import os, signal, sys
 from pathlib import Path
 from edgeship.core.runstore import RunDir
+
+# Ctrl-C raises KeyboardInterrupt, as at a terminal, even when this process inherited SIGINT
+# ignored (a test run started as a background job of a non-interactive shell passes that on).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 at = sys.argv[2]
 real_replace = os.replace
