@@ -134,10 +134,17 @@ def test_export_web_litert_only_needs_no_onnx(digits_run: RunDir, tmp_path: Path
 # ---------------------------------------------------------------- edgeship demo
 
 
+def _sigint_as_at_a_terminal() -> None:
+    """The demo gets Ctrl-C as at a terminal, even if this test run inherited SIGINT ignored
+    (a background job of a non-interactive shell passes that on to every child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_demo(runs_dir: Path, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "edgeship", "--runs-dir", str(runs_dir), "demo", *args, "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     text = ""
     deadline = time.monotonic() + 30
@@ -241,7 +248,8 @@ def test_bench_browser_is_schema_valid_isolated_and_matches_native(web_run: RunD
         assert ev["samples"] == len(np.load(web_run.path / "data/test_raw.npz")["y"])
         assert r["accuracy_source"] == "device" and r["top1_agreement"] >= 0.95
         # The page's preprocessing and WebAssembly give the native runtime's accuracy on the same file.
-        assert r["accuracy"] == pytest.approx(native_acc)
+        # (XNNPACK in WebAssembly and natively may round one borderline int8 row apart: one row at most)
+        assert abs(r["accuracy"] - native_acc) <= 1 / ev["samples"] + 1e-9
     assert [r["threads_requested"] for r in results] == [1, 2] * 4
 
 

@@ -93,6 +93,7 @@ def bench_digits(store: Any, work: Path, args: argparse.Namespace) -> dict[str, 
     out["compressed"] = {
         # sparsity over the kernels pruning acts on (tfmot never prunes depthwise kernels), and
         # over every kernel beside it
+        "name": variant.name,
         "sparsity": (vm.get("sparsity_reached") or {}).get("overall", vm["sparsity"]),
         "all_kernel_sparsity": vm["sparsity"], "int8_accuracy": vm["test_accuracy"],
         "float_accuracy": vm["keras_test_accuracy"], "base_accuracy": vm.get("base_test_accuracy"),
