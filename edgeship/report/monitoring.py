@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeship.core.console import warn
-from edgeship.core.fsutil import read_json
 from edgeship.report.fmt import EMULATED, sig
-from edgeship.report.serving import PLOTS_DIR, figure, is_emulated, png_base64, safe_name
+from edgeship.report.serving import PLOTS_DIR, figure, is_emulated, png_base64, read_results, safe_name
 
 MONITOR_DIR = "monitor"
 SCHEMA_VERSION = 1
@@ -147,23 +146,12 @@ def result_problems(doc: Any) -> list[str]:
 
 def load_monitoring(run_path: Path) -> Monitoring | None:
     """The run's monitor results grouped by device id; None when it has no ``monitor/*.json``."""
-    folder = Path(run_path) / MONITOR_DIR
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
-    if not files:
+    found = read_results(run_path, MONITOR_DIR, result_problems)
+    if found is None:
         return None
+    docs, skipped = found
     by_device: dict[str, list[Watch]] = {}
-    skipped = []
-    for path in files:
-        where = f"{MONITOR_DIR}/{path.name}"
-        try:
-            doc = read_json(path)
-        except (OSError, ValueError) as e:
-            problems = [f"not readable JSON ({e})"]
-        else:
-            problems = result_problems(doc)
-        if problems:
-            skipped.append(f"{where}: {'; '.join(problems)}")
-            continue
+    for where, doc in docs:
         did = doc["device_id"]
         by_device.setdefault(did, []).append(Watch(
             file=where, device_id=did, emulated=is_emulated(did, doc.get("device")), model=doc["model"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,25 +148,39 @@ def sweep_problems(doc: Any) -> list[str]:
     return problems
 
 
-def load_serving(run_path: Path) -> Serving | None:
-    """The run's sweeps grouped by device id; None when the run has no ``serve/*.json``."""
-    folder = Path(run_path) / SERVE_DIR
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+
+def read_results(run_path: Path, folder: str, problems_of: Callable[[Any], list[str]]
+                 ) -> tuple[list[tuple[str, dict[str, Any]]], list[str]] | None:
+    """The run's ``folder/*.json`` that ``problems_of`` finds nothing wrong with, as (run-relative
+    name, document), and "name: why" for each one left out (a report shows the rest); None when the
+    folder holds no JSON file. Serving and monitoring results are read the same way."""
+    base = Path(run_path) / folder
+    files = sorted(base.glob("*.json")) if base.is_dir() else []
     if not files:
         return None
-    by_device: dict[str, list[Sweep]] = {}
-    skipped = []
+    docs, skipped = [], []
     for path in files:
-        where = f"{SERVE_DIR}/{path.name}"
+        where = f"{folder}/{path.name}"
         try:
             doc = read_json(path)
         except (OSError, ValueError) as e:
             problems = [f"not readable JSON ({e})"]
         else:
-            problems = sweep_problems(doc)
+            problems = problems_of(doc)
         if problems:
             skipped.append(f"{where}: {'; '.join(problems)}")
-            continue
+        else:
+            docs.append((where, doc))
+    return docs, skipped
+
+def load_serving(run_path: Path) -> Serving | None:
+    """The run's sweeps grouped by device id; None when the run has no ``serve/*.json``."""
+    found = read_results(run_path, SERVE_DIR, sweep_problems)
+    if found is None:
+        return None
+    docs, skipped = found
+    by_device: dict[str, list[Sweep]] = {}
+    for where, doc in docs:
         device = dict(doc.get("device") or {})
         s = Sweep(file=where, device_id=doc["device_id"], device=device,
                   emulated=is_emulated(doc["device_id"], device), model=str(doc.get("model") or "?"),
