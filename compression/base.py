@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.core.errors import EdgeshipError
+from edgeship.training.batchnorm import SHORT_TRAINING_MOMENTUM, batch_norm_layers
 from edgeship.training.keras_env import custom_objects, keras, seed_everything
 
 
@@ -92,18 +93,33 @@ def wrap_kernel_layers(model: Any, wrapper: Callable[[Any], Any],
 
 def fine_tune(model: Any, ctx: PassContext, extra_callbacks: list[Any] | None = None,
               epochs: int | None = None, loss: Any = "sparse_categorical_crossentropy") -> dict[str, list]:
-    """Train for a fixed number of epochs: schedules (pruning) need a known length."""
+    """Train for a fixed number of epochs: schedules (pruning) need a known length.
+
+    Batch-norm layers track at most ``SHORT_TRAINING_MOMENTUM`` meanwhile: an imported
+    keras.applications model's 0.99-0.999 would keep the moving statistics of the weights as
+    they were before pruning for thousands of steps, and the fine-tuned model would predict one
+    class at inference. Each layer's own momentum is put back afterwards (edgeship's built-in
+    models already train at 0.9, so nothing changes for them).
+    """
     k = keras()
     seed_everything(ctx.seed)
     model.compile(optimizer=k.optimizers.Adam(ctx.learning_rate), loss=loss, metrics=["accuracy"])
     callbacks = list(extra_callbacks or [])
     if ctx.progress is not None:
         callbacks.append(_progress_callback(ctx.progress))
-    history = model.fit(
-        ctx.x_train, ctx.y_train, validation_data=(ctx.x_val, ctx.y_val),
-        epochs=epochs or ctx.epochs, batch_size=ctx.batch_size, class_weight=ctx.class_weight,
-        callbacks=callbacks, verbose=0, shuffle=True,
-    )
+    bn = batch_norm_layers(model)
+    saved = [layer.momentum for layer in bn]
+    for layer in bn:
+        layer.momentum = min(layer.momentum, SHORT_TRAINING_MOMENTUM)
+    try:
+        history = model.fit(
+            ctx.x_train, ctx.y_train, validation_data=(ctx.x_val, ctx.y_val),
+            epochs=epochs or ctx.epochs, batch_size=ctx.batch_size, class_weight=ctx.class_weight,
+            callbacks=callbacks, verbose=0, shuffle=True,
+        )
+    finally:
+        for layer, momentum in zip(bn, saved, strict=True):
+            layer.momentum = momentum
     return history.history
 
 

@@ -3,7 +3,9 @@ runs), against the Keras model over the whole test split.
 
 Float32 exports must match the Keras outputs within ``float_tolerance`` (max abs difference of
 the probabilities); that also bounds top-1 agreement, since a row's top class can only change
-where the Keras model's top two probabilities are within twice the difference.
+where the Keras model's top two probabilities are within twice the difference. 1e-3, not less:
+each runtime sums in its own order, and a trained MobileNetV3Small (1.5 M parameters, 60
+layers deep) differs by 1.3e-4 on TFLite's XNNPACK; a conversion error moves them far more.
 
 Quantised ones (float16, dynamic, int8, and anything from a QAT model) are judged on two things,
 because accuracy alone can bless a broken artifact (a chance-level model's int8 export that
@@ -36,7 +38,7 @@ _ROUNDING = 1e-9  # fractions of rows compared as floats
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    float_tolerance: float = 1e-4
+    float_tolerance: float = 1e-3
     max_accuracy_drop: float = 0.02
     warn_accuracy_drop: float = 0.01
     min_top1_agreement: float = 0.9
