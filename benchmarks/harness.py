@@ -52,6 +52,36 @@ def check_counts(runs: int, warmup: int, rounds: int = 1) -> None:
 
 
 @dataclass(frozen=True)
+class BenchSettings:
+    """What to measure and how often, the same on every device: parsed and checked once, where it
+    is made (the CLI from its flags, the pipeline from its config); drivers take it as it is.
+
+    The defaults are the CLI's: five rounds give a p50 interval at 93.75 % (``edge_runtime.stats``).
+    """
+
+    variants: str = "all"  # a name, a comma list or "all"
+    formats: str = "all"  # a format, an export folder (tflite-int8), a comma list or "all"
+    threads: tuple[int, ...] = (1, 2)
+    rounds: int = 5
+    runs: int = 200
+    warmup: int = 20
+
+    def __post_init__(self) -> None:
+        check_counts(self.runs, self.warmup, self.rounds)
+        if parse_threads(self.threads) != self.threads:
+            raise InputError(f"threads {self.threads}: give distinct positive counts, e.g. (1, 2)")
+
+    @classmethod
+    def parse(cls, threads: str | Sequence[int] | int = "1,2", **counts: Any) -> BenchSettings:
+        """From the CLI's text (``--threads 1,2``); the counts are checked as given."""
+        return cls(threads=parse_threads(threads), **counts)
+
+    def plan_size(self, artifacts: int, per_artifact: int = 1) -> int:
+        """Measurements for ``artifacts`` (each measured ``per_artifact`` ways): a progress bar's total."""
+        return artifacts * per_artifact * len(self.threads) * self.rounds
+
+
+@dataclass(frozen=True)
 class Artifact:
     """One export that can be benchmarked: its folder and artifact.json."""
 

@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.model import dequantize, quantize
+from edge_runtime.timing import summarize_ms, time_calls
 from edgeship.core.errors import EdgeshipError
 from edgeship.training.calibration import Calibration
 from edgeship.training.evaluation import accuracy
-from edgeship.training.keras_env import quiet_native_stderr, tf
+from edgeship.training.keras_env import custom_objects, keras, quiet_native_stderr, tf
 
 RECURRENT = frozenset({"LSTM", "GRU", "SimpleRNN", "RNN"})  # the layers that take unroll=True
 _TF_OP = re.compile(r"'tf\.(\w+)' op")
@@ -94,7 +95,6 @@ def unrolled_for_tflite(model: Any) -> Any:
     rnns = recurrent_layers(model)
     if not rnns:
         return model
-    from edgeship.training.keras_env import custom_objects, keras
 
     config = model.get_config()
     _set_unroll(config)
@@ -243,9 +243,8 @@ def _gzip_len(data: bytes) -> int:
 
 
 def tflite_latency_ms(model_bytes: bytes, x_one: np.ndarray, runs: int = 200, warmup: int = 20) -> float:
-    """Median single-thread invoke latency on this host: the search's latency objective."""
-    import time
-
+    """Median single-thread invoke latency on this host: the search's latency objective, timed by
+    the loop every device uses (``edge_runtime.timing``)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # pragma: no cover
@@ -258,10 +257,4 @@ def tflite_latency_ms(model_bytes: bytes, x_one: np.ndarray, runs: int = 200, wa
         scale, zero = inp["quantization"]
         data = np.clip(np.round(data / scale + zero), -128, 127).astype(np.int8)
     interp.set_tensor(inp["index"], data)
-    times = []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter_ns()
-        interp.invoke()
-        if i >= warmup:
-            times.append(time.perf_counter_ns() - t0)
-    return float(np.median(times) / 1e6)
+    return summarize_ms(time_calls(interp.invoke, runs, warmup))["p50"]

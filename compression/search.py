@@ -30,6 +30,7 @@ from edgeship.compression.stage import (
 from edgeship.core.console import info
 from edgeship.core.errors import InputError
 from edgeship.core.runstore import RunDir
+from edgeship.training.keras_env import load_model
 
 OBJECTIVES = ("size", "latency")
 
@@ -155,7 +156,6 @@ def _rename(built: BuiltVariant, name: str) -> None:
 def _base_val_accuracy(run: RunDir, data: Any) -> float:
     from edgeship.compression.measure import tflite_predict
     from edgeship.training.evaluation import accuracy
-    from edgeship.training.keras_env import load_model
 
     model = load_model(run.model_path("base"))
     return accuracy(tflite_predict(tflite_bytes(model, "float32"), data.arrays["x_val"]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,6 @@ def _version(dist: str) -> str:
     version = getattr(module, "__version__", None)
     if isinstance(version, str):
         return version
-    from importlib import metadata
 
     try:
         return metadata.version(dist)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError, InputError
+from edge_runtime.serve import add_parser as add_serve_parser
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".pgm", ".ppm", ".tif", ".tiff"}
 
@@ -58,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--progress", action="store_true",
                    help="print one 'progress DONE/TOTAL STATUS' line per measurement on stderr")
     b.add_argument("--json", action="store_true", help="print one JSON object per result, one per line")
-
-    from edge_runtime.serve import add_parser as add_serve_parser
 
     add_serve_parser(sub)
     return parser

@@ -54,6 +54,7 @@ distribution plots), ``batch``, ``run_id``, ``target``, ``percentile_method``, `
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from typing import Any
@@ -242,8 +243,6 @@ def device_id(on: str, device: dict[str, Any]) -> str:
     board, CPU, architecture and browser, so two Pis that share the default host name
     ``raspberrypi`` still get two ids, and a browser is a device of its own on its host.
     """
-    import hashlib
-
     host = str(device.get("hostname") or "unknown")
     emulated = bool(device.get("emulated"))
     keys = ("machine_id", "board", "cpu_model", "arch", "browser", "browser_version")

@@ -19,14 +19,18 @@ MetaSchedule's ``RPCRunner`` uses the same server: a session loads the uploaded 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import platform
 import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError, InputError
+from edge_runtime.result import device_id
+from edge_runtime.timing import device_facts, device_kind
 
 RUNTIME_MODULES = {"tflite": ("ai_edge_litert", "tflite_runtime"), "onnx": ("onnxruntime",), "tvm": ("tvm",)}
 BOARD_ENV = "EDGESHIP_BOARD"  # a board name for devices without /proc/device-tree (the emulated Pi)
@@ -34,19 +38,12 @@ BOARD_ENV = "EDGESHIP_BOARD"  # a board name for devices without /proc/device-tr
 
 def runtimes() -> list[str]:
     """The artifact formats this device has a runtime for (found, not imported)."""
-    import importlib.util
-
     return [fmt for fmt, mods in RUNTIME_MODULES.items()
             if any(importlib.util.find_spec(m) is not None for m in mods)]
 
 
 def device_info(on: str | None = None) -> dict[str, Any]:
     """What the host needs to pick artifacts and name results: facts, id, board, runtimes."""
-    import platform
-
-    from edge_runtime.result import device_id
-    from edge_runtime.timing import device_facts, device_kind
-
     kind = device_kind(on)
     facts = device_facts()
     return {"on": kind, "device_id": device_id(kind, facts), "facts": facts,

@@ -8,7 +8,9 @@ Both are raw inputs: the device applies the artifact's own preprocessing, as it 
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +37,6 @@ def write_testset(path: str | Path, x: Any, y: Any, source: str) -> Path:
 def _savez_stable(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """``np.savez`` without the zip entries' timestamps: the same split gives the same bytes, so a
     redeploy sends nothing new."""
-    import io
-    import zipfile
-
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, arr in arrays.items():
             buf = io.BytesIO()

@@ -22,6 +22,7 @@ interpolation between closest ranks, ``rank = p/100 * (n-1)``, the default metho
 from __future__ import annotations
 
 import gc
+import hashlib
 import math
 import os
 import platform
@@ -149,8 +150,6 @@ def machine_id() -> str | None:
 
     Only a digest is recorded, since the id itself is meant to stay on the machine.
     """
-    import hashlib
-
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         text = _read(path)
         if text:

@@ -12,8 +12,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from edgeship.benchmarks.harness import BenchSettings
 from edgeship.core.console import info, warn
 from edgeship.core.runstore import RunDir, RunStore
+from edgeship.devices.browser.chromium import browser_unavailable_reason
+from edgeship.devices.options import PI_THREADS, BrowserOptions, DeviceOptions, HostOptions, PiOptions
+from edgeship.devices.registry import bench_run, plan_size
+from edgeship.report import write_report
 
 ProgressFactory = Callable[[str, int | None], AbstractContextManager[Any]]
 
@@ -26,15 +31,11 @@ class PipelineConfig:
     recipe: str = "default"
     tvm_trials: int = 32  # small on purpose: `edgeship run` stays within minutes
     tvm_targets: tuple[str, ...] = ("host", "rpi4")  # the host build is tuned, Pi builds are not
-    bench_runs: int = 200
-    bench_warmup: int = 20
-    bench_rounds: int = 5
+    bench: BenchSettings = field(default_factory=BenchSettings)  # every export, 1 and 2 threads, 5 rounds
     # Five rounds: the p50 interval's level is exact for the round count (edge_runtime.stats),
     # and five is the fewest that reach 90 % (93.75 %; three give 75 %). An emulated round is
     # ~50x slower, so the Pi measures fewer samples per round instead of fewer rounds.
-    pi_rounds: int = 5
     pi_runs: int = 120
-    threads: tuple[int, ...] = (1, 2)
     browser: bool = True
     pi: str | None = None  # None, "emulated" or USER@HOST
 
@@ -58,8 +59,6 @@ def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory
 
     skipped: list[str] = []
     if cfg.browser:
-        from edgeship.devices.browser.chromium import browser_unavailable_reason
-
         missing = browser_unavailable_reason()
         if missing:  # the rest still runs; the line says what to install
             warn(f"the browser steps are skipped: {missing}")
@@ -76,7 +75,6 @@ def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory
             result.variants.append(compress_run(run, ccfg, progress=bar).summary)
     _export(run, cfg, result)
     _bench(run, cfg, result, progress)
-    from edgeship.report import write_report
 
     result.report = {k: str(v) for k, v in write_report(run).items()}
     return result
@@ -85,7 +83,7 @@ def run_pipeline(store: RunStore, cfg: PipelineConfig, progress: ProgressFactory
 def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
     """Every variant in every format. A QAT variant's float32 asks become its int8 forms (and
     its TVM builds are skipped): export_run's default, so nothing made here is unshippable."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     batches: list[dict[str, Any]] = [
         {"variants": "all", "formats": ["tflite"], "quantize": ["float32", "int8"]},
@@ -104,7 +102,7 @@ def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
             info(message)
 
     for batch in batches:
-        results = export_run(run, log=once, **batch)
+        results = export_run(run, ExportConfig(**batch), log=once)
         result.artifacts.extend(r.summary() for r in results)
         failed = [r for r in results if not r.passed]
         result.failed.extend(str(r.dir.relative_to(run.path)) for r in failed)
@@ -114,25 +112,16 @@ def _export(run: RunDir, cfg: PipelineConfig, result: PipelineResult) -> None:
 
 
 def _bench(run: RunDir, cfg: PipelineConfig, result: PipelineResult, progress: ProgressFactory) -> None:
-    """Host always; the browser when it is there; a Pi (or the emulated one) when asked."""
-    from edgeship.devices.browser.session import plan_size as browser_plan
-    from edgeship.devices.host import plan_size
-    from edgeship.devices.registry import bench_run
-
-    common = {"threads": cfg.threads, "runs": cfg.bench_runs, "warmup": cfg.bench_warmup,
-              "rounds": cfg.bench_rounds, "log": info}
-    with progress("bench host", plan_size(run, threads=cfg.threads, rounds=cfg.bench_rounds)) as bar:
-        result.bench.extend(bench_run(run, "host", progress=bar, **common))
+    """Host always; the browser when it is there; a Pi (or the emulated one) when asked: each
+    through the one driver contract, the Pi with its TFLite exports, one thread, fewer samples."""
+    devices: list[tuple[str, DeviceOptions, BenchSettings]] = [("host", HostOptions(), cfg.bench)]
     if cfg.browser:
-        total = browser_plan(run, threads=cfg.threads, rounds=cfg.bench_rounds)
-        with progress("bench browser", total) as bar:
-            result.bench.extend(bench_run(run, "browser", variants="all", progress=bar, **common))
+        devices.append(("browser", BrowserOptions(), cfg.bench))
     if cfg.pi:
         emulated = cfg.pi == "emulated"
-        label = "pi emulated" if emulated else "pi"
-        with progress(f"bench {label}", None) as bar:
-            result.bench.extend(bench_run(
-                run, "pi", label=label, host=None if emulated else cfg.pi, emulated=emulated,
-                variant="all", format="tflite", progress=bar,
-                **{**common, "threads": (1,), "rounds": cfg.pi_rounds,
-                   "runs": min(cfg.bench_runs, cfg.pi_runs)}))
+        devices.append(("pi", PiOptions(host=None if emulated else cfg.pi, emulated=emulated),
+                        replace(cfg.bench, formats="tflite", threads=PI_THREADS,
+                                runs=min(cfg.bench.runs, cfg.pi_runs))))
+    for on, options, settings in devices:
+        with progress(f"bench {options.label()}", plan_size(run, on, settings, options)) as bar:
+            result.bench.extend(bench_run(run, on, settings, options, progress=bar, log=info))

@@ -16,9 +16,10 @@ import numpy as np
 
 from edge_runtime.artifact import ARTIFACT_FILE
 from edgeship.core.errors import DataError, RunError
-from edgeship.core.fsutil import read_json
+from edgeship.core.fsutil import read_json, sha256_file, write_json_atomic
 from edgeship.core.runstore import RunDir
 from edgeship.export import get_format
+from edgeship.training.keras_env import keras
 
 BASE = "base"
 REFERENCE_FILE = "reference.json"  # exports/<variant>/: the Keras top-1, for on-device agreement
@@ -136,8 +137,6 @@ def data_facts(run: RunDir, manifest: dict[str, Any]) -> tuple[list[str], dict[s
 
 def load_keras(path: Path) -> Any:
     """A tf_keras model; quantisation-aware models need tfmot's scope to deserialise."""
-    from edgeship.training.keras_env import keras
-
     k = keras()
     try:
         return k.models.load_model(path, compile=False)
@@ -170,16 +169,12 @@ def check_input_shape(model: Any, x_test: np.ndarray, path: Path) -> None:
 
 def source_record(run: RunDir, model_file: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """artifact.json's ``source``: the Keras file it was built from and the data's hash."""
-    from edgeship.core.fsutil import sha256_file
-
     return {"path": str(model_file.relative_to(run.path)), "sha256": sha256_file(model_file),
             "data_sha256": (manifest.get("data") or {}).get("sha256")}
 
 
 def write_reference(path: Path, reference: np.ndarray, model_file: Path, run: RunDir) -> None:
     """The Keras model's top-1 on the test split: devices report their top-1 agreement with it."""
-    from edgeship.core.fsutil import write_json_atomic
-
     write_json_atomic(path, {
         "top1": [int(i) for i in reference.argmax(axis=1)],
         "model": str(model_file.relative_to(run.path)),

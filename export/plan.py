@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.artifact import ARTIFACT_FILE
 from edgeship.core.errors import InputError, MissingDependencyError, RunError
+from edgeship.core.fsutil import read_json, sha256_file
 from edgeship.core.names import split_names
 from edgeship.core.runstore import RunDir
 from edgeship.export import FORMATS, IO_CHOICES, QUANTIZE_CHOICES, ExportFormat, get_format
@@ -190,9 +192,6 @@ def _check_jobs(run: RunDir, jobs: list[Job], qat: set[str], web_runtime: str = 
 def _current_onnx_export(run: RunDir, variant: str, quantize: str) -> Path | None:
     """The variant's passing ONNX export of ``quantize``, unless it was made from a model the
     variant no longer has (``compress --force``): then it is rebuilt, not built from."""
-    from edge_runtime.artifact import ARTIFACT_FILE
-    from edgeship.core.fsutil import read_json, sha256_file
-
     path = onnx_export_file(run, variant, quantize)
     if path is None:
         return None

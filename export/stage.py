@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ __all__ = [
     "QAT_FLOAT_WARNING",
     "REFERENCE_FILE",
     "REPRESENTATIVE_SAMPLES",
+    "ExportConfig",
     "ExportResult",
     "Job",
     "export_run",
@@ -59,25 +60,9 @@ __all__ = [
 ]
 
 
-def export_run(
-    run: RunDir,
-    variants: Sequence[str] | str = (BASE,),
-    formats: Sequence[str] | str = ("tflite", "onnx"),
-    quantize: Sequence[str] | str | None = None,
-    *,
-    io: str = "int8",
-    targets: Sequence[str] | str = ("host",),
-    trials: int | None = None,
-    time_budget_s: float | None = None,
-    validation: ValidationConfig = ValidationConfig(),  # noqa: B008 (frozen)
-    representative_samples: int = REPRESENTATIVE_SAMPLES,
-    cache_dir: Path | None = None,
-    log: Callable[[str], None] | None = None,
-    qat_float: bool = False,
-    web_runtime: str = "both",
-    tune_on: dict[str, Any] | None = None,
-) -> list[ExportResult]:
-    """Export, validate and commit; see the module docstring. Returns one result per artifact.
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how: the export stage's one typed request (``edgeship export``'s flags).
 
     ``variants``/``formats``/``quantize``/``targets`` take names, comma lists or "all";
     ``quantize=None`` means each format's defaults (tflite: float32+int8, onnx: float32).
@@ -88,29 +73,49 @@ def export_run(
     ``tune_on`` (``{"tracker": "HOST:PORT", "key": KEY}``): TVM builds for another machine are
     tuned on that key's devices through TVM's RPC tracker (``export.tvm.remote``).
     """
+
+    variants: Sequence[str] | str = (BASE,)
+    formats: Sequence[str] | str = ("tflite", "onnx")
+    quantize: Sequence[str] | str | None = None
+    io: str = "int8"
+    targets: Sequence[str] | str = ("host",)
+    trials: int | None = None
+    time_budget_s: float | None = None
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    representative_samples: int = REPRESENTATIVE_SAMPLES
+    cache_dir: Path | None = None
+    qat_float: bool = False
+    web_runtime: str = "both"
+    tune_on: dict[str, Any] | None = None
+
+
+def export_run(run: RunDir, cfg: ExportConfig | None = None, *,
+               log: Callable[[str], None] | None = None) -> list[ExportResult]:
+    """Export, validate and commit; see the module docstring. Returns one result per artifact."""
+    cfg = cfg or ExportConfig()
     say = log or (lambda _msg: None)
     manifest = run.manifest
-    jobs, skipped = plan(run, manifest, variants, formats, quantize, io, targets, qat_float=qat_float,
-                         web_runtime=web_runtime)
+    jobs, skipped = plan(run, manifest, cfg.variants, cfg.formats, cfg.quantize, cfg.io, cfg.targets,
+                         qat_float=cfg.qat_float, web_runtime=cfg.web_runtime)
     for note in skipped:
         say(note)
     data = load_splits(run)
     labels, preprocessing, model_name = data_facts(run, manifest)
-    cal = _calibration(run, manifest, jobs, data, representative_samples)
-    params = _stage_params(jobs, cal, io=io, trials=trials, time_budget_s=time_budget_s,
-                           qat_float=qat_float, validation=validation)
+    cal = _calibration(run, manifest, jobs, data, cfg.representative_samples)
+    params = _stage_params(jobs, cal, io=cfg.io, trials=cfg.trials, time_budget_s=cfg.time_budget_s,
+                           qat_float=cfg.qat_float, validation=cfg.validation)
     if any(j.fmt.name == "web" for j in jobs):
-        params["web_runtime"] = web_runtime
-    if tune_on:
-        params["tune_on"] = tune_on
+        params["web_runtime"] = cfg.web_runtime
+    if cfg.tune_on:
+        params["tune_on"] = cfg.tune_on
     results: list[ExportResult] = []
     with run.stage("export", params) as ctx:
         session = Session(
             run=run, manifest=manifest, output=ctx.output,
             scratch=Path(tempfile.mkdtemp(prefix="work-", dir=ctx.staging)), data=data, cal=cal,
-            labels=labels, preprocessing=preprocessing, model_name=model_name, trials=trials,
-            time_budget_s=time_budget_s, cache_dir=cache_dir, validation=validation, say=say,
-            web_runtime=web_runtime, tune_on=tune_on,
+            labels=labels, preprocessing=preprocessing, model_name=model_name, trials=cfg.trials,
+            time_budget_s=cfg.time_budget_s, cache_dir=cfg.cache_dir, validation=cfg.validation, say=say,
+            web_runtime=cfg.web_runtime, tune_on=cfg.tune_on,
         )
         for variant in dict.fromkeys(j.variant for j in jobs):
             results += export_variant(session, variant, [j for j in jobs if j.variant == variant])

@@ -27,12 +27,12 @@ def exported_copy(run: RunDir, root_factory: Any) -> tuple[RunDir, dict[str, Any
     Exports: tflite-{float32,float16,dynamic,int8}, tflite-int8-fio, onnx-{float32,int8}, in
     two export stages. Returns the copy and its ExportResults by folder name.
     """
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     if run.path not in _EXPORTED:
         copy = copy_run(run, root_factory.mktemp(f"exported-{run.path.name}"))
-        results = export_run(copy, formats="tflite,onnx", quantize=ALL_QUANTIZE)
-        results += export_run(copy, formats="tflite", quantize="int8", io="float32")
+        results = export_run(copy, ExportConfig(formats="tflite,onnx", quantize=ALL_QUANTIZE))
+        results += export_run(copy, ExportConfig(formats="tflite", quantize="int8", io="float32"))
         _EXPORTED[run.path] = (copy, {r.dir.name: r for r in results})
     return _EXPORTED[run.path]
 

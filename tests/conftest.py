@@ -88,7 +88,7 @@ def _allowed_reason(item: pytest.Item) -> str | None:
     return str(reason).strip() or None
 
 
-_allowed: list[tuple[str, str, str]] = []  # (nodeid, the marker's reason, what the skip said)
+_allowed: list[tuple[str, str]] = []  # (nodeid, "the marker's reason (what the skip said)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -105,8 +105,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     said = _skip_reason(report)
     allowed = _allowed_reason(item)
-    if allowed is not None:
-        _allowed.append((item.nodeid, allowed, said))
+    if allowed is not None:  # carried on the report: under xdist, the summary is the controller's
+        report.user_properties.append((ALLOWED_SKIP, f"{allowed} ({said})"))
         return
     report.outcome = "failed"
     report.longrepr = (f"skipped under CI=true ({said}); a CI run must not pass by skipping: install "
@@ -126,11 +126,15 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
                            "import error or a missing tool must fail the run, not skip it")
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _allowed.extend((report.nodeid, text) for key, text in report.user_properties if key == ALLOWED_SKIP)
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     """List the allowed skips, so a CI log says what did not run and why."""
     if not ci_strict():
         return
     tr = terminalreporter
     tr.section(f"allowed skips under CI ({len(_allowed)})")
-    for nodeid, reason, said in _allowed:
-        tr.write_line(f"{nodeid}: {reason} ({said})")
+    for nodeid, text in _allowed:
+        tr.write_line(f"{nodeid}: {text}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from house import ROOT, js_cycles
+from house import ROOT, js_cycles, lazy_imports
 from house import lint as _lint
 
 PACKAGES = ("edgeship", "edge_runtime", "training", "compression", "export", "benchmarks")
@@ -62,3 +62,14 @@ def test_a_cycle_breaks_the_build(tmp_path: Path) -> None:
     done = _lint(house)
     assert done.returncode != 0 and "No import cycles" in done.stdout and "BROKEN" in done.stdout
     assert ".stats -> .rounds" in done.stdout or ".rounds -> .stats" in done.stdout
+
+
+def test_imports_inside_functions_are_for_heavy_dependencies_only(tmp_path: Path) -> None:
+    assert lazy_imports(ROOT) == [], "import these at the top of their modules (tests/house.py says why)"
+    house = _copy(tmp_path)
+    report = house / "edgeship" / "report" / "fmt.py"
+    report.write_text(report.read_text() + "\n\ndef _late() -> None:\n    import json  # noqa\n"
+                      "    import edgeship.core.names  # noqa\n    import numpy  # noqa\n")
+    found = {(i.path, i.function, i.target) for i in lazy_imports(house)}
+    assert found == {("edgeship/report/fmt.py", "_late", "json"),
+                     ("edgeship/report/fmt.py", "_late", "edgeship.core.names")}

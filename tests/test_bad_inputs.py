@@ -76,15 +76,15 @@ def _files(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def world(digits_run: RunDir, tabular_run: RunDir,
           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     base = tmp_path_factory.mktemp("bad-inputs")
     runs = base / "runs"
     runs.mkdir()
     run = copy_run(digits_run, runs)
-    export_run(run, formats="tflite", quantize="float32")
+    export_run(run, ExportConfig(formats="tflite", quantize="float32"))
     tab = copy_run(tabular_run, base / "tabular")
-    export_run(tab, formats="tflite", quantize="float32")
+    export_run(tab, ExportConfig(formats="tflite", quantize="float32"))
     files = _files(base / "files")
     subs = {"{run}": run.id, "{files}": str(files), "{art}": str(run.path / "exports/base/tflite-float32"),
             "{tab}": str(tab.path / "exports/base/tflite-float32"), "{nl}": "a\nb"}

@@ -29,12 +29,13 @@ from edge_runtime.result import (
     validate_result,
 )
 from edge_runtime.timing import device_kind, peak_rss_mb
-from edgeship.benchmarks.harness import parse_threads, select_artifacts
+from edgeship.benchmarks.harness import BenchSettings, parse_threads, select_artifacts
 from edgeship.benchmarks.store import load_results, save_results
 from edgeship.core.errors import InputError as EdgeshipInputError
 from edgeship.core.errors import RunError
 from edgeship.core.runstore import RunDir, RunStore
 from edgeship.devices import registry
+from edgeship.devices.options import PiOptions
 from edgeship.devices.registry import DriverUnavailableError, get_driver
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -239,14 +240,14 @@ def test_a_missing_driver_is_one_clean_error(monkeypatch: pytest.MonkeyPatch, tm
 RECORDED: dict[str, Any] = {}
 
 
-def fake_pi_driver(run: RunDir, **options: Any) -> list[dict[str, Any]]:
+def fake_pi_driver(run: RunDir, settings: BenchSettings, options: PiOptions, *, progress: Any = None,
+                   log: Any = None) -> list[dict[str, Any]]:
     """Stands in for edgeship.devices.pi_driver:bench_pi."""
     RECORDED.clear()
-    RECORDED.update(options)
-    progress = options["progress"]
+    RECORDED.update(settings=settings, options=options, log=log)
     progress.update(1, "fake")
-    device = {**fake_result()["device"], "arch": "aarch64", "emulated": options["emulated"]}
-    return [fake_result(on="pi", threads=t, device=device, runs=options["runs"]) for t in options["threads"]]
+    device = {**fake_result()["device"], "arch": "aarch64", "emulated": options.emulated}
+    return [fake_result(on="pi", threads=t, device=device, runs=settings.runs) for t in settings.threads]
 
 
 def test_pi_options_pass_through_and_results_are_stored(monkeypatch: pytest.MonkeyPatch,
@@ -257,13 +258,12 @@ def test_pi_options_pass_through_and_results_are_stored(monkeypatch: pytest.Monk
                       "--threads", "1,4", "--port", "2222", "--identity", "key", "--accept-new-host-key",
                       "--format", "tflite-int8")
     assert [r["threads"] for r in out["results"]] == [1, 4]
-    assert RECORDED["emulated"] is True and RECORDED["port"] == 2222 and RECORDED["identity"] == "key"
-    assert RECORDED["accept_new_host_key"] is True and RECORDED["host"] is None
-    assert RECORDED["format"] == "tflite-int8" and RECORDED["variant"] == "all" and callable(RECORDED["log"])
-    assert RECORDED["threads"] == (1, 4) and RECORDED["runs"] == 7 and RECORDED["warmup"] == 20
+    assert RECORDED["options"] == PiOptions(emulated=True, port=2222, identity="key",
+                                            accept_new_host_key=True)
+    assert RECORDED["settings"] == BenchSettings(formats="tflite-int8", threads=(1, 4), runs=7)
+    assert callable(RECORDED["log"])
     names = sorted(p.name for p in (run.path / "bench").iterdir())
     assert names == ["host-box-000000-base-tflite-int8-t1.json", "host-box-000000-base-tflite-int8-t4.json"]
-    assert RECORDED["rounds"] == 5
     assert run.stages("bench")[-1]["params"]["label"] == "pi emulated"
 
 
@@ -286,13 +286,13 @@ def test_bad_bench_flags_are_one_line(tmp_path: Path, args: list[str], needles: 
 @pytest.fixture(scope="module")
 def exported(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """The session's digits exports plus an untuned TVM host build, in a private copy."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     shared, _ = exported_copy(digits_run, tmp_path_factory)
     dst = tmp_path_factory.mktemp("bench-digits") / "runs" / shared.path.name
     shutil.copytree(shared.path, dst)
     run = RunDir(dst)
-    export_run(run, formats="tvm", trials=0)
+    export_run(run, ExportConfig(formats="tvm", trials=0))
     return run
 
 
@@ -324,8 +324,9 @@ def test_bench_host_gives_valid_results_for_every_backend(exported: RunDir) -> N
         def update(self, advance: int = 1, status: str = "") -> None:
             seen.append(status)
 
-    results = bench_host(exported, formats="tflite-int8,onnx-float32,tvm", threads=(1, 2), runs=20,
-                         warmup=2, rounds=2, progress=Bar())
+    settings = BenchSettings(formats="tflite-int8,onnx-float32,tvm", threads=(1, 2), runs=20, warmup=2,
+                             rounds=2)
+    results = bench_host(exported, settings, progress=Bar())
     ours = peak_rss_mb()  # this process holds TensorFlow: far bigger than one runtime
     assert len(results) == 6 and len(seen) == 12  # two rounds of six
     assert all(r["rounds"] == 2 and r["p50_ci_ms"] for r in results)

@@ -86,7 +86,7 @@ def cli_with_export(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.slow
 def test_compress_and_export_calibrate_on_the_same_rows(run: RunDir) -> None:
     from edgeship.compression.stage import CompressConfig, compress_run
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     result = compress_run(run, CompressConfig(quantize="int8", seed=7, name="ptq"))
     recorded = result.metrics["calibration"]
@@ -96,8 +96,8 @@ def test_compress_and_export_calibrate_on_the_same_rows(run: RunDir) -> None:
     assert run.manifest["variants"]["ptq"]["calibration"] == recorded
     assert read_artifact_json(result.dir / "metrics.json")["calibration"] == recorded
 
-    made = export_run(run, variants="ptq", formats="tflite,onnx", quantize="int8")
-    made += export_run(run, variants="ptq", formats="tflite", quantize="int8", io="float32")
+    made = export_run(run, ExportConfig(variants="ptq", formats="tflite,onnx", quantize="int8"))
+    made += export_run(run, ExportConfig(variants="ptq", formats="tflite", quantize="int8", io="float32"))
     assert sorted(r.dir.name for r in made) == ["onnx-int8", "tflite-int8", "tflite-int8-fio"]
     for r in made:
         assert r.passed, r.validation
@@ -159,7 +159,7 @@ def test_a_hand_saved_qat_model_is_recognised_from_its_config(tmp_path) -> None:
     import tensorflow_model_optimization as tfmot
     from _models import hand_run, tiny_mlp
 
-    from edgeship.export.stage import export_run, variant_is_qat
+    from edgeship.export.stage import ExportConfig, export_run, variant_is_qat
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 120)
@@ -173,14 +173,14 @@ def test_a_hand_saved_qat_model_is_recognised_from_its_config(tmp_path) -> None:
         st.set_section("variants", {"q": {"dir": "variants/q", "model_file": "model.h5"}})
     assert variant_is_qat(run, run.manifest, "q") and not variant_is_qat(run, run.manifest, "base")
     lines: list[str] = []
-    results = export_run(run, variants="all", formats="tflite", log=lines.append)
+    results = export_run(run, ExportConfig(variants="all", formats="tflite"), log=lines.append)
     assert sorted((r.variant, r.dir.name) for r in results) == [
         ("base", "tflite-float32"), ("base", "tflite-int8"), ("q", "tflite-int8")]
     assert "q: QAT variant, exporting int8 only; pass --qat-float for float32" in lines
     base_int8 = next(r for r in results if r.variant == "base" and r.quantize == "int8")
     assert read_artifact(base_int8.dir)["calibration"]["stratified"] is True
     with pytest.raises(InputError, match="QAT variant q exports int8 only"):
-        export_run(run, variants="q", formats="tvm")
+        export_run(run, ExportConfig(variants="q", formats="tvm"))
 
 
 def read_artifact_json(path) -> dict:

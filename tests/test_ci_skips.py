@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CASES = '''
@@ -34,7 +36,7 @@ def test_xfails():
 '''
 
 
-def _pytest(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
+def _pytest(tmp_path: Path, ci: str | None, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "test_cases.py").write_text(CASES)
     (tmp_path / "test_gone.py").write_text('import pytest\npytest.importorskip("no_such_module_here")\n')
     env = {k: v for k, v in os.environ.items() if k != "CI"}
@@ -43,13 +45,17 @@ def _pytest(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
     env["PYTHONPATH"] = str(ROOT / "tests")  # conftest, loaded as a plugin; edgeship is installed
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-q", "-rA",
-         "--continue-on-collection-errors", "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
+         "--continue-on-collection-errors", "--rootdir", str(tmp_path), "-c", os.devnull, *args,
+         str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
 
 
-def test_under_ci_a_skip_fails_unless_allowed(tmp_path: Path) -> None:
-    done = _pytest(tmp_path, "true")
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one process", "xdist"])
+def test_under_ci_a_skip_fails_unless_allowed(tmp_path: Path, workers: list[str]) -> None:
+    """Also with the tests spread over workers (`./dev test` runs two): the rule runs in each
+    worker, the list of allowed skips is printed by the controller."""
+    done = _pytest(tmp_path, "true", *workers)
     out = done.stdout
     assert done.returncode == 1, out
     assert "FAILED test_cases.py::test_skips_unmarked - skipped under CI=true (no sshd here)" in out

@@ -53,15 +53,15 @@ needs_emulation = pytest.mark.skipif(_emulation_missing() is not None, reason=st
 @pytest.fixture(scope="module")
 def exported(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """A copy of the digits run with TFLite float32/int8 and, if TVM is here, TVM for rpi4."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     dst = tmp_path_factory.mktemp("deploy-runs") / digits_run.path.name
     shutil.copytree(digits_run.path, dst)
     run = RunDir(dst)
     try:
-        export_run(run, formats=["tflite", "tvm"], targets=["rpi4"])
+        export_run(run, ExportConfig(formats=["tflite", "tvm"], targets=["rpi4"]))
     except MissingDependencyError:
-        export_run(run, formats=["tflite"])
+        export_run(run, ExportConfig(formats=["tflite"]))
     return run
 
 

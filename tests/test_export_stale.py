@@ -29,19 +29,19 @@ with RunDir(sys.argv[1]).writing():
 @pytest.mark.slow
 def test_stale_twin_goes_under_the_lock_and_only_if_unlisted(digits_run: RunDir, tmp_path: Path) -> None:
     from edgeship.export import stage
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     run = copy_run(digits_run, tmp_path)
-    (failed,) = export_run(run, formats="tflite", quantize="float32", validation=FAILING)
+    (failed,) = export_run(run, ExportConfig(formats="tflite", quantize="float32", validation=FAILING))
     assert not failed.passed and failed.dir.name == "tflite-float32.failed"
-    (passed,) = export_run(run, formats="tflite", quantize="float32")
+    (passed,) = export_run(run, ExportConfig(formats="tflite", quantize="float32"))
     exports = run.path / "exports/base"
     assert passed.passed and sorted(p.name for p in exports.iterdir()) == ["reference.json", "tflite-float32"]
     assert list(run.manifest["exports"]) == ["exports/base/tflite-float32"]
     assert not list(run.path.glob(".stage-*"))
 
     # A failure another writer committed after our export stays: the manifest lists it.
-    (again,) = export_run(run, formats="tflite", quantize="float32", validation=FAILING)
+    (again,) = export_run(run, ExportConfig(formats="tflite", quantize="float32", validation=FAILING))
     assert not (exports / "tflite-float32").exists()  # now the stale twin
     stage._remove_stale(run, [passed])  # a late clean-up for the earlier pass
     assert (exports / "tflite-float32.failed").is_dir()

@@ -17,7 +17,7 @@ from clihelp import assert_one_line_error, invoke
 from edgeship.core.errors import DataError, InputError, RunError
 from edgeship.core.runstore import RunDir
 from edgeship.export import FORMATS, ExportFormat, get_format
-from edgeship.export.stage import export_run, list_artifacts
+from edgeship.export.stage import ExportConfig, export_run, list_artifacts
 from edgeship.export.validate import ValidationConfig
 
 pytestmark = pytest.mark.slow
@@ -184,7 +184,7 @@ def test_run_without_a_trained_model(tmp_path: Path) -> None:
     xt, yt, xs, ys = _blobs()
     run = hand_run(tmp_path, None, xt, yt, xs, ys, ["a", "b", "c"])
     with pytest.raises(RunError, match=r"no trained model \(model/model.keras\).*edgeship train"):
-        export_run(run, formats="tflite")
+        export_run(run, ExportConfig(formats="tflite"))
 
 
 def test_int8_needs_a_representative_set(tmp_path: Path) -> None:
@@ -192,8 +192,8 @@ def test_int8_needs_a_representative_set(tmp_path: Path) -> None:
     model = tiny_mlp(6, 3)
     run = hand_run(tmp_path, model, xt[:5], yt[:5], xs, ys, ["a", "b", "c"])
     with pytest.raises(DataError, match="representative set of at least 10 train samples; this run has 5"):
-        export_run(run, formats="tflite", quantize="int8")
-    assert export_run(run, formats="tflite", quantize="float32")[0].passed  # float still works
+        export_run(run, ExportConfig(formats="tflite", quantize="int8"))
+    assert export_run(run, ExportConfig(formats="tflite", quantize="float32"))[0].passed  # float still works
 
 
 @pytest.mark.parametrize(("fmt", "converter"), [("tflite", "TFLite converter"), ("onnx", "tf2onnx")])
@@ -201,7 +201,8 @@ def test_unsupported_operator_names_layer_and_converter(tmp_path: Path, fmt: str
     xt, yt, xs, ys = _blobs()
     model = tiny_mlp(6, 3, middle=odd_layer_class()(name="bessel"))
     run = hand_run(tmp_path, model, xt, yt, xs, ys, ["a", "b", "c"])
-    (result,) = export_run(run, formats=fmt, quantize="float32")  # recorded as failed: others go on
+    # recorded as failed: the others go on
+    (result,) = export_run(run, ExportConfig(formats=fmt, quantize="float32"))
     (msg,) = result.validation["failures"]
     assert converter in msg and "BesselI0e" in msg and "'bessel' (BesselLayer)" in msg
     assert "\n" not in msg and not result.passed
@@ -214,16 +215,16 @@ def test_failed_validation_is_kept_aside_and_replaces_a_stale_pass(tmp_path: Pat
     model = tiny_mlp(6, 3)
     model.fit(xt, yt, epochs=3, verbose=0)
     run = hand_run(tmp_path, model, xt, yt, xs, ys, ["a", "b", "c"])
-    (ok,) = export_run(run, formats="tflite", quantize="int8")
+    (ok,) = export_run(run, ExportConfig(formats="tflite", quantize="int8"))
     assert ok.passed and ok.dir.name == "tflite-int8"
     impossible = ValidationConfig(max_accuracy_drop=-1.0, min_tolerance_rows=0)
-    (bad,) = export_run(run, formats="tflite", quantize="int8", validation=impossible)
+    (bad,) = export_run(run, ExportConfig(formats="tflite", quantize="int8", validation=impossible))
     assert not bad.passed and bad.dir.name == "tflite-int8.failed"
     assert "accuracy fell" in bad.validation["failures"][0]
     assert read_artifact(bad.dir)["validation"]["passed"] is False
     assert not ok.dir.exists()  # the old pass no longer describes what export produces
     assert run.last_stage("export")["metrics"]["failed"] == ["exports/base/tflite-int8.failed"]
-    (again,) = export_run(run, formats="tflite", quantize="int8")
+    (again,) = export_run(run, ExportConfig(formats="tflite", quantize="int8"))
     assert again.passed and not bad.dir.exists()
 
 
@@ -233,7 +234,7 @@ def test_variants_export_from_their_own_folder(tmp_path: Path) -> None:
     with run.stage("compress", {}) as st:
         tiny_mlp(6, 3, seed=1).save(st.output_dir("variants/small") / "model.keras")
         st.set_section("variants", {"small": {"dir": "variants/small", "parent": "base"}})
-    results = export_run(run, variants="all", formats="onnx")
+    results = export_run(run, ExportConfig(variants="all", formats="onnx"))
     assert [(r.variant, r.dir.name, r.passed) for r in results] == [
         ("base", "onnx-float32", True), ("small", "onnx-float32", True)]
     small = read_artifact(results[1].dir)
@@ -253,7 +254,7 @@ def test_qat_variant_converts_to_int8_directly(tmp_path: Path) -> None:
     with run.stage("compress", {}) as st:
         qat.save(st.output_dir("variants/qat") / "model.h5")
         st.set_section("variants", {"qat": {"dir": "variants/qat", "model_file": "model.h5"}})
-    results = export_run(run, variants="qat", formats="tflite,onnx", quantize="int8")
+    results = export_run(run, ExportConfig(variants="qat", formats="tflite,onnx", quantize="int8"))
     assert [r.dir.name for r in results] == ["tflite-int8", "onnx-int8"]
     for r in results:
         meta = read_artifact(r.dir)
@@ -284,7 +285,7 @@ def test_a_format_built_from_onnx_plugs_in_by_name(monkeypatch: pytest.MonkeyPat
                         default_quantize=("float32",), summary="test", source="onnx", targets=True)
     monkeypatch.setitem(FORMATS, "tvm", fake)
     run = copy_run(tabular_run, tmp_path)
-    r, cross = export_run(run, formats="tvm", targets="host,rpi4")
+    r, cross = export_run(run, ExportConfig(formats="tvm", targets="host,rpi4"))
     assert r.passed, r.validation
     assert cross.dir.name == "tvm-rpi4" and cross.passed and cross.validation["ran"] is False
     assert cross.validation["checks"] == {"elf machine is AArch64": True}

@@ -146,11 +146,11 @@ def test_the_registry_entry_exports_validates_and_reuses_tuning(tabular_run: Any
     a re-export (a fresh ONNX conversion, other node names) hits the tuning cache."""
     from _models import copy_run, read_artifact
 
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     assert FORMATS["tvm"].load() is not None
     run, cache, lines = copy_run(tabular_run, tmp_path), tmp_path / "cache", []
-    host, pi = export_run(run, formats="tvm", targets="host,rpi4", trials=4, cache_dir=cache,
+    host, pi = export_run(run, ExportConfig(formats="tvm", targets="host,rpi4", trials=4, cache_dir=cache),
                           log=lines.append)
     assert host.passed and host.validation["max_abs_diff"] <= TOL, host.validation
     assert pi.passed and pi.validation["ran"] is False
@@ -161,7 +161,7 @@ def test_the_registry_entry_exports_validates_and_reuses_tuning(tabular_run: Any
     assert meta["tuning"]["trials_requested"] == 4 and not meta["tuning"]["cache_hit"]
     assert any(line.startswith("tvm tuning: 4/4 trials") for line in lines)
     assert read_artifact(pi.dir)["target"]["arch"] == "aarch64"
-    (again,) = export_run(run, formats="tvm", targets="host", trials=4, cache_dir=cache)
+    (again,) = export_run(run, ExportConfig(formats="tvm", targets="host", trials=4, cache_dir=cache))
     assert again.passed and read_artifact(again.dir)["tuning"]["cache_hit"]
 
 

@@ -115,12 +115,12 @@ def test_fleet_flags_are_one_line_errors(fleet_dir: Path, tmp_path: Path) -> Non
 @pytest.fixture(scope="module")
 def exported(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """A copy of the digits run with TFLite float32/int8 and TVM for this machine and for rpi4."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     dst = tmp_path_factory.mktemp("fleet-runs") / digits_run.path.name
     shutil.copytree(digits_run.path, dst)
     run = RunDir(dst)
-    export_run(run, formats=["tflite", "tvm"], targets=["host", "rpi4"])
+    export_run(run, ExportConfig(formats=["tflite", "tvm"], targets=["host", "rpi4"]))
     return run
 
 
@@ -189,8 +189,10 @@ def test_bench_on_the_fleet_gives_one_result_per_device(exported: RunDir, fleet:
 @pytest.mark.slow
 @needs_emulation
 def test_a_device_killed_mid_bench_fails_alone(exported: RunDir, fleet: dict[str, Any]) -> None:
+    from edgeship.benchmarks.harness import BenchSettings
     from edgeship.devices.fleet.session import measure_fleet
     from edgeship.devices.fleet.state import stop_group
+    from edgeship.devices.options import FleetOptions
 
     deadline = time.monotonic() + 60  # both devices free again after the last test's sessions
     while next(r for r in fleet_tracker.queue("127.0.0.1", fleet["port"]) if r["key"] == KEY)["free"] < 2:
@@ -200,9 +202,9 @@ def test_a_device_killed_mid_bench_fails_alone(exported: RunDir, fleet: dict[str
     seen = log.read_text().count("start serving")
     messages: list[str] = []
     box: dict[str, Any] = {}
+    settings = BenchSettings(formats="tflite,tvm", threads=(1,), rounds=3, runs=200, warmup=5)
     worker = threading.Thread(target=lambda: box.update(out=measure_fleet(
-        exported, key=KEY, tracker=fleet["addr"], format="tflite,tvm", threads=(1,), rounds=3, runs=200,
-        warmup=5, log=messages.append)))
+        exported, settings, FleetOptions(key=KEY, tracker=fleet["addr"]), log=messages.append)))
     worker.start()
     deadline = time.monotonic() + 60
     while log.read_text().count("start serving") == seen and time.monotonic() < deadline:
@@ -229,13 +231,14 @@ def test_tuning_an_aarch64_build_on_the_emulated_device(
     exported: RunDir, fleet: dict[str, Any], tmp_path: Path
 ) -> None:
     """Runs after the kill above: the key's one device left is the emulated Pi."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     fleet_join.leave("local")  # no x86 server may take aarch64 candidates
     tmp = Path(tempfile.gettempdir())
     before = {p.name for p in tmp.glob("edgeship-ms-*")}
-    [result] = export_run(exported, formats=["tvm"], targets=["rpi4"], trials=4, cache_dir=tmp_path / "tvm",
-                          tune_on={"tracker": fleet["addr"], "key": KEY})
+    cfg = ExportConfig(formats=["tvm"], targets=["rpi4"], trials=4, cache_dir=tmp_path / "tvm",
+                       tune_on={"tracker": fleet["addr"], "key": KEY})
+    [result] = export_run(exported, cfg)
     assert result.passed
     artifact = json.loads((exported.path / "exports/base/tvm-rpi4/artifact.json").read_text())
     tuning = artifact["tuning"]

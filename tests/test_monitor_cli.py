@@ -24,10 +24,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def wine(tabular_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> RunDir:
     """The wine run with TFLite float32 and int8 exports (two model versions to serve)."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     run = copy_run(tabular_run, tmp_path_factory.mktemp("monitor-runs"))
-    export_run(run, formats="tflite", quantize="float32,int8")
+    export_run(run, ExportConfig(formats="tflite", quantize="float32,int8"))
     return run
 
 

@@ -153,10 +153,10 @@ def replay(run: RunDir, folder: Path, rows: list[dict[str, Any]], scales: list[f
 
 @pytest.mark.slow
 def test_monitor_results_make_a_monitoring_section(tabular_run: RunDir, tmp_path: Path) -> None:
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     run = copy_run(tabular_run, tmp_path / "runs")
-    export_run(run, formats="tflite", quantize="float32")
+    export_run(run, ExportConfig(formats="tflite", quantize="float32"))
     with open(run.path / "data" / "test_raw.csv", newline="") as fh:
         rows = [{k: float(v) if k != "__label__" else v for k, v in r.items()} for r in csv.DictReader(fh)]
     replay(run, tmp_path / "logs", rows, [1.0, 1.0, 1.5, 1.5])

@@ -517,7 +517,7 @@ def test_a_stage_begun_before_its_work_times_the_work(tmp_path: Path) -> None:
 _driver_calls: list[str] = []
 
 
-def _sleepy_driver(run: RunDir, **_options: object) -> list[dict[str, object]]:
+def _sleepy_driver(run: RunDir, _settings: object, _options: object, **_: object) -> list[dict[str, object]]:
     """A device driver whose measuring takes 0.4 s (registered by the test below)."""
     import time
 

@@ -153,13 +153,13 @@ def served(digits_run: RunDir, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The digits CNN exported to TFLite and served (float32) on the emulated Pi; stopped after."""
     from edgeship.devices.pi.emulator import EmulatedPi
     from edgeship.devices.serving.service import DeviceServer
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     base = tmp_path_factory.mktemp("serve-device")
     dst = base / "runs" / digits_run.path.name
     shutil.copytree(digits_run.path, dst)
     run = RunDir(dst)
-    export_run(run, formats=["tflite"])
+    export_run(run, ExportConfig(formats=["tflite"]))
     remote = str(base / "pi")
     server = DeviceServer(EmulatedPi(), remote)
     try:

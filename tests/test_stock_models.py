@@ -72,7 +72,7 @@ def _only_run(runs: Path) -> RunDir:
 def test_recurrent_model_compresses_and_exports_to_tflite_and_onnx(tmp_path: Path, layer: str) -> None:
     """compress measured LSTM/GRU through TFLite and died with the converter's TensorListReserve
     traceback; now the recurrence is unrolled over its 8 steps and every format matches Keras."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     runs = tmp_path / "runs"
     path = _sequence_model(tmp_path / f"{layer}.keras", layer)
@@ -82,7 +82,7 @@ def test_recurrent_model_compresses_and_exports_to_tflite_and_onnx(tmp_path: Pat
     (variant,) = [p for p in (run.path / "variants").iterdir() if p.is_dir()]
     metrics = json.loads((variant / "metrics.json").read_text())
     assert metrics["tflite_bytes"] > 0 and metrics["deploy_form"] == "int8"
-    results = export_run(run, formats="tflite,onnx", quantize="float32")
+    results = export_run(run, ExportConfig(formats="tflite,onnx", quantize="float32"))
     assert sorted(r.dir.name for r in results) == ["onnx-float32", "tflite-float32"]
     for r in results:
         assert r.passed, (r.dir.name, r.validation)
@@ -94,7 +94,7 @@ def test_recurrent_model_compresses_and_exports_to_tflite_and_onnx(tmp_path: Pat
 def test_layer_tflite_cannot_express_fails_one_format_and_export_goes_on(tmp_path: Path) -> None:
     """ConvLSTM1D (a loop TFLite cannot express with a free batch): compress says so in one line;
     export records tflite as failed with the reason and still makes and validates ONNX."""
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
     from edgeship.training.stage import TrainConfig, adopt
 
     path = _sequence_model(tmp_path / "convlstm.keras", "ConvLSTM1D")
@@ -103,7 +103,7 @@ def test_layer_tflite_cannot_express_fails_one_format_and_export_goes_on(tmp_pat
     assert_one_line_error(result, "TFLite cannot convert this model", "'conv_lstm1d' (ConvLSTM1D)",
                           "replace that layer")
     run = adopt(RunStore(tmp_path / "runs"), path, TrainConfig(dataset="digits")).run
-    results = export_run(run, formats="tflite,onnx", quantize="float32")
+    results = export_run(run, ExportConfig(formats="tflite,onnx", quantize="float32"))
     by = {r.dir.name: r for r in results}
     assert sorted(by) == ["onnx-float32", "tflite-float32.failed"]
     assert by["onnx-float32"].passed and by["onnx-float32"].validation["top1_agreement"] == 1.0

@@ -32,7 +32,7 @@ def test_tolerance_never_finer_than_one_row_of_the_test_split() -> None:
 def int8_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray, np.ndarray]:
     """A validated int8 export of a tiny 3-class model, its test inputs and its own outputs."""
     from edge_runtime import EdgeModel
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 138)
@@ -41,7 +41,7 @@ def int8_artifact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nd
     model.fit(x[:120], y[:120], epochs=3, verbose=0)
     run = hand_run(tmp_path_factory.mktemp("val"), model, x[:120], y[:120], x[120:], y[120:],
                    ["a", "b", "c"])
-    (res,) = export_run(run, formats="tflite", quantize="int8")
+    (res,) = export_run(run, ExportConfig(formats="tflite", quantize="int8"))
     assert res.passed, res.validation["failures"]
     x_test = x[120:]  # 18 rows, as in the issue
     probs = EdgeModel.load(res.dir).infer(x_test)

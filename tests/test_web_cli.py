@@ -23,6 +23,7 @@ import pytest
 from _browser import browser_or_skip
 from clihelp import assert_one_line_error, invoke, invoke_json
 
+from edgeship.benchmarks.harness import BenchSettings
 from edgeship.core.errors import MissingDependencyError
 from edgeship.core.fsutil import sha256_file
 from edgeship.core.runstore import RunDir
@@ -220,7 +221,7 @@ def test_bench_browser_is_schema_valid_isolated_and_matches_native(web_run: RunD
             self.steps.append(status)
 
     bar = Bar()
-    results = bench_browser(web_run, threads=(1, 2), runs=30, warmup=3, rounds=2, progress=bar)
+    results = bench_browser(web_run, BenchSettings(threads=(1, 2), runs=30, warmup=3, rounds=2), progress=bar)
     assert [(r["artifact"], r["threads"]) for r in results] == [
         (f"exports/base/{b}-{rt}", t)
         for b in ("web", "web-int8") for rt in ("ort", "litert") for t in (1, 2)]
@@ -281,9 +282,11 @@ def test_bench_on_browser_through_the_cli_stores_results(web_run: RunDir) -> Non
 
 def test_bench_browser_names_the_package_when_chromium_is_missing(web_run: RunDir, tmp_path: Path) -> None:
     from edgeship.devices.browser.session import bench_browser
+    from edgeship.devices.options import BrowserOptions
 
     with pytest.raises(MissingDependencyError, match=r"Debian package `chromium`"):
-        bench_browser(web_run, chromium=tmp_path / "no-chromium", threads=1, runs=1)
+        bench_browser(web_run, BenchSettings(threads=(1,), runs=1),
+                      BrowserOptions(chromium=tmp_path / "no-chromium"))
 
 
 def test_screenshot_of_the_exported_demo(web_run: RunDir, tmp_path: Path) -> None:
@@ -322,7 +325,7 @@ def test_tabular_run_bundles_its_raw_rows_and_matches_native(tabular_run: RunDir
     assert bundle["examples"]["x"][0] == [float(rows[0][c]) for c in columns]
     labels = bundle["labels"]
     assert [labels[i] for i in bundle["examples"]["y"]] == [r["__label__"] for r in rows]
-    results = bench_browser(run, threads=1, runs=10, warmup=1, rounds=2)
+    results = bench_browser(run, BenchSettings(threads=(1,), runs=10, warmup=1, rounds=2))
     assert sorted(r["backend"] for r in results) == ["litert.js", "onnxruntime-web"]  # a table: both run
     meta = json.loads((run.path / "exports/base/web/artifact.json").read_text())
     for r in results:

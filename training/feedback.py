@@ -26,6 +26,7 @@ from edgeship.core.console import warn
 from edgeship.core.errors import DataError, InputError, RunError
 from edgeship.core.runstore import RunStore
 from edgeship.training import preprocessing
+from edgeship.training.card import model_card
 
 REQUESTS_GLOB = "requests-*.jsonl"
 FEEDBACK_GLOB = "feedback-*.jsonl"
@@ -137,7 +138,6 @@ def _transform(spec: dict[str, Any], kind: str, inputs: list[Any]) -> np.ndarray
 
 def train_with_feedback(store: RunStore, from_ref: str, log_dir: Path, progress: Any = None) -> Any:
     """A new run: the old run's settings, its train split plus the labelled logged inputs."""
-    from edgeship.training.card import model_card
     from edgeship.training.models import resolve_model_name
     from edgeship.training.stage import (
         Prepared,

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from edgeship.core.console import warn
+from edgeship.core.errors import DataError
 from edgeship.training.datasets import RawDataset
 
 # A text column with at most this many distinct train values is one-hot encoded.
@@ -89,8 +90,6 @@ def _fit_tabular(train: pd.DataFrame) -> dict[str, Any]:
         names = ", ".join(d["name"] for d in dropped)
         warn(f"dropped columns the model cannot use: {names} (see the manifest for why)")
     if not columns:
-        from edgeship.core.errors import DataError
-
         raise DataError("no usable feature columns remain after dropping free-text/empty ones")
     return {"kind": "tabular", "columns": columns, "dropped": dropped, "features": features}
 

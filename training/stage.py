@@ -28,6 +28,7 @@ from edgeship.training.batchnorm import SHORT_TRAINING_MOMENTUM, recompute_stati
 from edgeship.training.card import model_card, plot_curves
 from edgeship.training.datasets import RawDataset, load_dataset
 from edgeship.training.evaluation import classification_metrics
+from edgeship.training.imported import load_foreign_model
 from edgeship.training.keras_env import keras, seed_everything
 from edgeship.training.keras_env import tf as tf_module
 from edgeship.training.models import ModelOptions, build_model, count_params, resolve_model_name
@@ -217,8 +218,6 @@ def _evaluate_and_save(out: Path, model: Any, prep: Prepared, seed: int, wall: f
 
 def adopt(store: RunStore, model_file: str | Path, cfg: TrainConfig) -> TrainResult:
     """Start a run from a Keras model trained elsewhere, on a dataset edgeship can load."""
-    from edgeship.training.imported import load_foreign_model
-
     prep = prepare(cfg)
     model, origin = load_foreign_model(Path(model_file), prep.arrays["x_train"].shape[1:],
                                        len(prep.data.labels))

@@ -31,13 +31,22 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeship.benchmarks.suites.browser_profile import profile_line
+from edge_runtime.timing import summarize_ms, time_calls
+from edgeship.benchmarks.suites.browser_profile import profile_line, profile_page
 from edgeship.benchmarks.suites.smoke import parse_args
+from edgeship.core.runstore import RunStore
+from edgeship.devices.browser.chromium import BrowserDriver, find_chromium
+from edgeship.devices.browser.server import BundleServer
+from edgeship.export import ExportRequest
+from edgeship.export.web import build_web_bundle, prepare_web_model, unavailable_reason
+from edgeship.export.web.runtimes import litert_model
+from edgeship.training.keras_env import seed_everything
 
 TARGET_RATIO = {"digits": 3.0, "mobilenet": 2.0}
 TARGET_SPEEDUP = 1.4  # judged on MobileNetV2; printed for both
@@ -90,14 +99,13 @@ def log(msg: str) -> None:
 
 def digits_bundles(work: Path, seed: int, epochs: int | None = None) -> list[Bundle]:
     """The digits CNN through the real pipeline: train, export web (both runtimes), float32 and int8."""
-    from edgeship.core.runstore import RunStore
-    from edgeship.export.stage import export_run, load_raw_test
+    from edgeship.export.stage import ExportConfig, export_run, load_raw_test
     from edgeship.training.stage import TrainConfig, train
 
     log("digits: training the CNN and exporting web float32,int8 (ONNX and batch-1 TFLite)")
     more = {"epochs": epochs} if epochs else {}
     run = train(RunStore(work / "runs"), TrainConfig(dataset="digits", seed=seed, **more)).run
-    results = export_run(run, formats="web", quantize="float32,int8")
+    results = export_run(run, ExportConfig(formats="web", quantize="float32,int8"))
     failed = [str(r.dir) for r in results if not r.passed]
     if failed:
         raise SystemExit(f"export failed validation: {failed}")
@@ -111,11 +119,7 @@ def digits_bundles(work: Path, seed: int, epochs: int | None = None) -> list[Bun
 
 def mobilenet_bundles(work: Path, seed: int) -> list[Bundle]:
     """MobileNetV2 alpha 0.35, 96x96x3, 10 classes, random weights; int8 calibrated on noise."""
-    from edgeship.export import ExportRequest
     from edgeship.export.onnx import check, convert_keras, quantize_qdq
-    from edgeship.export.web import build_web_bundle, prepare_web_model
-    from edgeship.export.web.runtimes import litert_model
-    from edgeship.training.keras_env import seed_everything
     from edgeship.training.models import build_model
 
     log("mobilenet: building MobileNetV2 0.35 96x96 (random weights): ONNX (+ int8 QDQ), batch-1 TFLite")
@@ -158,8 +162,6 @@ def _preprocess_image(raw: np.ndarray, p: dict[str, Any]) -> np.ndarray:
 
 def native_config(b: Bundle, runtime: str, threads: int) -> Config:
     """A native session on the bundle's own model file, fed and read as edge_runtime does."""
-    from edge_runtime.timing import summarize_ms, time_calls
-
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
@@ -211,9 +213,6 @@ def measure(bundles: list[Bundle], rounds: int, runs: int, warmup: int,
             profile: bool = False) -> tuple[list[Config], dict[str, Any]]:
     """Set every configuration up, then ``rounds`` interleaved rounds (rotating, odd rounds reversed);
     then, with ``profile``, a CPU profile of each browser runtime's fastest page per model."""
-    from edgeship.devices.browser.chromium import BrowserDriver
-    from edgeship.devices.browser.server import BundleServer
-
     servers = {str(b.dir): BundleServer(b.dir, port=0).start() for b in bundles}
     envs: dict[str, Any] = {}
     try:
@@ -247,8 +246,6 @@ def measure(bundles: list[Bundle], rounds: int, runs: int, warmup: int,
 def _profiles(configs: list[Config]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """Per model: each browser runtime's fastest quantization profiled at 1 thread, and the
     fastest browser configuration at 2 threads."""
-    from edgeship.benchmarks.suites.browser_profile import profile_page
-
     out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     med = statistics.median
     for model in dict.fromkeys(c.b.model for c in configs):
@@ -331,8 +328,6 @@ def report(configs: list[Config], env: dict[str, Any], args: argparse.Namespace)
 
 
 def _versions() -> str:
-    from importlib import metadata
-
     return ", ".join(f"{p} {metadata.version(p)}" for p in ("ai-edge-litert", "onnxruntime"))
 
 
@@ -349,8 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv, SMOKE)
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from edgeship.devices.browser.chromium import find_chromium
-    from edgeship.export.web import unavailable_reason
 
     find_chromium()
     reason = unavailable_reason()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import EdgeModel
 from edgeship.devices.host import _device_env as device_env
 
 _HARNESS = """
@@ -112,8 +113,6 @@ def cold_start(tflite_dir: Path, work: Path, rounds: int = 7) -> dict[str, float
     """edge_runtime (raw input, sha256 check, preprocess) against bare ai-edge-litert (the model
     input ready in a .npy), each a fresh process; medians of alternating rounds (wall time of the
     whole process, peak RSS from wait4)."""
-    from edge_runtime import EdgeModel
-
     m = EdgeModel.load(tflite_dir, threads=1)
     raw = m.example_raw(1)
     ready = m.prepare(m.preprocess(raw))

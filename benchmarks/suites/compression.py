@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeship.benchmarks.suites.smoke import parse_args
+from edgeship.core.runstore import RunStore
+from edgeship.training.keras_env import load_model
 
 console = Console(width=140)
 
@@ -54,7 +56,6 @@ def bench_dataset(store: Any, dataset: str, seed: int, passes: Sequence[str] | N
     """
     from edgeship.compression.measure import tflite_bytes
     from edgeship.compression.stage import CompressConfig, compress_run
-    from edgeship.training.keras_env import load_model
     from edgeship.training.stage import TrainConfig, train
 
     console.print(f"[bold]{dataset}[/]: training the reference model")
@@ -161,7 +162,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    from edgeship.core.runstore import RunStore
 
     root = args.runs_dir or Path(tempfile.mkdtemp(prefix="edgeship-bench-"))
     store = RunStore(root)

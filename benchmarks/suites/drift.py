@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.artifact import read_artifact
 from edgeship.benchmarks.suites.smoke import parse_args
 
 SMOKE = {"windows": 4, "shift_windows": 2, "epochs": 8}
@@ -179,7 +180,6 @@ def _writer_cost(artifact: Path, folder: Path, pool: list[Any]) -> dict[str, flo
     records = [{"time": 0.0, "request_id": f"r{i}", "model": "base", "version": 1, "queue_s": 0.0,
                 "preprocess_s": 0.0, "invoke_s": 0.0, "instances": [pool[i % len(pool)]],
                 "predictions": [{"label": "0", "index": 0, "confidence": 0.9}]} for i in range(2000)]
-    from edge_runtime.artifact import read_artifact
 
     meta = read_artifact(artifact)
     for mode in ("none", "summary", "raw"):

@@ -37,6 +37,8 @@ from rich.console import Console
 from rich.table import Table
 
 from edgeship.benchmarks.suites.smoke import parse_args
+from edgeship.export import captured_stderr
+from edgeship.training.keras_env import seed_everything, tf
 
 console = Console(width=120)
 err = Console(stderr=True)
@@ -64,7 +66,6 @@ def digits_cnn(epochs: int, seed: int) -> tuple[Any, np.ndarray]:
     """The project's CNN on 8x8 digits, trained briefly; returns it and calibration samples."""
     from sklearn.datasets import load_digits
 
-    from edgeship.training.keras_env import seed_everything
     from edgeship.training.models import build_model
 
     seed_everything(seed)
@@ -79,7 +80,6 @@ def digits_cnn(epochs: int, seed: int) -> tuple[Any, np.ndarray]:
 
 def mobilenet(seed: int) -> tuple[Any, np.ndarray]:
     """MobileNetV2 alpha 0.35 at 96x96x3 (keras.applications, random weights)."""
-    from edgeship.training.keras_env import seed_everything
     from edgeship.training.models import build_model
 
     seed_everything(seed)
@@ -92,8 +92,6 @@ def mobilenet(seed: int) -> tuple[Any, np.ndarray]:
 
 
 def to_tflite(model: Any, path: Path, representative: np.ndarray | None) -> float:
-    from edgeship.training.keras_env import tf
-
     t = tf()
     t0 = time.perf_counter()
     conv = t.lite.TFLiteConverter.from_keras_model(model)
@@ -109,8 +107,6 @@ def to_tflite(model: Any, path: Path, representative: np.ndarray | None) -> floa
 
 def to_onnx(model: Any, path: Path) -> float:
     import tf2onnx
-
-    from edgeship.training.keras_env import tf
 
     t = tf()
     t0 = time.perf_counter()
@@ -134,8 +130,6 @@ def tflite_call(path: Path, x: np.ndarray, threads: int) -> Any:
 def tvm_call(path: Path, x: np.ndarray) -> Any:
     import tvm
     from tvm import relax
-
-    from edgeship.export import captured_stderr
 
     with captured_stderr():  # "Scope Loaded:" per library
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())

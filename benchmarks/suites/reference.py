@@ -34,8 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.timing import device_facts
+from edgeship.benchmarks.store import save_results
 from edgeship.benchmarks.suites.coldstart import cold_start, harness_overhead
 from edgeship.benchmarks.suites.smoke import parse_args
+from edgeship.core.runstore import RunDir, RunStore
+from edgeship.training.keras_env import keras
 
 TARGET = 1.2
 MODELS = ("digits", "tabular", "mobilenet")
@@ -70,7 +74,6 @@ def make_runs(store: Any, models: list[str], epochs: int | None = None) -> dict[
 
 def mobilenet_run(store: Any, n_train: int = 64, n_test: int = 32, classes: int = 10) -> Any:
     """A run laid out as docs/architecture.md says, around a random-weight MobileNetV2."""
-    from edgeship.training.keras_env import keras
     from edgeship.training.models import build_model, count_params
 
     keras().utils.set_random_seed(0)
@@ -101,20 +104,20 @@ def mobilenet_run(store: Any, n_train: int = 64, n_test: int = 32, classes: int 
 
 def export_all(name: str, run: Any, tvm: bool, trials: int, cache: Path) -> dict[str, Path]:
     """Artifact folders by backend key; TVM tuned comes from a copy of the run exported with trials."""
-    from edgeship.core.runstore import RunDir
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
     from edgeship.export.validate import ValidationConfig
 
     loose = ValidationConfig(max_accuracy_drop=1.0, warn_accuracy_drop=1.0, min_top1_agreement=0.0)
     validation = loose if name == "mobilenet" else ValidationConfig()
     _say(f"suite: {name}: exporting TFLite float32/int8 and ONNX float32")
-    export_run(run, formats="tflite", quantize="float32,int8", validation=validation)
-    export_run(run, formats="onnx", quantize="float32", validation=validation)
+    export_run(run, ExportConfig(formats="tflite", quantize="float32,int8", validation=validation))
+    export_run(run, ExportConfig(formats="onnx", quantize="float32", validation=validation))
     base = run.path / "exports" / "base"
     out = {k: base / k for k in ("tflite-float32", "tflite-int8", "onnx-float32")}
     if tvm:
         _say(f"suite: {name}: TVM untuned build")
-        export_run(run, formats="tvm", quantize="float32", trials=0, validation=validation, cache_dir=cache)
+        export_run(run, ExportConfig(formats="tvm", quantize="float32", trials=0, validation=validation,
+                                     cache_dir=cache))
         out["tvm-untuned"] = base / "tvm-host"
         if trials > 0:
             copy = RunDir(cache.parent / "tuned-runs" / run.path.name)
@@ -122,8 +125,9 @@ def export_all(name: str, run: Any, tvm: bool, trials: int, cache: Path) -> dict
                 shutil.rmtree(copy.path)
             shutil.copytree(run.path, copy.path, ignore=shutil.ignore_patterns("bench", "report.*"))
             _say(f"suite: {name}: TVM tuned build ({trials} MetaSchedule trials; minutes on 2 cores)")
-            export_run(copy, formats="tvm", quantize="float32", trials=trials, validation=validation,
-                       cache_dir=cache, log=lambda m: _say(f"  {m}") if "trials" in m else None)
+            export_run(copy, ExportConfig(formats="tvm", quantize="float32", trials=trials,
+                                          validation=validation, cache_dir=cache),
+                       log=lambda m: _say(f"  {m}") if "trials" in m else None)
             out["tvm-tuned"] = copy.path / "exports" / "base" / "tvm-host"
     missing = {k: p for k, p in out.items() if not (p / "artifact.json").is_file()}
     for k, p in missing.items():  # failed validation: time the folder kept aside, say so
@@ -269,10 +273,6 @@ def _tvm_note(tuned: Path | None) -> str | None:
 
 def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Every figure the report prints, for the models and settings in ``args``."""
-    from edge_runtime.timing import device_facts
-    from edgeship.benchmarks.store import save_results
-    from edgeship.core.runstore import RunStore
-
     tvm = _tvm_available(not args.no_tvm)
     t_start = time.perf_counter()
     runs = make_runs(RunStore(out / "runs"), args.models, args.epochs)

@@ -19,7 +19,9 @@ Like the fleet suite, it drives what a user runs: ``python -m edge_runtime serve
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
+import io
 import json
 import os
 import re
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgeship.core.runstore import RunStore
 
 READY = re.compile(r"^serving (?P<names>.*) on (?P<url>http://\S+) ")
 
@@ -126,8 +130,6 @@ def _instance(x: np.ndarray, raw_range: Any) -> Any:
     """A nested array for a small input, a base64 PNG for a camera-sized one (as edgeship load sends)."""
     if x.size <= 32 * 32 * 3:
         return x.tolist()
-    import base64
-    import io
 
     from PIL import Image
 
@@ -193,13 +195,12 @@ def update_under_load(runs_dir: Path, run: Path, artifact: str, other: str, work
 def _tiny_run(root: Path) -> Path:
     """A digits CNN trained briefly, exported to TFLite float32 and int8."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    from edgeship.core.runstore import RunStore
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
     from edgeship.training.stage import TrainConfig, train
 
     store = RunStore(root)
     run = train(store, TrainConfig(epochs=3, patience=2, seed=0)).run
-    export_run(run, formats="tflite", quantize="float32,int8")
+    export_run(run, ExportConfig(formats="tflite", quantize="float32,int8"))
     return run.path
 
 

@@ -26,8 +26,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from edgeship.benchmarks.harness import BenchSettings
 from edgeship.benchmarks.suites.smoke import parse_args
 from edgeship.core.errors import EdgeshipError, InputError
+from edgeship.core.runstore import RunStore
+from edgeship.devices.registry import get_driver
+from edgeship.report import recommendations
 
 Key = tuple[str, str, Any]
 SMOKE = {"on": "host", "rounds": 2, "runs": 20}
@@ -61,8 +65,6 @@ def compare_sessions(
     first: list[dict[str, Any]], second: list[dict[str, Any]], budget: float = 1.0
 ) -> dict[str, Any]:
     """The stability figures of two sessions' results (see the module docstring)."""
-    from edgeship.report import recommendations
-
     by_key = {_key(r): r for r in second}
     pairs = []
     for a in first:
@@ -138,21 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--accuracy-budget", type=float, default=1.0)
     args = parse_args(parser, argv, SMOKE)
-    from edgeship.core.runstore import RunStore
-    from edgeship.devices.browser.session import bench_browser
-    from edgeship.devices.host import bench_host
-
     try:
+        settings = BenchSettings.parse(args.threads, runs=args.runs, rounds=args.rounds)
         run = RunStore(args.runs_dir).resolve(args.run)
         print(f"run {run.id}: rounds {args.rounds}, {args.runs} samples per round, threads {args.threads}")
         for on in [s.strip() for s in args.on.split(",") if s.strip()]:
             sessions, seconds = [], []
             for _ in range(2):
                 t0 = time.monotonic()
-                driver = {"host": bench_host, "browser": bench_browser}.get(on)
-                if driver is None:
+                if on not in ("host", "browser"):
                     raise InputError(f"--on {on}: this benchmark measures host and browser")
-                sessions.append(driver(run, threads=args.threads, runs=args.runs, rounds=args.rounds))
+                sessions.append(get_driver(on)(run, settings, None))
                 seconds.append(time.monotonic() - t0)
             _print(on, compare_sessions(sessions[0], sessions[1], args.accuracy_budget),
                    (seconds[0], seconds[1]))

@@ -9,6 +9,7 @@ atomic switch), ``metrics`` (Prometheus text format), ``errors`` (status codes),
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import sys
@@ -73,8 +74,6 @@ def default_log_dir(source: str) -> Path:
 
 
 def is_wildcard(host: str) -> bool:
-    import ipaddress
-
     h = host.strip()
     if h in ("", "0"):
         return True

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.errors import EdgeRuntimeError
+from edge_runtime.result import device_id
 from edge_runtime.serve.errors import (
     BadRequest,
     Forbidden,
@@ -41,6 +42,7 @@ from edge_runtime.serve.errors import (
 from edge_runtime.serve.metrics import Registry
 from edge_runtime.serve.models import ModelStore, UpdateRefused
 from edge_runtime.serve.pool import Answer, Job, WorkerPool
+from edge_runtime.timing import device_facts, device_kind
 
 JSON = "application/json"
 RECENT_WINDOW_S = 60.0  # "the last minute" of /readyz's "recent" (and `edgeship serve status`)
@@ -210,9 +212,6 @@ class Service:
     def server_info(self) -> dict[str, Any]:
         """Where this runs and how: a load generator records it beside its figures."""
         if self._info is None:
-            from edge_runtime.result import device_id
-            from edge_runtime.timing import device_facts, device_kind
-
             facts = device_facts()
             self._info = {"device_id": device_id(device_kind(), facts), "device": facts}
         layout = {"workers": self.store.workers, "threads": self.store.threads,

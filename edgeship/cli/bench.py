@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.markup import escape
+from rich.table import Table
 
+from edgeship.benchmarks.harness import BenchSettings
 from edgeship.cli.options import PORT, json_option, pass_app
-from edgeship.core.errors import InputError
+from edgeship.core import console
+from edgeship.devices.options import OPTIONS, for_device
+from edgeship.devices.registry import bench_run, get_driver, plan_size
 
 
 @click.command()
@@ -16,34 +21,35 @@ from edgeship.core.errors import InputError
               help="Variant name(s), comma-separated, or 'all'.")
 @click.option("--format", "formats", default="all", show_default=True,
               help="A format (tflite, onnx, tvm, web), an export folder (tflite-int8), a comma list, or all.")
-@click.option("--on", "on", type=click.Choice(["host", "browser", "pi", "fleet"]), default="host",
+@click.option("--on", "on", type=click.Choice(list(OPTIONS)), default="host",
               show_default=True,
               help="Where to measure: this machine, headless Chromium, a Raspberry Pi over SSH, or every "
                    "free device of --key at TVM's RPC tracker (`edgeship fleet`).")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=BenchSettings.rounds, show_default=True,
               help="Interleaved rounds: every artifact and thread count once per round.")
-@click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--runs", type=click.IntRange(min=1), default=BenchSettings.runs, show_default=True,
               help="Timed samples per round.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), default=BenchSettings.warmup, show_default=True,
               help="Discarded warm-up calls per round.")
-@click.option("--threads", default="1,2", show_default=True, help="Thread counts, comma-separated.")
-@click.option("--host", "ssh_host", metavar="USER@HOST", help="--on pi: the Pi to measure on.")
+@click.option("--threads", default=",".join(map(str, BenchSettings.threads)), show_default=True,
+              help="Thread counts, comma-separated.")
+@click.option("--host", metavar="USER@HOST", help="--on pi: the Pi to measure on.")
 @click.option("--emulated", is_flag=True,
               help="--on pi: the emulated aarch64 Pi under QEMU (timings labelled emulated).")
 @click.option("--port", type=PORT, help="--on pi: SSH port.")
 @click.option("--identity", type=click.Path(dir_okay=False), help="--on pi: SSH private key file.")
 @click.option("--accept-new-host-key", is_flag=True,
               help="--on pi: trust the Pi's host key on first contact (ssh accept-new).")
-@click.option("--key", "fleet_key", metavar="KEY", help="--on fleet: the device key (e.g. rpi4).")
+@click.option("--key", metavar="KEY", help="--on fleet: the device key (e.g. rpi4).")
 @click.option("--split", is_flag=True,
               help="--on fleet: each artifact once, on whichever device is free (default: on every device).")
-@click.option("--tracker", "fleet_tracker", metavar="HOST:PORT",
+@click.option("--tracker", metavar="HOST:PORT",
               help="--on fleet: the RPC tracker (default: the one `edgeship fleet tracker start` started).")
 @json_option
 @pass_app
 def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: int, runs: int, warmup: int,
-          threads: str, ssh_host: str | None, emulated: bool, port: int | None, identity: str | None,
-          accept_new_host_key: bool, fleet_key: str | None, split: bool, fleet_tracker: str | None,
+          threads: str, host: str | None, emulated: bool, port: int | None, identity: str | None,
+          accept_new_host_key: bool, key: str | None, split: bool, tracker: str | None,
           as_json: bool) -> None:
     """Measure every passing export of RUN; results go to RUN/bench/ in one schema.
 
@@ -62,63 +68,22 @@ def bench(app: Any, run_ref: str, variants: str, formats: str, on: str, rounds: 
       edgeship bench latest --on fleet --key rpi4      # every free rpi4 of the tracker, at once
       edgeship bench latest --json > results.json
     """
-    from edgeship.benchmarks.harness import check_counts, parse_threads
-    from edgeship.core import console
-    from edgeship.devices.registry import bench_run, get_driver
-
-    check_counts(runs, warmup, rounds)
-    thread_counts = parse_threads(threads)
-    pi_only = {"--host": ssh_host, "--emulated": emulated, "--port": port, "--identity": identity,
-               "--accept-new-host-key": accept_new_host_key}
-    misplaced = [k for k, v in pi_only.items() if v not in (None, False)]
-    if on != "pi" and misplaced:
-        raise InputError(f"{misplaced[0]} goes with --on pi, not --on {on}")
-    _check_fleet_flags(on, fleet_key, fleet_tracker, split)
+    settings = BenchSettings.parse(threads, variants=variants, formats=formats, rounds=rounds, runs=runs,
+                                   warmup=warmup)
+    options = for_device(on, {"host": host, "emulated": emulated, "port": port, "identity": identity,
+                              "accept_new_host_key": accept_new_host_key, "key": key, "tracker": tracker,
+                              "split": split})
     run = app.store.resolve(run_ref)
     get_driver(on)  # a missing driver is named before anything is planned
-    options: dict[str, Any] = {"threads": thread_counts, "runs": runs, "warmup": warmup, "rounds": rounds}
-    total: int | None = None
-    label = on
-    if on == "host":
-        from edgeship.devices.host import plan_size
-
-        options.update(variants=variants, formats=formats, log=console.warn)
-        total = plan_size(run, variants, formats, thread_counts, rounds)
-    elif on == "browser":
-        from edgeship.devices.browser.session import plan_size as browser_plan
-
-        options.update(variants=variants, formats=formats, log=console.warn)
-        total = browser_plan(run, variants, formats, thread_counts, rounds)
-    elif on == "fleet":
-        options.update(key=fleet_key, tracker=fleet_tracker, variant=variants, format=formats, split=split,
-                       log=console.warn)
-        label = f"fleet {fleet_key}"
-    else:
-        options.update(host=ssh_host, emulated=emulated, variant=variants, format=formats, port=port,
-                       identity=identity, accept_new_host_key=accept_new_host_key, log=console.warn)
-        label = "pi emulated" if emulated else f"pi {ssh_host}" if ssh_host else "pi"
-    with console.progress(f"bench --on {on}", total=total) as bar:
-        results = bench_run(run, on, label=label, progress=bar, **options)
+    with console.progress(f"bench --on {on}", total=plan_size(run, on, settings, options)) as bar:
+        results = bench_run(run, on, settings, options, progress=bar, log=console.warn)
     if as_json:
         console.emit_json({"results": results})
         return
     _table(run, results)
 
 
-def _check_fleet_flags(on: str, key: str | None, tracker: str | None, split: bool) -> None:
-    given = [k for k, v in {"--key": key, "--tracker": tracker, "--split": split}.items() if v]
-    if on != "fleet" and given:
-        raise InputError(f"{given[0]} goes with --on fleet, not --on {on}")
-    if on == "fleet" and not key:
-        raise InputError("--on fleet needs --key KEY (the key given to `edgeship fleet join`)")
-
-
 def _table(run: Any, results: list[dict[str, Any]]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from edgeship.core import console
-
     table = Table(title=f"benchmarks of {escape(str(run.id))}: ms per call, "
                         "median of rounds [interval] level")
     right = ("thr", "p50 [interval] level", "p99 tail", "e2e p50", "KiB", "acc")

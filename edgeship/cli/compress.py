@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.table import Table
 
-from edgeship.cli.options import COUNT, DURATION, POSITIVE, SEED, Number, json_option, pass_app
+from edgeship.cli.options import COUNT, DURATION, POSITIVE, SEED, Number, json_option, parse_size, pass_app
 from edgeship.core.console import emit_json, escape, out, progress
 from edgeship.core.errors import InputError
 
@@ -175,7 +176,6 @@ def _resolve_or_import(app: Any, run_ref: str | None, model_file: str | None, da
         raise InputError("give either RUN or --model (which starts a new run), not both")
     if not dataset:
         raise InputError("--model needs --dataset: the data to measure and fine-tune it on")
-    from edgeship.cli.options import parse_size
     from edgeship.training.stage import TrainConfig, adopt
 
     cfg = TrainConfig(dataset=dataset, target=target, image_size=parse_size(image_size), seed=seed)
@@ -183,8 +183,6 @@ def _resolve_or_import(app: Any, run_ref: str | None, model_file: str | None, da
 
 
 def print_variants(run: Any, summaries: list[dict[str, Any]], search: dict[str, Any] | None) -> None:
-    from rich.table import Table
-
     if search:
         t = Table(title=f"search tries (reference val accuracy {search['reference_val_accuracy']:.4f})")
         for col in ("try", "val acc", "drop (pt)", "gzip bytes", "within budget"):

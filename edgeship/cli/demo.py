@@ -7,12 +7,17 @@ module parses, prints the address and blocks until Ctrl-C.
 
 from __future__ import annotations
 
+import signal
+import threading
+import webbrowser
 from typing import Any
 
 import click
 
 from edgeship.cli.options import json_option, pass_app
 from edgeship.core.console import emit_json, err, escape, out
+from edgeship.devices.browser.server import BundleServer
+from edgeship.export.web import bundle_dir
 
 
 @click.command()
@@ -38,9 +43,6 @@ def demo(app: Any, run: str, variant: str, quantize: str | None, port: int, host
       edgeship demo latest                 # then open http://127.0.0.1:8000/
       edgeship demo latest --quantize int8 --port 0 --open
     """
-    from edgeship.devices.browser.server import BundleServer
-    from edgeship.export.web import bundle_dir
-
     run_dir = app.store.resolve(run)
     folder = bundle_dir(run_dir, variant, quantize)
     server = BundleServer(folder, host=host, port=port, verbose=verbose)
@@ -53,11 +55,8 @@ def demo(app: Any, run: str, variant: str, quantize: str | None, port: int, host
         out.print(f"open [bold]{escape(server.url)}[/]  (Ctrl-C stops)")
     if server.every_interface:  # 0.0.0.0, ::, 0, "" ... judged from the address actually bound
         err.print("[yellow]warning:[/] listening on every interface: anyone on your network can load it")
-    if open_browser:
-        import webbrowser
-
-        if not webbrowser.open(server.url):
-            err.print(f"no browser could be started here; open {server.url} yourself", markup=False)
+    if open_browser and not webbrowser.open(server.url):
+        err.print(f"no browser could be started here; open {server.url} yourself", markup=False)
     _sigterm_stops()
     server.serve_forever()
     err.print("stopped")
@@ -65,9 +64,6 @@ def demo(app: Any, run: str, variant: str, quantize: str | None, port: int, host
 
 def _sigterm_stops() -> None:
     """SIGTERM (a service manager, ``kill``) stops the server like Ctrl-C: socket closed, exit 0."""
-    import signal
-    import threading
-
     def stop(_signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 

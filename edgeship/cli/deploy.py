@@ -7,8 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.table import Table
 
+from edgeship.benchmarks.harness import BenchSettings
 from edgeship.cli.options import PORT, json_option, pass_app
+from edgeship.core import console
+from edgeship.devices.deploy import deploy_pi, open_device
+from edgeship.devices.options import PI_THREADS
+from edgeship.devices.serving.service import ServeOptions, serve_deployment
 
 EMULATED_NOTE = "emulated (not device latency)"
 
@@ -40,13 +46,14 @@ def deploy() -> None:
               help="Install from wheels for the device's CPU and Python (aarch64 cp311 on a Pi), "
                    "downloaded here and shipped in the bundle: no internet needed on the device.")
 @click.option("--bench", is_flag=True, help="Measure there and store the results in RUN/bench/.")
-@click.option("--rounds", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--rounds", type=click.IntRange(min=1), default=BenchSettings.rounds, show_default=True,
               help="--bench: interleaved rounds.")
-@click.option("--runs", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--runs", type=click.IntRange(min=1), default=BenchSettings.runs, show_default=True,
               help="--bench: timed samples per round.")
-@click.option("--warmup", type=click.IntRange(min=0), default=20, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), default=BenchSettings.warmup, show_default=True,
               help="--bench: discarded calls per round.")
-@click.option("--threads", default="1", show_default=True, help="--bench: thread counts, comma-separated.")
+@click.option("--threads", default=",".join(map(str, PI_THREADS)), show_default=True,
+              help="--bench: thread counts, comma-separated.")
 @click.option("--serve", is_flag=True,
               help="Then run the model server there (python -m edge_runtime serve, on 127.0.0.1): a "
                    "systemd user unit on a Pi, a supervised process on the emulated one. A server "
@@ -77,19 +84,16 @@ def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, f
       edgeship deploy pi latest --emulated --bench                    # no Pi: aarch64 under QEMU
       edgeship deploy pi latest --emulated --serve                    # then serve on 127.0.0.1:8501
     """
-    from edgeship.core import console
-    from edgeship.devices.deploy import deploy_pi, open_device
-    from edgeship.devices.serving.service import ServeOptions, serve_deployment
-
     options = ServeOptions(port=serve_port, workers=serve_workers, log_inputs=log_inputs)
     if serve:
         options.check()  # before any connection
+    settings = BenchSettings.parse(threads, rounds=rounds, runs=runs, warmup=warmup)
     run = app.store.resolve(run_ref)
     with console.progress("deploy", total=None) as bar:
         dep = deploy_pi(
             run, host=host, emulated=emulated, variant=variant, format=fmt, quantize=quantize,
-            remote_dir=remote_dir, offline=offline, bench=bench, threads=threads, rounds=rounds, runs=runs,
-            warmup=warmup, progress=bar, log=console.info, port=port, identity=identity,
+            remote_dir=remote_dir, offline=offline, bench=settings if bench else None, progress=bar,
+            log=console.info, port=port, identity=identity,
             accept_new_host_key=accept_new_host_key, serve=serve,
         )
     serving = None
@@ -107,8 +111,6 @@ def pi(app: Any, run_ref: str, host: str | None, emulated: bool, variant: str, f
 
 
 def _print_serving(serving: dict[str, Any]) -> None:
-    from edgeship.core import console
-
     url = serving["url"]
     if serving["action"] == "started":
         names = ", ".join(serving["models"])
@@ -125,8 +127,6 @@ def _print_serving(serving: dict[str, Any]) -> None:
 
 
 def _print(dep: Any) -> None:
-    from edgeship.core import console
-
     s = dep.sync
     where = f"{dep.device}:{dep.remote_dir}"
     console.out.print(
@@ -146,10 +146,6 @@ def _print(dep: Any) -> None:
 
 
 def _table(dep: Any) -> None:
-    from rich.table import Table
-
-    from edgeship.core import console
-
     title = f"on {dep.device}: ms per call (invoke alone; e2e with pre/post)"
     table = Table(title=console.escape(title + (f" - {EMULATED_NOTE}" if dep.emulated else "")))
     right = ("thr", "p50", "p90", "p99", "e2e p50", "init ms", "RSS MB")

@@ -9,9 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.table import Table
 
 from edgeship.cli.options import DURATION, Number, json_option
 from edgeship.core import console
+from edgeship.core.errors import InputError
+from edgeship.devices.fleet.state import parse_addr
+from edgeship.devices.fleet.tracker import free_devices
+from edgeship.export.tvm.targets import check_target_text
 
 
 @click.command("export")
@@ -55,15 +60,14 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
       edgeship export latest --variant all --format all --json
       edgeship export latest --format tvm --target rpi4 --trials 64 --tracker 127.0.0.1:9190 --key rpi4
     """
-    from edgeship.export.stage import export_run
+    from edgeship.export.stage import ExportConfig, export_run
 
     tune_on = _tune_on(tracker, tracker_key, trials)
     run_dir = ctx.obj.store.resolve(run)
-    results = export_run(
-        run_dir, variants=variants, formats=formats, quantize=quantize, io=io,
-        targets=_targets(targets), trials=trials, time_budget_s=time_budget,
-        log=console.info, qat_float=qat_float, web_runtime=web_runtime, tune_on=tune_on,
-    )
+    cfg = ExportConfig(variants=variants, formats=formats, quantize=quantize, io=io,
+                       targets=_targets(targets), trials=trials, time_budget_s=time_budget,
+                       qat_float=qat_float, web_runtime=web_runtime, tune_on=tune_on)
+    results = export_run(run_dir, cfg, log=console.info)
     if as_json:
         console.emit_json({"artifacts": [r.summary() for r in results]})
     else:
@@ -77,16 +81,12 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
 
 def _tune_on(tracker: str | None, key: str | None, trials: int | None) -> dict[str, str] | None:
     """``--tracker``/``--key`` checked together, and the key's devices there before any build."""
-    from edgeship.core.errors import InputError
-
     if not tracker and not key:
         return None
     if not (tracker and key):
         raise InputError("--tracker and --key go together: the tracker and the device key to tune on")
     if not trials:
         raise InputError("--tracker tunes on devices: give --trials N (e.g. --trials 64)")
-    from edgeship.devices.fleet.state import parse_addr
-    from edgeship.devices.fleet.tracker import free_devices
 
     free_devices(*parse_addr(tracker), key)  # none free: one line naming `edgeship fleet join`
     return {"tracker": tracker, "key": key}
@@ -94,7 +94,6 @@ def _tune_on(tracker: str | None, key: str | None, trials: int | None) -> dict[s
 
 def _targets(value: str) -> list[str]:
     # A JSON target holds commas itself: keep it whole.
-    from edgeship.export.tvm.targets import check_target_text
 
     value = value.strip()
     names = [value] if value.startswith("{") else [t for t in value.split(",") if t.strip()]
@@ -104,8 +103,6 @@ def _targets(value: str) -> list[str]:
 
 
 def _table(results: list, run_path: Path) -> None:
-    from rich.table import Table
-
     table = Table(title=f"exports in {console.escape(str(run_path / 'exports'))}", show_lines=False)
     numeric = {"size", "top-1", "accuracy", "Δ pt", "max |diff|"}
     for col in ("variant", "artifact", "io", "target", "size", "top-1", "accuracy", "Δ pt",

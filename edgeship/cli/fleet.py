@@ -13,6 +13,11 @@ import click
 from edgeship.cli.options import PORT, json_option
 from edgeship.core import console
 from edgeship.core.errors import InputError
+from edgeship.devices.fleet import join as j
+from edgeship.devices.fleet.join import joined
+from edgeship.devices.fleet.join import leave as do_leave
+from edgeship.devices.fleet.tracker import queue, resolve_tracker, start_tracker, stop_tracker
+from edgeship.devices.fleet.tracker import tracker_status as status
 
 
 @click.group()
@@ -43,8 +48,6 @@ def tracker() -> None:
 @json_option
 def tracker_start(host: str, port: int, as_json: bool) -> None:
     """Start the tracker, detached: it runs until `edgeship fleet tracker stop`."""
-    from edgeship.devices.fleet.tracker import start_tracker
-
     info = start_tracker(host, port, warn=console.warn)
     if as_json:
         console.emit_json({"tracker": info.addr, "pid": info.pid, "log": info.log})
@@ -57,8 +60,6 @@ def tracker_start(host: str, port: int, as_json: bool) -> None:
 @tracker.command("stop")
 def tracker_stop() -> None:
     """Stop the tracker this machine started (devices stay up and re-register on its return)."""
-    from edgeship.devices.fleet.tracker import stop_tracker
-
     info = stop_tracker()
     console.out.print(f"stopped the tracker on {info.addr}" if info else "no tracker was running here",
                       markup=False)
@@ -68,8 +69,6 @@ def tracker_stop() -> None:
 @json_option
 def tracker_status(as_json: bool) -> None:
     """Whether the tracker started here runs, and on which address (exit 1 if not)."""
-    from edgeship.devices.fleet.tracker import tracker_status as status
-
     info = status()
     if as_json:
         console.emit_json({"tracker": info.addr if info else None, "running": bool(info and info.running),
@@ -98,8 +97,6 @@ def join(target: str | None, key: str, emulated: bool, local: bool, tracker_addr
          name: str | None, port: int | None, identity: str | None, accept_new_host_key: bool, offline: bool,
          as_json: bool) -> None:
     """Install the runtime on a device and start its RPC server, registered under --key."""
-    from edgeship.devices.fleet import join as j
-
     chosen = [w for w, v in (("USER@HOST", target), ("--emulated", emulated), ("--local", local)) if v]
     if len(chosen) != 1:
         raise InputError("join one device: USER@HOST, --emulated or --local"
@@ -131,9 +128,6 @@ def join(target: str | None, key: str, emulated: bool, local: bool, tracker_addr
 @json_option
 def list_(tracker_addr: str | None, as_json: bool) -> None:
     """The tracker's queue (keys, free and busy devices) and the servers started here."""
-    from edgeship.devices.fleet.join import joined
-    from edgeship.devices.fleet.tracker import queue, resolve_tracker
-
     host, port = resolve_tracker(tracker_addr)
     rows = queue(host, port)
     mine = joined()
@@ -160,8 +154,6 @@ def list_(tracker_addr: str | None, as_json: bool) -> None:
 @click.option("--all", "all_", is_flag=True, help="Every device server started here.")
 def leave(name: str | None, key: str | None, emulated: bool, local: bool, all_: bool) -> None:
     """Stop device servers this machine started (fleet join); they leave the tracker."""
-    from edgeship.devices.fleet.join import leave as do_leave
-
     which = name or ("emulated" if emulated else "local" if local else None)
     if which is None and not (all_ or key):
         raise InputError("say which: NAME, USER@HOST, --emulated, --local, --key KEY or --all")

@@ -9,6 +9,9 @@ import click
 
 from edgeship.cli.options import COUNT, PORT, POSITIVE, Number, json_option, pass_app
 from edgeship.core.console import emit_json, escape, out
+from edgeship.core.errors import InputError
+from edgeship.devices.deploy import open_device
+from edgeship.devices.monitoring.pull import PULLED, device_slug, pull_logs
 
 FRACTION = Number(float, min=0, max=1, min_open=True, max_open=True)
 
@@ -56,16 +59,12 @@ def monitor(app: Any, run_ref: str, source: Path | None, emulated: bool, host: s
       edgeship monitor latest --from ./device-logs --window 10m --slo-ms 50
       edgeship monitor latest --emulated              # pulls DIR/logs from the emulated Pi first
     """
-    from edgeship.core.errors import InputError
     from edgeship.devices.monitoring.monitor import ALERT_EXIT, MonitorConfig, Thresholds, monitor_run
 
     if sum(bool(x) for x in (source, emulated, host)) != 1:
         raise InputError("give one of --from FOLDER, --emulated or --host USER@HOST: where the logs are")
     run = app.store.resolve(run_ref)
     if source is None:
-        from edgeship.devices.deploy import open_device
-        from edgeship.devices.monitoring.pull import PULLED, device_slug, pull_logs
-
         device = open_device(host, emulated=emulated, port=port, identity=identity)
         pulled = pull_logs(device, remote_dir, run.path / PULLED / device_slug(device.name))
         if not as_json:

@@ -10,6 +10,11 @@ from typing import Any
 import click
 
 from edgeship.cli.options import json_option
+from edgeship.core import console
+from edgeship.core.errors import InputError
+from edgeship.devices.deploy import PI_FORMATS, requirements_for
+from edgeship.devices.pi import emulator as emu
+from edgeship.devices.pi.emulator import ENV_CACHE
 
 
 @click.group()
@@ -42,11 +47,6 @@ def setup(runtime: str, force: bool, as_json: bool) -> None:
       edgeship pi emulator setup
       edgeship pi emulator setup --runtime tflite,tvm --force
     """
-    from edgeship.core import console
-    from edgeship.core.errors import InputError
-    from edgeship.devices.deploy import PI_FORMATS, requirements_for
-    from edgeship.devices.pi import emulator as emu
-
     formats = [f.strip() for f in runtime.split(",") if f.strip() and f.strip() != "none"]
     bad = [f for f in formats if f not in PI_FORMATS]
     if bad:
@@ -91,8 +91,6 @@ def _sudo_owner() -> tuple[int, int] | None:
     debootstrap needs root, but deploys run as the user, and sudo points HOME at /root: without
     this the user's ``deploy pi --emulated`` would not find what root built.
     """
-    from edgeship.devices.pi.emulator import ENV_CACHE
-
     uid = os.environ.get("SUDO_UID", "")
     if os.geteuid() != 0 or not uid.isdigit() or int(uid) == 0 or os.environ.get(ENV_CACHE):
         return None

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from edgeship.cli.options import pass_app
+from edgeship.report import build_report, check_budget, render_csv, render_json, render_markdown, write_report
+from edgeship.report import print_report as show
 
 DEFAULT_ACCURACY_BUDGET = 1.0  # percentage points; benchmarks.report.DEFAULT_ACCURACY_BUDGET
 
@@ -16,8 +18,6 @@ def accuracy_budget_option(f: Any) -> Any:
     """``--accuracy-budget POINTS``: a finite number >= 0, else one line and exit code 2."""
 
     def check(ctx: click.Context, param: click.Parameter, value: str) -> float:
-        from edgeship.report import check_budget
-
         return check_budget(value)  # InputError: the CLI's one-line error, exit 2
 
     return click.option(
@@ -53,14 +53,6 @@ def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
       edgeship report latest --format csv > latency.csv
       edgeship report latest --format json | jq '.recommendations[].line'
     """
-    from edgeship.report import (
-        build_report,
-        render_csv,
-        render_json,
-        render_markdown,
-        write_report,
-    )
-
     run = app.store.resolve(run_ref)
     rep = build_report(run, accuracy_budget)
     files = write_report(run, rep)
@@ -78,6 +70,4 @@ def report(app: Any, run_ref: str, fmt: str, accuracy_budget: float) -> None:
 
 def print_report(rep: Any, files: dict[str, Any]) -> None:
     """The terminal report (see ``benchmarks.report.terminal``) on stdout."""
-    from edgeship.report import print_report as show
-
     show(rep, files)

@@ -6,8 +6,16 @@ from typing import Any
 
 import click
 
+from edgeship.benchmarks.harness import BenchSettings
+from edgeship.cli.compress import print_variants
 from edgeship.cli.options import COUNT, SEED, Number, json_option, pass_app
+from edgeship.cli.report import print_report
+from edgeship.cli.train import print_train_summary, train_summary
 from edgeship.core.console import emit_json, escape, out, progress
+from edgeship.core.errors import InputError
+from edgeship.devices.pi.ssh import SshTarget
+from edgeship.pipeline import PipelineConfig, run_pipeline
+from edgeship.report import build_report, print_ship_lines, recommendations, zero_rule_accuracy
 
 
 @click.command()
@@ -16,7 +24,8 @@ from edgeship.core.console import emit_json, escape, out, progress
 @click.option("--epochs", type=COUNT, default=60, show_default=True, help="Training epochs (upper bound).")
 @click.option("--tvm-trials", type=Number(int, min=0), default=32, show_default=True,
               help="MetaSchedule trials for the host TVM build (0: untuned).")
-@click.option("--runs", type=COUNT, default=200, show_default=True, help="Timed runs per benchmark.")
+@click.option("--runs", type=COUNT, default=BenchSettings.runs, show_default=True,
+              help="Timed runs per benchmark.")
 @click.option("--browser/--no-browser", default=True, show_default=True,
               help="Export the web bundle and benchmark it in headless Chromium.")
 @click.option("--pi", callback=lambda _ctx, _param, value: _check_pi(value),
@@ -34,15 +43,10 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
       edgeship run --pi pi@raspberrypi.local
       edgeship --runs-dir /tmp/runs run --json
     """
-    from edgeship.cli.compress import print_variants
-    from edgeship.cli.train import print_train_summary, train_summary
-    from edgeship.pipeline import PipelineConfig, run_pipeline
-
     cfg = PipelineConfig(dataset=dataset, seed=seed, epochs=epochs, tvm_trials=tvm_trials,
-                         bench_runs=runs, browser=browser, pi=pi)
+                         bench=BenchSettings(runs=runs), browser=browser, pi=pi)
     result = run_pipeline(app.store, cfg, progress)
     trained = train_summary(result.train)
-    from edgeship.report import recommendations, zero_rule_accuracy
 
     # "Ship this" per device, from this run's results (default accuracy budget, as in report.md;
     # nothing at or below the run's zero-rule baseline).
@@ -56,8 +60,6 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
         return
     print_train_summary(trained)
     print_variants(result.run, result.variants, None)
-    from edgeship.cli.report import print_report
-    from edgeship.report import build_report, print_ship_lines
 
     print_report(build_report(result.run), result.report)
     for line in result.skipped:
@@ -70,9 +72,6 @@ def run(app: Any, dataset: str, seed: int, epochs: int, tvm_trials: int, runs: i
 def _check_pi(value: str | None) -> str | None:
     """A malformed ``--pi`` host fails here, not after training, compressing and exporting."""
     if value and value != "emulated":
-        from edgeship.core.errors import InputError
-        from edgeship.devices.pi.ssh import SshTarget
-
         try:
             SshTarget(value)  # checks the host's form only; nothing connects yet
         except InputError as e:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from rich.table import Table
 
 from edgeship.cli.options import json_option, pass_app
+from edgeship.cli.summary import render_summary
 from edgeship.core.console import emit_json, escape, out
 from edgeship.core.errors import RunError
 from edgeship.core.runstore import RunDir
@@ -49,7 +51,6 @@ def runs(app: Any, as_json: bool) -> None:
         out.print(f"no runs in {app.store.root}; make one with `edgeship run` or `edgeship train`",
                   markup=False)
         return
-    from rich.table import Table
 
     table = Table(title=f"runs in {escape(str(app.store.root))}")
     for col in ("id", "dataset", "model", "test accuracy", "created"):
@@ -81,6 +82,5 @@ def show(app: Any, run_ref: str, as_json: bool) -> None:
     if as_json:
         emit_json(manifest)
         return
-    from edgeship.cli.summary import render_summary
 
     render_summary(run, manifest, out)

@@ -9,6 +9,9 @@ from typing import Any
 import click
 
 from edgeship.cli.options import PORT, json_option, pass_app
+from edgeship.core.errors import InputError
+from edgeship.devices.deploy import open_device
+from edgeship.devices.serving.service import DeviceServer, ServeError, device_status, http_call
 
 
 @click.command("load")
@@ -75,7 +78,6 @@ def load(app: Any, run_ref: str, url: str | None, rates: str, duration: str, slo
 
 def _replay(run: Any, url: str | None, stream: Path, rate: float | None, feedback: bool,
             as_json: bool) -> None:
-    from edgeship.core.errors import InputError
     from edgeship.devices.serving.replay import read_stream, replay
 
     if not url:
@@ -118,15 +120,10 @@ def _device_options(fn: Any) -> Any:
 
 def _device_server(emulated: bool, host: str | None, remote_dir: str, port: int | None,
                    identity: Path | None) -> Any:
-    from edgeship.devices.deploy import open_device
-    from edgeship.devices.serving.service import DeviceServer
-
     return DeviceServer(open_device(host, emulated=emulated, port=port, identity=identity), remote_dir)
 
 
 def _one_target(url: str | None, emulated: bool, host: str | None) -> None:
-    from edgeship.core.errors import InputError
-
     if sum(bool(x) for x in (url, emulated, host)) > 1:
         raise InputError("give one of --url, --emulated or --host")
 
@@ -142,8 +139,6 @@ def status(url: str | None, emulated: bool, host: str | None, remote_dir: str, p
 
     _one_target(url, emulated, host)
     if emulated or host:
-        from edgeship.devices.serving.service import device_status
-
         s = device_status(_device_server(emulated, host, remote_dir, port, identity))
     else:
         s = server_status(url or "http://127.0.0.1:8501")
@@ -173,9 +168,6 @@ def status(url: str | None, emulated: bool, host: str | None, remote_dir: str, p
 def rollback(name: str, url: str | None, emulated: bool, host: str | None, remote_dir: str,
              port: int | None, identity: Path | None, as_json: bool) -> None:
     """Serve the previous version again (kept loaded beside the current one; no request dropped)."""
-    from edgeship.core.errors import InputError
-    from edgeship.devices.serving.service import ServeError, http_call
-
     _one_target(url, emulated, host)
     if emulated or host:
         out = _device_server(emulated, host, remote_dir, port, identity).rollback(name)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.table import Table
 
 from edgeship.cli.options import COUNT, SEED, Number, json_option, parse_size, pass_app
 from edgeship.core.console import emit_json, escape, out, progress
@@ -117,8 +118,6 @@ def train_summary(result: Any) -> dict[str, Any]:
 
 
 def print_train_summary(s: dict[str, Any]) -> None:
-    from rich.table import Table
-
     model, dataset = escape(str(s["model"])), escape(str(s["dataset"]))
     table = Table(title=f"{model} on {dataset} (test split, {s['split']['test']} rows)")
     table.add_column("model")

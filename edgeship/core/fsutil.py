@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -153,8 +154,6 @@ def replace_tree(src: Path, dst: Path) -> None:
 def locked(lock_file: str | Path) -> Iterator[None]:
     """An exclusive advisory lock held while the block runs: two processes building the same
     cache entry (two terminals, parallel tests) wait for each other instead of interleaving."""
-    import fcntl
-
     path = Path(lock_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:

@@ -20,9 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import edge_runtime
+from edge_runtime import EdgeModel, EdgeRuntimeError
+from edgeship.benchmarks.harness import select_artifacts as select
 from edgeship.core.errors import InputError, RunError
-from edgeship.core.names import split_names
+from edgeship.core.names import host_arch, split_names
 from edgeship.core.runstore import RunDir
+from edgeship.devices.errors import DeployError
 from edgeship.devices.probe import DeviceInfo
 from edgeship.devices.wheels import link_wheels
 
@@ -60,8 +64,6 @@ def select_artifacts(
 
     The CPU check comes later (``for_device``): only the device says what it is.
     """
-    from edgeship.benchmarks.harness import select_artifacts as select
-
     found = select(run, variants, formats, runnable_here=False, allowed_formats=PI_FORMATS, log=log)
     wanted = split_names(quantize)
     if not wanted:
@@ -102,8 +104,6 @@ def for_device(
 
 def requirements_for(formats: Sequence[str]) -> list[str]:
     """The device requirements for these formats: ``edge_runtime/requirements-<fmt>.txt``, merged."""
-    import edge_runtime
-
     folder = Path(edge_runtime.__file__).parent
     out: list[str] = []
     for fmt in dict.fromkeys(formats):
@@ -132,7 +132,6 @@ def pack_bundle(
 
     No timestamps anywhere: the same run, artifacts and wheels give the same bytes.
     """
-    import edge_runtime
     from edgeship.benchmarks.accuracy import write_run_testset
 
     dest.mkdir(parents=True, exist_ok=False)
@@ -170,11 +169,8 @@ def golden_answers(
     another CPU (TVM for a Pi) is held to the Keras model's top-1 that export recorded
     (``reference.json``). Without a test split, each artifact must only load.
     """
-    from edge_runtime import EdgeModel, EdgeRuntimeError
     from edge_runtime.testset import read_testset
     from edgeship.benchmarks.accuracy import reference_top1
-    from edgeship.core.names import host_arch
-    from edgeship.devices.errors import DeployError
 
     x = None
     if testset is not None:
@@ -203,8 +199,6 @@ def golden_answers(
 def _copy_runtime(dest: Path) -> None:
     """``edge_runtime``'s modules, its subpackages' (``serve/``) and its requirements files; the
     package's other files (caches) stay."""
-    import edge_runtime
-
     src = Path(edge_runtime.__file__).parent
     dest.mkdir()
     for f in sorted(src.rglob("*")):

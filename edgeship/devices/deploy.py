@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeship.benchmarks.harness import BenchSettings
+from edgeship.benchmarks.store import save_results
 from edgeship.core.console import Progress
 from edgeship.core.errors import InputError
 from edgeship.core.fsutil import read_json
@@ -81,6 +83,8 @@ from edgeship.devices.install import (
     verify,
 )
 from edgeship.devices.pi import Device, SyncResult, local_manifest, remote_path
+from edgeship.devices.pi.emulator import EmulatedPi
+from edgeship.devices.pi.ssh import SshTarget
 from edgeship.devices.pi_session import bench_deployed, bench_label, finish_results
 from edgeship.devices.probe import DEFAULT_REMOTE_DIR, DeviceInfo, probe
 
@@ -267,12 +271,10 @@ def open_device(
         extra += [k for k, v in ssh_options.items() if v is not None]
         if extra:
             raise InputError(f"{extra[0]} goes with --host, not --emulated")
-        from edgeship.devices.pi.emulator import EmulatedPi
 
         return EmulatedPi(progress=setup_progress)
     if not host:
         raise InputError("give --host USER@HOST (a Pi over SSH) or --emulated (the emulated Pi)")
-    from edgeship.devices.pi.ssh import SshTarget
 
     return SshTarget(host, port=port, identity=Path(identity).expanduser() if identity else None,
                      accept_new_host_key=accept_new_host_key,
@@ -289,31 +291,21 @@ def deploy_pi(
     quantize: str | Sequence[str] | None = None,
     remote_dir: str = DEFAULT_REMOTE_DIR,
     offline: bool = False,
-    bench: bool = False,
-    threads: str | Sequence[int] | int = (1,),
-    runs: int = 200,
-    warmup: int = 20,
-    rounds: int = 5,
+    bench: BenchSettings | None = None,
     progress: Progress | None = None,
     log: Log | None = None,
     serve: bool = False,
     **ssh_options: Any,
 ) -> Deployment:
-    """``edgeship deploy pi``: deploy, and with ``bench`` measure there and store the results."""
-    from edgeship.benchmarks.harness import check_counts, parse_threads
-
-    thread_counts = parse_threads(threads)
-    if bench:
-        check_counts(runs, warmup, rounds)
+    """``edgeship deploy pi``: deploy, and with ``bench`` measure there (its threads and counts;
+    what is measured is what was deployed) and store the results."""
     device = open_device(host, emulated=emulated, **ssh_options)
     dep = deploy(run, device, variants=variant, formats=format, quantize=quantize,
                  remote_dir=remote_dir, offline=offline, progress=progress, log=log, serve=serve)
-    if bench:
-        from edgeship.benchmarks.store import save_results
-
+    if bench is not None:
         start = run.begin()  # the bench stage's wall time covers the measuring, not only its commit
-        dep.results = finish_results(run, bench_deployed(device, dep, threads=thread_counts, runs=runs,
-                                                         warmup=warmup, rounds=rounds, progress=progress,
-                                                         log=log))
+        dep.results = finish_results(run, bench_deployed(device, dep, threads=bench.threads, runs=bench.runs,
+                                                         warmup=bench.warmup, rounds=bench.rounds,
+                                                         progress=progress, log=log))
         dep.bench_files = save_results(run, dep.results, label=bench_label(device), start=start)
     return dep

@@ -18,15 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import edge_runtime
 from edge_runtime.result import require_valid
 from edgeship.benchmarks.accuracy import finish_evaluation, write_run_testset
-from edgeship.benchmarks.harness import check_counts, parse_threads, select_artifacts
+from edgeship.benchmarks.harness import BenchSettings, select_artifacts
 from edgeship.core.console import Progress
 from edgeship.core.errors import EdgeshipError
 from edgeship.core.runstore import RunDir
+from edgeship.devices.options import HostOptions
 
 TIMEOUT_S = 900  # per configuration: a MobileNet with 5 rounds of 200 samples takes seconds
-DEFAULT_ROUNDS = 5
 
 
 class HostBenchError(EdgeshipError):
@@ -35,14 +36,9 @@ class HostBenchError(EdgeshipError):
 
 def bench_host(
     run: RunDir,
+    settings: BenchSettings,
+    options: HostOptions | None = None,
     *,
-    variants: str | Sequence[str] = "all",
-    formats: str | Sequence[str] = "all",
-    threads: str | Sequence[int] | int = (1, 2),
-    runs: int = 200,
-    warmup: int = 20,
-    rounds: int = DEFAULT_ROUNDS,
-    evaluate: bool = True,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -51,17 +47,15 @@ def bench_host(
     An artifact whose runtime fails to load is reported through ``log`` and left out; if every one
     fails, the error is raised.
     """
-    check_counts(runs, warmup, rounds)
-    thread_counts = parse_threads(threads)
     say = log or (lambda _m: None)
-    artifacts = select_artifacts(run, variants, formats, log=say)
+    artifacts = select_artifacts(run, settings.variants, settings.formats, log=say)
     by_dir = {str(a.dir.resolve()): a for a in artifacts}
     with tempfile.TemporaryDirectory(prefix="edgeship-bench-") as tmp:
-        test = write_run_testset(run, Path(tmp)) if evaluate else None
-        if evaluate and test is None:
+        test = write_run_testset(run, Path(tmp))
+        if test is None:
             say(f"run {run.id} has no raw test split: accuracy comes from export validation")
-        raw = run_session([a.dir for a in artifacts], thread_counts, rounds=rounds, runs=runs,
-                          warmup=warmup, test=test, progress=progress, log=say)
+        raw = run_session([a.dir for a in artifacts], settings.threads, rounds=settings.rounds,
+                          runs=settings.runs, warmup=settings.warmup, test=test, progress=progress, log=say)
     results = []
     for r in raw:
         art = by_dir[str(Path(r["artifact"]).resolve())]
@@ -74,17 +68,16 @@ def bench_host(
     return results
 
 
-def plan_size(run: RunDir, variants: str | Sequence[str] = "all", formats: str | Sequence[str] = "all",
-              threads: str | Sequence[int] | int = (1, 2), rounds: int = DEFAULT_ROUNDS) -> int:
+def plan_size(run: RunDir, settings: BenchSettings, options: HostOptions | None = None) -> int:
     """How many measurements ``bench_host`` will make (for a progress bar's total)."""
-    return len(select_artifacts(run, variants, formats)) * len(parse_threads(threads)) * rounds
+    return settings.plan_size(len(select_artifacts(run, settings.variants, settings.formats)))
 
 
 def run_session(
     folders: Sequence[Path],
     threads: Sequence[int | None],
     *,
-    rounds: int = DEFAULT_ROUNDS,
+    rounds: int = BenchSettings.rounds,
     runs: int = 200,
     warmup: int = 20,
     test: Path | None = None,
@@ -163,8 +156,6 @@ def bench_artifact(
 
 def _device_env() -> dict[str, str]:
     """This environment as a device would see it: edge_runtime importable, no Pi/emulation flags."""
-    import edge_runtime
-
     env = {k: v for k, v in os.environ.items() if k not in ("EDGESHIP_DEVICE", "EDGESHIP_EMULATED",
                                                             "TVM_NUM_THREADS")}
     root = str(Path(edge_runtime.__file__).resolve().parent.parent)

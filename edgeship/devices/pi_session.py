@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from edge_runtime.result import require_valid
 from edgeship.core.console import Progress
 from edgeship.core.runstore import RunDir
 from edgeship.devices.bundle import Log
@@ -43,8 +44,6 @@ def bench_deployed(
     measured there on the bundle's test split. An artifact the device cannot load is logged and
     left out. Results are schema-valid, not yet stored; ``artifact`` is the run-relative folder.
     """
-    from edge_runtime.result import require_valid
-
     say = log or (lambda _m: None)
     env = {"PYTHONDONTWRITEBYTECODE": "1", "EDGESHIP_DEVICE": "pi"}
     if device.emulated:

@@ -1,22 +1,31 @@
 """Where ``edgeship bench --on X`` measures: the one registry of device drivers, and storing.
 
-It sits on the top floor because its drivers live on every floor below: the host and browser
-drivers in ``edgeship.benchmarks``, the Raspberry Pi's in ``edgeship.devices``. Drivers are
-imported only when asked for (the browser driver pulls in Playwright, the Pi driver SSH); each is
-a function ``(run, **options) -> list[dict]`` returning results in the schema of
-``edge_runtime.result``. ``bench_run`` calls one and stores what it returns.
+Every device's driver keeps one contract (``Driver``): ``(run, settings, options, *, progress,
+log) -> list[dict]``, where ``settings`` (``BenchSettings``: what to measure, how often) is the
+same for every device and ``options`` is the device's own typed value
+(``edgeship.devices.options``); results are in the schema of ``edge_runtime.result``.
+``bench_run`` calls one and stores what it returns; ``plan_size`` says how many measurements it
+will make, for a progress bar. Drivers are imported when asked for, so a checkout without one
+says so in one line. It sits above every driver: the host's and the browser's, the Pi's, the
+fleet's.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from edge_runtime.result import result_name
+from edgeship.benchmarks.harness import BenchSettings
+from edgeship.benchmarks.store import save_results
+from edgeship.core.console import Progress
 from edgeship.core.errors import EdgeshipError, InputError
+from edgeship.core.fsutil import read_json
 from edgeship.core.runstore import RunDir
+from edgeship.devices.options import OPTIONS, DeviceOptions
 
-# device -> ("module:function", what to do when it is missing)
+# device -> ("module:function" of a ``Driver``, what to do when it is missing)
 DRIVERS: dict[str, tuple[str, str]] = {
     "host": ("edgeship.devices.host:bench_host", "reinstall edgeship"),
     "browser": ("edgeship.devices.browser.session:bench_browser",
@@ -28,16 +37,31 @@ DRIVERS: dict[str, tuple[str, str]] = {
 }
 
 
+# device -> "module:function" of (run, settings, options) -> int: the measurements its driver makes;
+# a device without one shows a bar without a total
+PLANS: dict[str, str] = {
+    "host": "edgeship.devices.host:plan_size",
+    "browser": "edgeship.devices.browser.session:plan_size",
+}
+
 # device -> "module:function" of (results) -> {run-relative path: JSON}: files a driver's results
 # imply beside them, stored with them in one stage (the browser's bundles learn their measured runtime)
 BESIDE: dict[str, str] = {"browser": "edgeship.devices.browser.session:measurements_files"}
+
+
+class Driver(Protocol):
+    """What every ``--on`` target implements."""
+
+    def __call__(self, run: RunDir, settings: BenchSettings, options: Any, *,
+                 progress: Progress | None = None,
+                 log: Callable[[str], None] | None = None) -> list[dict[str, Any]]: ...
 
 
 class DriverUnavailableError(EdgeshipError):
     """``--on X`` names a device whose driver is missing or cannot be imported."""
 
 
-def get_driver(on: str) -> Callable[..., list[dict[str, Any]]]:
+def get_driver(on: str) -> Driver:
     """The driver function for a device name, imported now; a one-line error if it is missing."""
     if on not in DRIVERS:
         raise InputError(f"unknown device '{on}'; choose from {', '.join(DRIVERS)}")
@@ -62,12 +86,16 @@ def get_driver(on: str) -> Callable[..., list[dict[str, Any]]]:
 def bench_run(
     run: RunDir,
     on: str = "host",
+    settings: BenchSettings | None = None,
+    options: DeviceOptions | None = None,
     *,
     label: str | None = None,
     save: bool = True,
-    **options: Any,
+    progress: Progress | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the driver for ``on`` with ``options``, store its results, return them.
+    """Run ``on``'s driver (default settings and options when not given), store its results,
+    return them.
 
     Results a driver already stored itself (same file, same content) are not stored twice.
     An export made from a model its variant no longer has (``compress --force`` replaced it) is
@@ -75,17 +103,28 @@ def bench_run(
     report can tell a measurement of an older model.
     """
     driver = get_driver(on)
-    refuse_stale(run, options.get("variants", options.get("variant", "all")))
+    settings = settings or BenchSettings()
+    if options is None and on in OPTIONS:
+        options = OPTIONS[on]()
+    refuse_stale(run, settings.variants)
     start = run.begin() if save else None  # --no-wait fails before measuring; wall time covers it
-    results = driver(run, **options)
+    results = driver(run, settings, options, progress=progress, log=log)
     if not isinstance(results, list) or not results:
         raise EdgeshipError(f"the {on} driver returned no results; nothing was measured")
     note_sources(run, results)
     if save and not already_saved(run, results):
-        from edgeship.benchmarks.store import save_results
-
-        save_results(run, results, label=label or on, start=start, beside=beside_files(on, results))
+        default = options.label() if options is not None else on
+        save_results(run, results, label=label or default, start=start, beside=beside_files(on, results))
     return results
+
+
+def plan_size(run: RunDir, on: str, settings: BenchSettings,
+              options: DeviceOptions | None = None) -> int | None:
+    """How many measurements ``on``'s driver will make, if it can say before it starts."""
+    if on not in PLANS:
+        return None
+    module_name, attr = PLANS[on].split(":")
+    return getattr(importlib.import_module(module_name), attr)(run, settings, options)
 
 
 def beside_files(on: str, results: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -124,9 +163,6 @@ def note_sources(run: RunDir, results: list[dict[str, Any]]) -> None:
 
 def already_saved(run: RunDir, results: list[dict[str, Any]]) -> bool:
     """True when every result is in ``bench/`` already with the same measurements."""
-    from edge_runtime.result import result_name
-    from edgeship.core.fsutil import read_json
-
     for r in results:
         path = run.path / "bench" / (result_name(r) + ".json")
         try:

@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.result import result_name
 from edgeship.benchmarks.store import load_results
 from edgeship.core.console import warn
 from edgeship.core.errors import RunError
 from edgeship.core.fsutil import read_json
 from edgeship.core.runstore import RunDir
 from edgeship.report.fleet import fleet_summary
-from edgeship.report.model import Report, group_devices
+from edgeship.report.model import Report, group_devices, result_device_id
 from edgeship.report.monitoring import load_monitoring
 from edgeship.report.recommend import DEFAULT_ACCURACY_BUDGET, check_budget, recommendations
 from edgeship.report.serving import load_serving
@@ -91,9 +92,7 @@ def split_stale(run: RunDir,
     replaced the model after it was measured. The report leaves those out (never recommends
     them) and says so.
     """
-    from edge_runtime.result import result_name
     from edgeship.export.listing import ModelHashes, list_artifacts
-    from edgeship.report.model import result_device_id
 
     models = ModelHashes(run)
     exports = {m["dir"]: m for m in list_artifacts(run)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 
-from edgeship.report import monitoring, serving
+from edgeship.report import fleet, monitoring, serving
 from edgeship.report.fmt import EMULATED, fact
 from edgeship.report.model import Report, Row
 from edgeship.report.plots import distribution_plot, pareto_plot
@@ -107,8 +107,6 @@ def render_html(rep: Report) -> str:
                      f"<figcaption>{e(name)}{' - includes ' + e(EMULATED) + ' rows' if emu else ''}"
                      "</figcaption></figure>")
     if rep.fleet:
-        from edgeship.report import fleet
-
         parts.append(f"<h2 id='fleet'>{e(fleet.HEADING)}</h2><p class='method'>{e(fleet.NOTE)}</p>")
         parts.append(_table(fleet.COLUMNS, (([e(c) for c in fleet.cells(r)], "") for r in rep.fleet)))
     parts += serving.html_parts(rep.serving) + monitoring.html_parts(rep.monitoring)

@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from edgeship.report import monitoring, serving
+from edgeship.report import fleet, monitoring, serving
 from edgeship.report.fmt import delta_pt, fact, interval, num, pct, sig, size
 from edgeship.report.model import Report, Row, ci_methods
 
@@ -120,8 +120,6 @@ def render_markdown(rep: Report) -> str:
         lines += [f"- {v}" for v in d.verdicts] + [""]
         lines += [*table(TABLE_COLUMNS, (cells(r) for r in d.rows)), "", P99_NOTE, ""]
     if rep.fleet:
-        from edgeship.report import fleet
-
         lines += [f"## {fleet.HEADING}", "", fleet.NOTE, ""]
         lines += [*table(fleet.COLUMNS, (fleet.cells(r) for r in rep.fleet)), ""]
     lines += serving.markdown(rep.serving) + monitoring.markdown(rep.monitoring)

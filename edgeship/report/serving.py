@@ -9,7 +9,9 @@ out, so one bad file never hides the others. Emulated devices are labelled on ev
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import math
 import re
 from collections.abc import Callable
@@ -374,9 +376,6 @@ def figure(w: float, h: float) -> Any:
 
 def png_base64(fig: Any) -> str:
     """The figure as base64 PNG, as the report embeds and writes its plots."""
-    import base64
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode("ascii")

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgeship.core.console import out
 from edgeship.report import monitoring, serving
 from edgeship.report.fmt import EMULATED, sig
 from edgeship.report.model import Device, Report, Row
@@ -97,8 +98,7 @@ def legend(dev: Device) -> str:
 
 def print_report(rep: Report, files: dict[str, Any] | None = None, console: Console | None = None) -> None:
     """Ship-this lines first, then per device: note, table, legend, verdicts; then the files."""
-    if console is None:
-        from edgeship.core.console import out as console
+    console = console or out
     console.print(f"[bold]{escape(budget_heading(rep))}[/]", highlight=False)
     for rec in rep.recommendations:
         console.print(f"  [green]-[/] {escape(rec['line'])}", highlight=False)
@@ -124,7 +124,6 @@ def print_report(rep: Report, files: dict[str, Any] | None = None, console: Cons
 
 def print_ship_lines(recs: list[dict[str, Any]], console: Console | None = None) -> None:
     """One "ship this" line per device (the end of ``edgeship run``)."""
-    if console is None:
-        from edgeship.core.console import out as console
+    console = console or out
     for rec in recs:
         console.print(f"[bold green]{escape(rec['line'])}[/]", highlight=False)

@@ -24,6 +24,7 @@ import math
 import time
 from typing import Any
 
+from edgeship.export import ExportedModel, ExportError
 from edgeship.export.tvm.build import (
     ELF_MACHINES,
     MODEL_FILE,
@@ -73,8 +74,6 @@ def export_artifact(req: Any) -> Any:
     ``req.cache_dir`` (when given) is the root of the tuning caches; progress goes to
     ``req.log`` one line per tuning batch.
     """
-    from edgeship.export import ExportedModel, ExportError
-
     if req.quantize != "float32":
         raise ExportError(f"TVM exports float32 only (from the float32 ONNX), not {req.quantize}")
     if req.onnx_path is None:

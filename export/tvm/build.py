@@ -25,8 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from edge_runtime.timing import time_calls
 from edgeship.core.errors import EdgeshipError, InputError, MissingDependencyError
+from edgeship.core.fsutil import sha256_file
 from edgeship.core.names import host_arch
+from edgeship.export import captured_stderr
 from edgeship.export.tvm.frontend import import_onnx, load_onnx
 from edgeship.export.tvm.targets import (
     CROSS_COMPILERS,
@@ -127,7 +130,6 @@ def build_tvm(
         shipped, tuning = _tuned_on_devices(tune, tvm_target, tune_on, wall, untuned, spec, inputs, ship)
     path = _write_library(shipped, spec, out_dir / MODEL_FILE)
     machine = _checked_elf(path, spec)
-    from edgeship.core.fsutil import sha256_file
 
     wall["total_s"] = time.perf_counter() - t_start
     return TVMBuildResult(
@@ -280,8 +282,6 @@ def elf_checks(arch: str, machine: int) -> dict[str, bool]:
 
 def median_call_ms(fn: Callable[[], Any], runs: int = 50, warmup: int = 5) -> float:
     """Median milliseconds per call, by ``edge_runtime``'s timing loop (the benchmarks' method)."""
-    from edge_runtime.timing import time_calls
-
     return statistics.median(time_calls(fn, runs, warmup)) / 1e6
 
 
@@ -327,8 +327,6 @@ def _write_library(ex: Any, spec: TargetSpec, path: Path) -> Path:
     """``export_library`` to a temp name beside ``path``, then rename: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     from tvm.support import cc
-
-    from edgeship.export import captured_stderr
 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.so")
     fcompile = cc.cross_compiler(spec.cross_compiler) if spec.cross_compiler else None

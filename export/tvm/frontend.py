@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.core.errors import InputError
+from edgeship.export import UnsupportedOperatorError
 
 
 def load_onnx(path: Path) -> Any:
@@ -75,8 +76,6 @@ def _from_onnx(proto: Any, shapes: dict[str, list[int]], dtypes: dict[str, str])
     """Relax's ONNX frontend; an operator it lacks becomes ``UnsupportedOperatorError``."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
-
-    from edgeship.export import UnsupportedOperatorError
 
     try:
         return from_onnx(proto, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)

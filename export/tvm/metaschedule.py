@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,8 +40,6 @@ XGB_WARMUP = 100  # measured samples before MetaSchedule's XGBoost model is trus
 
 def child_main(argv: list[str]) -> int:
     """The tuning child: reads the job, tunes, writes JSON lines on the original stdout."""
-    import sys
-
     if len(argv) != 2 or argv[0] != "--tune":
         print("usage: python -m edgeship.export.tvm --tune JOB_JSON (internal: build_tvm runs it)",
               file=sys.stderr)
@@ -182,8 +182,6 @@ def _search_sizes(ms: Any, trials: int, n_tasks: int) -> tuple[int, int, Any]:
 @contextlib.contextmanager
 def _quiet_meta_schedule() -> Iterator[None]:
     """MetaSchedule's logger at WARNING, and handlers it did not make set aside meanwhile."""
-    import logging
-
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
     ms_logger.setLevel(logging.WARNING)  # its console handler prints INFO tables on stdout
     # MetaSchedule re-configures this logger by handler name: one it did not make (pytest's
@@ -276,8 +274,6 @@ def _make_build_worker(cross: str | None, root: str) -> Callable[[Any, Any], str
     under ``root``, which the session removes. Nested so the worker receives it by value."""
 
     def build(mod: Any, target: Any) -> str:
-        import tempfile
-
         from tvm.driver import build as tvm_build
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
         from tvm.support import cc

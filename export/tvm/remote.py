@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import socket
+import statistics
+import tempfile
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -58,11 +61,9 @@ def _session_recorder(log_path: str) -> Callable[[Any], Any]:
     device in ``log_path``. Nested so the worker receives it by value."""
 
     def create(rpc_config: Any) -> Any:
-        import json as _json
-
         session = rpc_config.connect_server()
         try:
-            device = _json.loads(session.get_function("edgeship.device_info")())["device_id"]
+            device = json.loads(session.get_function("edgeship.device_info")())["device_id"]
         except Exception:  # a plain tvm.exec.rpc_server: measured, but unnamed
             device = "unnamed (plain TVM rpc_server)"
         with open(log_path, "a", encoding="utf-8") as f:
@@ -107,8 +108,6 @@ def dumps(tune_on: dict[str, Any] | None) -> str:
 def _request(tune_on: dict[str, Any], session_timeout: float, wait_s: float = 120.0) -> Any:
     """A session on a free device of the key; a NoDeviceError if none frees up within ``wait_s``
     (TVM's request waits for ever)."""
-    import threading
-
     from tvm import rpc
 
     host, port = split_tracker(tune_on["tracker"])
@@ -138,9 +137,6 @@ def time_on_device(tune_on: dict[str, Any], builds: dict[str, Any], inputs: list
     TVM's ``time_evaluator``; rounds alternate the builds so neither always runs first.
     Returns ``{"device": id, "ms": {name: ms}, "outputs": {name: [arrays]}}``.
     """
-    import statistics
-    import tempfile
-
     import tvm
     from tvm import relax
     from tvm.support import cc

@@ -21,13 +21,18 @@ import contextlib
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import edgeship.core
+from edgeship.core.console import progress as bar
 from edgeship.core.errors import EdgeshipError
-from edgeship.core.fsutil import locked
+from edgeship.core.fsutil import locked, write_json_atomic
+from edgeship.export import captured_stderr
 from edgeship.export.tvm.targets import TargetSpec
 
 TUNING_META = "edgeship-tuning.json"
@@ -75,8 +80,6 @@ def tuned_module(
     ``tune_on`` (``{"tracker", "key"}``) measures the candidates on that key's devices."""
     import tvm
     from tvm import relax
-
-    from edgeship.export import captured_stderr
 
     with locked(folder / ".lock"):
         meta = _read_meta(folder)
@@ -134,8 +137,6 @@ def _record_session(folder: Path, meta: dict[str, Any], model_hash: str, spec: T
     A finished session covers the whole request even when tasks ran out of candidates first;
     one cut short by the budget covers only what it measured.
     """
-    from edgeship.core.fsutil import write_json_atomic
-
     done = outcome["trials_run"] if outcome["stopped_early"] else need
     meta.update(model_hash=model_hash, target=spec.tvm, trials=int(meta["trials"]) + done)
     for device, n in ((outcome.get("remote") or {}).get("devices") or {}).items():
@@ -152,7 +153,6 @@ def _progress_sink(progress: Progress | None, total: int) -> Iterator[Progress]:
     if progress is not None:
         yield progress
         return
-    from edgeship.core.console import progress as bar
 
     with bar("tuning (TVM MetaSchedule)", total=total) as p:
         seen = [0]
@@ -174,14 +174,10 @@ def _tune_in_child(
     process, 71 s beside TensorFlow's 4,000 modules (any process that trained or converted);
     and a crash in tuning (apache-tvm-ffi 0.1.15 segfaults there) must not take the export
     with it. Progress comes back as JSON lines on the child's stdout."""
-    import subprocess
-    import sys
-
     job = {"onnx": str(onnx_path), "target": spec.tvm, "name": spec.name, "folder": str(folder),
            "trials": trials, "deadline": None if time_budget_s is None else time.time() + time_budget_s,
            "tune_on": tune_on}
     env = dict(os.environ)
-    import edgeship.core
 
     root = str(Path(edgeship.core.__file__).resolve().parents[2])  # the folder holding edgeship
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)

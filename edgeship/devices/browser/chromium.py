@@ -25,6 +25,7 @@ from urllib.parse import urlencode
 
 from edgeship.core.errors import EdgeshipError, MissingDependencyError
 from edgeship.devices.browser.server import BundleServer
+from edgeship.export.web import unavailable_reason
 
 CHROMIUM = "/usr/bin/chromium"
 ENV_CHROMIUM = "EDGESHIP_CHROMIUM"
@@ -399,8 +400,6 @@ def browser_unavailable_reason(chromium: str | os.PathLike[str] | None = None) -
     For callers that include the browser only when it is there (``edgeship run``): Chromium,
     the Playwright package and the pinned onnxruntime-web under web_demo/node_modules.
     """
-    from edgeship.export.web import unavailable_reason
-
     try:
         find_chromium(chromium)
         _sync_playwright()

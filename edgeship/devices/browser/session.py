@@ -16,24 +16,32 @@ whose call time moved more than 2x says so (``calibration.drifted``); the number
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeship.benchmarks.harness import Artifact, check_counts, parse_threads, select_artifacts
+from edge_runtime.result import LATENCY_KEYS, SCHEMA_VERSION, device_id, require_valid
+from edge_runtime.sampling import calls_per_sample
+from edge_runtime.timing import PERCENTILE_METHOD, device_facts
+from edgeship.benchmarks.harness import Artifact, BenchSettings, select_artifacts
 from edgeship.core.console import Progress
+from edgeship.core.fsutil import read_json
 from edgeship.core.runstore import RunDir
 from edgeship.devices.browser.chromium import (
     BACKEND,
     RUNTIME_KEYS,
     BrowserDriver,
+    BrowserPageError,
     DemoPage,
     _sync_playwright,
     find_chromium,
 )
 from edgeship.devices.browser.server import BundleServer
+from edgeship.devices.options import BrowserOptions
+from edgeship.export.web import bundle_dir
+from edgeship.report.model import group_devices
+from edgeship.report.recommend import DEFAULT_ACCURACY_BUDGET, TIE_RULE, recommend
 
 # What the page reports about where it ran, copied into every result as is.
 PAGE_FACTS = ("browser_version", "user_agent", "simd", "relaxed_simd", "webgpu", "threads_note",
@@ -76,37 +84,27 @@ class PageConfig:
 
 def bench_browser(
     run: RunDir,
+    settings: BenchSettings,
+    options: BrowserOptions | None = None,
     *,
-    variants: str | Sequence[str] = "all",
-    formats: str | Sequence[str] = "all",
-    threads: str | Sequence[int] | int = (1, 2),
-    runs: int = 200,
-    warmup: int = 20,
-    rounds: int = 5,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
-    evaluate: bool = True,
-    chromium: str | os.PathLike[str] | None = None,
-    timeout_s: float = 120.0,
 ) -> list[dict[str, Any]]:
     """Every passing web bundle of ``run``, one schema result per thread count (not stored)."""
     from edgeship.export.stage import list_artifacts, load_raw_test
-    from edgeship.export.web import bundle_dir
 
-    check_counts(runs, warmup, rounds)
-    counts = parse_threads(threads)
+    options = options or BrowserOptions()
+    counts, rounds, runs, warmup = settings.threads, settings.rounds, settings.runs, settings.warmup
     say = log or (lambda _m: None)
-    executable = find_chromium(chromium)  # first: a missing browser names its Debian package
+    executable = find_chromium(options.chromium)  # first: a missing browser names its Debian package
     _sync_playwright()
     if not any(m.get("format") == "web" and not m.get("failed") for m in list_artifacts(run)):
         bundle_dir(run, "base")  # raises, naming the export command that makes a bundle
-    artifacts = select_artifacts(run, variants, formats, allowed_formats=("web",), log=say)
-    test = load_raw_test(run) if evaluate else None
-    if evaluate and test is None:
+    artifacts = select_artifacts(run, settings.variants, settings.formats, allowed_formats=("web",), log=say)
+    test = load_raw_test(run)
+    if test is None:
         say(f"run {run.id} has no raw test split (data/test_raw.*): accuracy comes from export validation")
-    from edge_runtime.sampling import calls_per_sample
-
-    with _pages(artifacts, counts, executable, timeout_s, say) as configs:
+    with _pages(artifacts, counts, executable, options.timeout_s, say) as configs:
         for c in configs:
             _evaluate(c, configs, test)
         for c in configs:  # after every evaluation: a page still busy would slow another's probe
@@ -132,17 +130,14 @@ def bench_browser(
         return [_result(run, c, warmup, e2e[id(c)]) for c in configs]
 
 
-def plan_size(run: RunDir, variants: str | Sequence[str] = "all", formats: str | Sequence[str] = "all",
-              threads: str | Sequence[int] | int = (1, 2), rounds: int = 5) -> int:
+def plan_size(run: RunDir, settings: BenchSettings, options: BrowserOptions | None = None) -> int:
     """How many measurements ``bench_browser`` will make on WebAssembly (for a progress bar's total)."""
-    found = select_artifacts(run, variants, formats, allowed_formats=("web",))
-    return sum(len(bundle_runtimes(a)) for a in found) * len(parse_threads(threads)) * rounds
+    found = select_artifacts(run, settings.variants, settings.formats, allowed_formats=("web",))
+    return settings.plan_size(1, sum(len(bundle_runtimes(a)) for a in found))
 
 
 def bundle_runtimes(art: Artifact) -> list[str]:
     """The runtimes a bundle can run (bundle.json ``runtimes``; older bundles: onnxruntime-web)."""
-    from edgeship.core.fsutil import read_json
-
     try:
         manifest = read_json(art.dir / "bundle.json")
     except (OSError, ValueError):
@@ -192,8 +187,6 @@ def _open(driver: BrowserDriver, url: str, art: Artifact, runtime: str, accelera
           say: Callable[[str], None]) -> PageConfig | None:
     """A ready page running ``runtime`` on ``accelerator`` with ``n`` threads, or None (said why)
     when it does not run: a page that fell back to the other runtime is not measured as this one."""
-    from edgeship.devices.browser.chromium import BrowserPageError
-
     key = RUNTIME_KEYS.get(runtime, runtime)
     try:
         page = driver.open_url(url, threads=n, runtime=key, accelerator=accelerator)
@@ -245,10 +238,8 @@ def _call_ms(page: DemoPage) -> float:
 
 def _result(run: RunDir, c: PageConfig, warmup: int, e2e: dict[str, Any] | None) -> dict[str, Any]:
     """One page's rounds in the schema of ``edge_runtime.result`` (plus the browser's facts)."""
-    from edge_runtime.result import LATENCY_KEYS, SCHEMA_VERSION, device_id, require_valid
     from edge_runtime.rounds import calibration_record
     from edge_runtime.stats import summarize_rounds
-    from edge_runtime.timing import PERCENTILE_METHOD, device_facts
     from edgeship.benchmarks.accuracy import finish_evaluation
 
     env, meta = c.env, c.art.meta
@@ -329,9 +320,6 @@ def bundle_measurements(
     (``edgeship.report.recommend``) on this bundle's results: within the accuracy
     budget, tied with the fastest where intervals overlap, then the smallest file and the fewest
     threads. The demo page opens with it; it holds no rule of its own."""
-    from edgeship.report.model import group_devices
-    from edgeship.report.recommend import DEFAULT_ACCURACY_BUDGET, TIE_RULE, recommend
-
     budget = DEFAULT_ACCURACY_BUDGET if accuracy_budget is None else accuracy_budget
     by_bundle: dict[str, list[dict[str, Any]]] = {}
     for r in results:

@@ -21,7 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import edgeship.core
 from edgeship.core.errors import InputError
+from edgeship.devices.deploy import open_device
+from edgeship.devices.fleet.runtime import install_runtime
 from edgeship.devices.fleet.state import (
     SERVER_PROGRAM,
     alive,
@@ -33,6 +36,7 @@ from edgeship.devices.fleet.state import (
     write_state,
 )
 from edgeship.devices.fleet.tracker import FleetError, queue, resolve_tracker
+from edgeship.devices.pi.qemu import check_qemu, guest_env
 
 JOIN_TIMEOUT_S = 240.0  # `import tvm` alone takes 20-60 s under QEMU
 _START_SH = ('cd "$1" && (setsid nohup ../venv/bin/python -m edge_runtime.rpc_server --tracker "$2" '
@@ -87,7 +91,6 @@ def join_local(key: str, tracker: str | None = None, *, port: int = 9090, name: 
     name = safe_name(name or f"local-{key}")
     _check_free(name)
     before = _servers(host, tport, key)
-    import edgeship.core
 
     root = str(Path(edgeship.core.__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
@@ -117,10 +120,6 @@ def _wait_or_stop(host: str, port: int, key: str, before: int, proc: subprocess.
 def join_emulated(key: str, tracker: str | None = None, *, port: int = 9090,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The emulated Pi as a device of ``key``: its runtime venv, the server under QEMU."""
-    from edgeship.devices.deploy import open_device
-    from edgeship.devices.fleet.runtime import install_runtime
-    from edgeship.devices.pi.qemu import check_qemu, guest_env
-
     host, tport = resolve_tracker(tracker)
     name = safe_name(f"emulated-{key}")
     _check_free(name)
@@ -142,9 +141,6 @@ def join_emulated(key: str, tracker: str | None = None, *, port: int = 9090,
 def join_ssh(target: str, key: str, tracker: str | None = None, *, offline: bool = False,
              log: Callable[[str], None] | None = None, **ssh_options: Any) -> dict[str, Any]:
     """A Pi over SSH as a device of ``key``: runtime venv there, server started with nohup."""
-    from edgeship.devices.deploy import open_device
-    from edgeship.devices.fleet.runtime import install_runtime
-
     host, tport = resolve_tracker(tracker)
     if host in ("127.0.0.1", "localhost"):
         raise InputError(f"{target} cannot reach a tracker on {host}: start it with "
@@ -180,8 +176,6 @@ def joined() -> list[dict[str, Any]]:
 
 def leave(name: str | None = None, key: str | None = None) -> list[str]:
     """Stop the device servers started here that match ``name`` and ``key`` (all when neither)."""
-    from edgeship.devices.deploy import open_device
-
     left = []
     for st in joined():
         if name and name not in (st["name"], st.get("target"), st.get("kind")):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import edge_runtime
 from edgeship.core.names import split_names
 from edgeship.devices import wheels
 from edgeship.devices.bundle import requirements_for
@@ -45,8 +46,6 @@ class DeviceRuntime:
 
 def _pack(dest: Path, requirements: Sequence[str], wheel_dir: Path | None) -> None:
     """``edge_runtime``'s modules and requirements files, ``requirements.txt``, the wheels."""
-    import edge_runtime
-
     (dest / "edge_runtime").mkdir(parents=True)
     for f in sorted(Path(edge_runtime.__file__).parent.iterdir()):
         if f.is_file() and (f.suffix == ".py" or re.fullmatch(r"requirements-\w+\.txt", f.name)):

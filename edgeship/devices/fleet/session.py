@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime.result import require_valid
+from edgeship.benchmarks.harness import BenchSettings
 from edgeship.core.console import Progress
 from edgeship.core.runstore import RunDir
 from edgeship.devices.bundle import select_artifacts
-from edgeship.devices.fleet.tracker import FleetError, free_devices, resolve_tracker, with_timeout
+from edgeship.devices.fleet.tracker import FleetError, free_devices, queue, resolve_tracker, with_timeout
+from edgeship.devices.options import FleetOptions
 from edgeship.devices.pi_session import EMULATED_NOTE, finish_results
 
 REQUEST_TIMEOUT_S = 60.0
@@ -122,8 +125,6 @@ def _open(addr: tuple[str, int], key: str, timeout: float) -> tuple[Any, dict[st
 def _bench_on(sess: Any, info: dict[str, Any], chosen: Sequence[Any], testset: Path | None,
               request: dict[str, Any], run_id: str, key: str, tracker: str) -> list[dict[str, Any]]:
     """Upload ``chosen`` and the test split, run one bench session there, label its results."""
-    from edge_runtime.result import require_valid
-
     blob, names = _archive(chosen, testset)
     sess.upload(blob, "fleet-bundle.tar")
     req = {**request, "archive": "fleet-bundle.tar", "artifacts": list(names),
@@ -226,8 +227,6 @@ def _matching(artifacts: Sequence[Any], info: dict[str, Any], out: DeviceOutcome
 def _settled_free(addr: tuple[str, int], key: str) -> int:
     """Free devices of ``key``, after waiting briefly for busy ones still ending a session (a
     server re-registers a few seconds after its last session, longer under emulation)."""
-    from edgeship.devices.fleet.tracker import queue
-
     deadline = time.monotonic() + BUSY_GRACE_S
     while time.monotonic() < deadline:
         row = next((r for r in queue(*addr) if r["key"] == key), None)
@@ -238,21 +237,21 @@ def _settled_free(addr: tuple[str, int], key: str) -> int:
 
 
 def measure_fleet(
-    run: RunDir, *, key: str, tracker: str | None = None, variant: str | Sequence[str] = "all",
-    format: str | Sequence[str] = "all", threads: Sequence[int] = (1,), runs: int = 200, warmup: int = 20,
-    rounds: int = 5, split: bool = False, progress: Progress | None = None,
+    run: RunDir, settings: BenchSettings, options: FleetOptions, *, progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[DeviceOutcome]:
-    """Measure on every free device of ``key`` in parallel; one outcome per device.
+    """Measure on every free device of ``options.key`` in parallel; one outcome per device.
 
     By default every device measures every artifact it can run (one session, interleaved
-    rounds); ``split`` measures each artifact once, on whichever device is free next.
+    rounds); ``options.split`` measures each artifact once, on whichever device is free next.
     """
+    key, split, threads = options.key, options.split, settings.threads
+    rounds, runs, warmup = settings.rounds, settings.runs, settings.warmup
     from edgeship.benchmarks.accuracy import write_run_testset
 
     say = log or (lambda _m: None)
-    addr = resolve_tracker(tracker)
-    artifacts = select_artifacts(run, variant, format, log=say)
+    addr = resolve_tracker(options.tracker)
+    artifacts = select_artifacts(run, settings.variants, settings.formats, log=say)
     count = _settled_free(addr, key)
     per_session = len(artifacts) if not split else max(1, -(-len(artifacts) // count) + 1)
     sessions = 1 if not split else per_session  # split: one bench session per artifact
@@ -285,17 +284,14 @@ def measure_fleet(
     return outcomes
 
 
-def bench_fleet(run: RunDir, *, key: str | None = None, tracker: str | None = None,
-                threads: Sequence[int] = (1,), **options: Any) -> list[dict[str, Any]]:
+def bench_fleet(run: RunDir, settings: BenchSettings, options: FleetOptions, *,
+                progress: Progress | None = None,
+                log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The ``--on fleet`` driver: results of every device that finished (failures are logged);
     an error when none did."""
-    from edgeship.core.errors import InputError
-
-    if not key:
-        raise InputError("--on fleet needs --key KEY (the device key given to `edgeship fleet join`)")
-    outcomes = measure_fleet(run, key=key, tracker=tracker, threads=threads, **options)
+    outcomes = measure_fleet(run, settings, options, progress=progress, log=log)
     results = [r for o in outcomes for r in o.results]
     if not results:
-        raise FleetError(f"every {key} device failed: "
+        raise FleetError(f"every {options.key} device failed: "
                          + "; ".join(f"{o.label}: {o.error}" for o in outcomes))
     return finish_results(run, results)

@@ -13,6 +13,7 @@ with ``--no-compile``; this machine's Python writes the .pyc files afterwards.
 
 from __future__ import annotations
 
+import compileall
 import shutil
 import subprocess
 import sys
@@ -176,7 +177,6 @@ class EmulatedPi:
         """
         if sys.version_info[:2] != (3, 11):
             return False
-        import compileall
 
         compileall.compile_dir(self.path(remote_dir), quiet=2, workers=0)
         return True

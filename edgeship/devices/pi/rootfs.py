@@ -11,6 +11,7 @@ into place only when complete: on first use (``require_rootfs``, about 30 s; as 
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import re
@@ -271,7 +272,6 @@ def _precompile_stdlib(root: Path) -> None:
     """
     if sys.version_info[:2] != (3, 11):
         return
-    import compileall
 
     lib = root / "usr/lib/python3.11"
     compileall.compile_dir(lib, quiet=2, workers=0,

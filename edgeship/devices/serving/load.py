@@ -14,9 +14,11 @@ has to send one POST and read a Content-Length answer, as fast as the generator 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import math
 import os
 import random
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -60,9 +62,6 @@ def parse_target(url: str, *, loopback_only: bool | None = None) -> Target:
     A base URL (``http://127.0.0.1:8501``) is not enough: the model name must be in the path.
     ``loopback_only`` (default: ``$EDGESHIP_LOAD_LOOPBACK_ONLY=1``) refuses any other host.
     """
-    import ipaddress
-    import socket
-
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise InputError(f"--url {url!r}: give http://HOST:PORT/v1/models/<name>:predict")

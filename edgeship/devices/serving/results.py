@@ -22,6 +22,9 @@ A report reads ``rates`` for the throughput-latency curve (``achieved_rps`` agai
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import json
 import platform
 import re
@@ -33,6 +36,7 @@ from typing import Any
 from edgeship.core.errors import InputError, RunError
 from edgeship.core.fsutil import read_json, write_json_atomic
 from edgeship.core.runstore import RunDir, now_iso
+from edgeship.devices.serving.host import HostServer
 from edgeship.devices.serving.load import (
     RateResult,
     Target,
@@ -70,8 +74,6 @@ class LoadConfig:
 
 def request_bodies(run: RunDir, samples: int = BODY_SAMPLES) -> list[bytes]:
     """``{"instances": [one raw test input]}`` bodies from the run's raw test split."""
-    import csv
-
     import numpy as np
 
     npz, rows = run.path / "data" / "test_raw.npz", run.path / "data" / "test_raw.csv"
@@ -99,9 +101,6 @@ def request_bodies(run: RunDir, samples: int = BODY_SAMPLES) -> list[bytes]:
 
 def png_base64(img: Any, raw_range: Any = None) -> str:
     """One raw image (H x W x C intensities in ``raw_range``) as a base64 PNG, as the server reads it."""
-    import base64
-    import io
-
     import numpy as np
     from PIL import Image
 
@@ -228,8 +227,6 @@ def load_run(run: RunDir, config: LoadConfig, *, log: Callable[[str], None] | No
         target = parse_target(config.url)
         doc = _sweep(run, target, bodies, config, say)
     else:
-        from edgeship.devices.serving.host import HostServer
-
         exports = run.path / "exports"
         if not (exports / config.artifact / "artifact.json").is_file():
             raise InputError(f"run {run.id} has no export {config.artifact} (exports/{config.artifact}/): "

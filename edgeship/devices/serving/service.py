@@ -38,9 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeship.core.errors import EdgeshipError, InputError
+from edgeship.core.errors import EdgeshipError, InputError, RunError
+from edgeship.core.fsutil import atomic_path
 from edgeship.devices.errors import DeployError
 from edgeship.devices.pi import Device, json_lines, last_line, remote_path
+from edgeship.devices.pi.qemu import _program, check_qemu, guest_env
 from edgeship.devices.serving.control import _HTTP_PY, _error, _stop_pid, alive, http_call
 
 DEFAULT_PORT = 8501
@@ -198,8 +200,6 @@ class DeviceServer:
 
     def _write(self, name: str, text: str) -> None:
         if self.device.emulated:
-            from edgeship.core.fsutil import atomic_path
-
             with atomic_path(self.device.path(posixpath.join(self.rdir, name))) as tmp:  # type: ignore[attr-defined]
                 Path(tmp).write_text(text, encoding="utf-8")
             return
@@ -259,8 +259,6 @@ class DeviceServer:
                          f"({why or 'no output'}); see {posixpath.join(self.rdir, LOG_FILE)}")
 
     def _spawn_emulated(self, options: ServeOptions) -> int:
-        from edgeship.devices.pi.qemu import _program, check_qemu, guest_env
-
         dev: Any = self.device
         cwd = dev.path(self.rdir)
         argv = server_argv(options)
@@ -409,8 +407,6 @@ def serve_deployment(device: Device, remote_dir: str, remotes: Sequence[str], op
 def device_status(server: DeviceServer) -> dict[str, Any]:
     """``edgeship serve status`` for a device: what ``status.server_status`` reports, asked from
     the device itself, plus how the server is run there."""
-    from edgeship.core.errors import RunError
-
     state = server.state()
     if not state or state.get("stopped"):
         raise RunError(f"no server runs in {server.device.name}:{server.rdir}: "
