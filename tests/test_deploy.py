@@ -22,6 +22,7 @@ import sshd
 from clihelp import assert_one_line_error, invoke, invoke_json
 
 from edge_runtime.result import validate_result
+from edgeship.benchmarks.harness import BenchSettings
 from edgeship.core.errors import MissingDependencyError
 from edgeship.core.runstore import RunDir
 from edgeship.devices import wheels
@@ -123,8 +124,8 @@ def test_ssh_deploy_verify_bench_and_resend_only_changes(
 
     # Adding the int8 artifact sends it, its golden answers and the bundle's index, nothing else;
     # the venv stays.
-    second = deploy_pi(exported, quantize="float32,int8", remote_dir=str(remote), bench=True,
-                       threads="1", runs=20, warmup=2, **trusted)
+    second = deploy_pi(exported, quantize="float32,int8", remote_dir=str(remote),
+                       bench=BenchSettings(threads=(1,), runs=20, warmup=2), **trusted)
     assert sorted(second.sync.sent) == ["artifacts/base/tflite-int8/artifact.json",
                                         "artifacts/base/tflite-int8/model.tflite",
                                         "edgeship-bundle.json", "golden.json"]  # the test split is unchanged
