@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.compression.base import PassContext, fine_tune, wrap_kernel_layers
+from edgeship.compression.base import PassContext, fine_tune, settle_batch_norm, wrap_kernel_layers
 from edgeship.core.console import warn
 from edgeship.core.errors import InputError
 from edgeship.training.keras_env import tfmot
@@ -46,5 +46,6 @@ def cluster(model: Any, ctx: PassContext, cfg: ClusterConfig) -> Any:
     ctx.notes["cluster_skipped_layers"] = skipped
     fine_tune(wrapped, ctx)
     stripped = clustering.strip_clustering(wrapped)
+    settle_batch_norm(stripped, ctx)
     ctx.applied.append("cluster")
     return stripped

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.compression.base import PassContext, fine_tune
+from edgeship.compression.base import PassContext, fine_tune, settle_batch_norm
 from edgeship.core.errors import InputError
 from edgeship.training.keras_env import keras
 
@@ -94,6 +94,7 @@ def low_rank(model: Any, ctx: PassContext, cfg: LowRankConfig) -> Any:
                          "try a smaller rank")
     ctx.notes["low_rank"] = replaced
     fine_tune(factored, ctx)
+    settle_batch_norm(factored, ctx)
     ctx.applied.append("low_rank")
     return factored
 

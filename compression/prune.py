@@ -10,7 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from edgeship.compression.base import PassContext, fine_tune, kernels, wrap_kernel_layers
+from edgeship.compression.base import PassContext, fine_tune, kernels, settle_batch_norm, wrap_kernel_layers
 from edgeship.core.console import warn
 from edgeship.core.errors import EdgeshipError, InputError
 from edgeship.training.keras_env import tfmot
@@ -44,6 +44,7 @@ def prune(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
     fine_tune(wrapped, ctx, extra_callbacks=[tfmot().sparsity.keras.UpdatePruningStep()])
     ctx.applied.append("prune")
     stripped = tfmot().sparsity.keras.strip_pruning(wrapped)
+    settle_batch_norm(stripped, ctx)
     reached = sparsity_reached(stripped, ctx.notes.get("pruned_layers"))
     ctx.notes["sparsity_reached"] = {"requested": cfg.sparsity if cfg.structure is None else cfg.structure,
                                      **reached}

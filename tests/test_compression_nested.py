@@ -132,3 +132,37 @@ def test_clustering_a_nested_model_keeps_at_most_n_values_in_every_kernel() -> N
     assert len(found) == 5
     for name, kernel in found.items():
         assert np.unique(kernel).size <= 8, name
+
+
+@pytest.mark.parametrize("momentum", [0.999, 0.9])
+def test_pruning_leaves_exact_batch_norm_statistics_in_a_slow_averaging_model(momentum: float) -> None:
+    """keras.applications' batch norm averages at 0.99-0.999: pruning's fine-tuning leaves their
+    moving statistics behind the final weights (a stock MobileNetV3Small fell to chance), so the
+    pass recomputes them on the train split. A model that averages at 0.9 (edgeship's own) is
+    left exactly as fine-tuning made it."""
+    from edgeship.compression.prune import PruneConfig, prune
+    from edgeship.training.batchnorm import batch_norm_layers, recompute_statistics
+    from edgeship.training.keras_env import keras
+
+    k = keras()
+    inp = k.Input((8, 8, 1))
+    x = inp
+    for i in range(3):
+        x = k.layers.Conv2D(16, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = k.layers.BatchNormalization(momentum=momentum, name=f"bn{i}")(x)
+        x = k.layers.ReLU()(x)
+    out = k.layers.Dense(10, activation="softmax")(k.layers.GlobalAveragePooling2D()(x))
+    model = k.Model(inp, out)
+    ctx = _ctx(epochs=1)
+    pruned = prune(model, ctx, PruneConfig(sparsity=0.5))
+    moving = [layer.get_weights() for layer in batch_norm_layers(pruned)]
+    assert all(layer.momentum == momentum for layer in batch_norm_layers(pruned))  # its own, kept
+    exact = k.models.clone_model(pruned)
+    exact.set_weights(pruned.get_weights())
+    recompute_statistics(exact, ctx.x_train)
+    for layer, before in zip(batch_norm_layers(exact), moving, strict=True):
+        after = layer.get_weights()  # gamma, beta, moving mean, moving variance
+        close = all(np.allclose(a, b, rtol=1e-3, atol=1e-5)
+                    for a, b in zip(after[2:], before[2:], strict=True))
+        assert close == (momentum > 0.9), layer.name
+    assert ("batch_norm_recomputed" in ctx.notes) == (momentum > 0.9)
