@@ -176,9 +176,9 @@ def summary(host: str, port: int, timeout: float = CONNECT_TIMEOUT_S) -> dict[st
         raise FleetError(f"no tracker answers at {host}:{port} ({e.strerror or e}): "
                          "`edgeship fleet tracker start`, or check --tracker") from None
 
-    def ask() -> dict[str, Any]:
-        from tvm import rpc
+    from tvm import rpc  # before the clock starts: importing TVM takes seconds on a busy machine
 
+    def ask() -> dict[str, Any]:
         tracker = rpc.connect_tracker(host, port)
         try:
             return tracker.summary()
