@@ -19,6 +19,7 @@ from clihelp import assert_one_line_error, invoke
 
 from edgeship.core.runstore import RunDir, RunStore
 from edgeship.training.imported import load_foreign_model
+from edgeship.training.keras_env import load_model
 
 pytestmark = pytest.mark.slow
 
@@ -47,6 +48,11 @@ def test_stock_application_imports(tmp_path: Path, name: str) -> None:
     x = np.random.default_rng(0).uniform(-1, 1, size=(4, *SHAPE)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
     assert origin["format"] == suffix[1:] and loaded.count_params() == model.count_params()
+    # as the run keeps it (model/model.keras), and as compress loads it back: ConvNeXt's LayerScale
+    # did not load back, so an imported ConvNeXt could not be compressed
+    loaded.save(tmp_path / "model.keras")
+    again = load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
 
 
 def _sequence_model(path: Path, layer: str) -> Path:

@@ -40,7 +40,7 @@ from typing import Any
 
 from edgeship.core.errors import InputError
 from edgeship.core.fsutil import sha256_file
-from edgeship.training.keras_env import custom_objects, keras, load_model
+from edgeship.training.keras_env import application_layers, keras, load_model, qat_objects
 
 ARBITRARY_TF = "it runs arbitrary TensorFlow code"
 REFUSED = {
@@ -215,15 +215,13 @@ def _allowed() -> dict[str, frozenset[str]]:
             elif inspect.isfunction(obj) and n not in ("get", "serialize", "deserialize"):
                 functions.add(n)
     return {"classes": frozenset(classes), "functions": frozenset(functions),
-            "initializers": frozenset(initializers), "tfmot": frozenset(custom_objects())}
+            "initializers": frozenset(initializers), "tfmot": frozenset(qat_objects())}
 
 
 def _application_layers() -> dict[str, Any]:
     """APPLICATION_LAYERS as classes, for files (.h5) that name them without their module."""
-    keras()
-    from tf_keras.src.applications import convnext
-
-    return {cls: getattr(convnext, cls) for _, cls in APPLICATION_LAYERS}
+    layers = application_layers()
+    return {cls: layers[cls] for _, cls in APPLICATION_LAYERS}
 
 
 def _keras_zip_config(path: Path) -> dict[str, Any] | None:

@@ -82,11 +82,27 @@ def seed_everything(seed: int) -> None:
 
 
 def custom_objects() -> dict[str, object]:
-    """What a saved edgeship model may contain besides stock layers: tfmot's QAT wrappers."""
+    """What a saved edgeship model may contain besides stock layers: tfmot's QAT wrappers, and the
+    layers tf_keras's own applications define, which a model imported from one carries into its
+    run (a ConvNeXt's ``LayerScale``: without it the run's own model.keras does not load back)."""
+    return {**application_layers(), **qat_objects()}
+
+
+def qat_objects() -> dict[str, object]:
+    """tfmot's QAT wrappers and configs, by the names a saved QAT model gives them."""
     merged: dict[str, object] = {}
     for part in tfmot().quantization.keras.quantize_scope().custom_objects:
         merged.update(part)
     return merged
+
+
+def application_layers() -> dict[str, type]:
+    """ConvNeXt's ``LayerScale`` and ``StochasticDepth``: tf_keras defines them in its convnext
+    module only (the one private tf_keras import), and an ``.h5`` names them without a module."""
+    keras()
+    from tf_keras.src.applications import convnext
+
+    return {"LayerScale": convnext.LayerScale, "StochasticDepth": convnext.StochasticDepth}
 
 
 def load_model(path: str | os.PathLike[str]) -> object:
