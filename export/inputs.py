@@ -19,7 +19,7 @@ from edgeship.core.errors import DataError, RunError
 from edgeship.core.fsutil import read_json, sha256_file, write_json_atomic
 from edgeship.core.runstore import RunDir
 from edgeship.export import get_format
-from edgeship.training.keras_env import keras
+from edgeship.training.keras_env import load_model
 
 BASE = "base"
 REFERENCE_FILE = "reference.json"  # exports/<variant>/: the Keras top-1, for on-device agreement
@@ -136,23 +136,13 @@ def data_facts(run: RunDir, manifest: dict[str, Any]) -> tuple[list[str], dict[s
 
 
 def load_keras(path: Path) -> Any:
-    """A tf_keras model; quantisation-aware models need tfmot's scope to deserialise."""
-    k = keras()
+    """A run's tf_keras model, loaded as compress saved it (``keras_env.load_model``: tfmot's QAT
+    objects and tf_keras's application layers in scope); a one-line error if it cannot be."""
     try:
-        return k.models.load_model(path, compile=False)
-    except (TypeError, ValueError) as first:
-        try:
-            import tensorflow_model_optimization as tfmot
-        except ImportError:
-            tfmot = None
-        if tfmot is not None:
-            try:
-                with tfmot.quantization.keras.quantize_scope():
-                    return k.models.load_model(path, compile=False)
-            except (TypeError, ValueError):
-                pass
-        reason = (str(first).splitlines() or [type(first).__name__])[0]
-        raise RunError(f"{path} cannot be loaded as a tf_keras model ({reason})") from first
+        return load_model(path)
+    except (TypeError, ValueError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise RunError(f"{path} cannot be loaded as a tf_keras model ({reason})") from e
 
 
 def is_qat(model: Any) -> bool:
