@@ -20,10 +20,15 @@ from edgeship.training.datasets import RawDataset
 MAX_CATEGORIES = 20
 
 
-def fit(data: RawDataset, train_idx: np.ndarray) -> dict[str, Any]:
-    """The preprocessing spec, from the train rows alone."""
+def fit(data: RawDataset, train_idx: np.ndarray, raw_pixels: bool = False) -> dict[str, Any]:
+    """The preprocessing spec, from the train rows alone.
+
+    ``raw_pixels``: an image model that rescales its own inputs (a stock application's leading
+    ``Rescaling``/``Normalization``) gets pixels on the 0-255 scale it was built for, not
+    standardised ones: standardised, it would see 1/127.5 of its input range and barely learn.
+    """
     if data.kind == "image":
-        return _fit_image(data, train_idx)
+        return _raw_pixels(data) if raw_pixels else _fit_image(data, train_idx)
     return _fit_tabular(data.frame.iloc[train_idx])
 
 
@@ -49,6 +54,19 @@ def _fit_image(data: RawDataset, train_idx: np.ndarray) -> dict[str, Any]:
         "kind": "image", "height": int(h), "width": int(w), "channels": int(c),
         "color_mode": data.color_mode, "raw_range": [lo, hi], "scale": scale,
         "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+    }
+
+
+def _raw_pixels(data: RawDataset) -> dict[str, Any]:
+    """The image spec that maps the dataset's raw range onto 0-255 and nothing more (the same
+    arithmetic as a fitted spec, so every runtime applies it unchanged)."""
+    _, h, w, c = data.images.shape
+    lo, hi = data.raw_range
+    scale = 255.0 / (hi - lo) if hi > lo else 1.0
+    return {
+        "kind": "image", "height": int(h), "width": int(w), "channels": int(c),
+        "color_mode": data.color_mode, "raw_range": [lo, hi], "scale": scale,
+        "mean": [float(lo * scale)] * int(c), "std": [1.0] * int(c), "model_rescales": True,
     }
 
 

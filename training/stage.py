@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeship.core.console import warn
+from edgeship.core.console import info, warn
 from edgeship.core.errors import InputError
 from edgeship.core.runstore import RunDir, RunStore
 from edgeship.training import preprocessing
@@ -28,7 +28,7 @@ from edgeship.training.batchnorm import SHORT_TRAINING_MOMENTUM, recompute_stati
 from edgeship.training.card import model_card, plot_curves
 from edgeship.training.datasets import RawDataset, load_dataset
 from edgeship.training.evaluation import classification_metrics
-from edgeship.training.imported import load_foreign_model
+from edgeship.training.imported import load_foreign_model, rescales_own_inputs
 from edgeship.training.keras_env import keras, seed_everything
 from edgeship.training.keras_env import tf as tf_module
 from edgeship.training.models import ModelOptions, build_model, count_params, resolve_model_name
@@ -102,11 +102,16 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
+def prepare(cfg: TrainConfig, raw_pixels: bool = False) -> Prepared:
+    """Load, split and preprocess; ``raw_pixels`` for a model that rescales its own images."""
     data = load_dataset(cfg.dataset, target=cfg.target, time_column=cfg.time_column,
                         image_size=cfg.image_size)
     split = split_dataset(data, cfg.seed, cfg.val_fraction, cfg.test_fraction)
-    spec = preprocessing.fit(data, split.train)
+    return _preprocessed(data, split, raw_pixels)
+
+
+def _preprocessed(data: RawDataset, split: Split, raw_pixels: bool) -> Prepared:
+    spec = preprocessing.fit(data, split.train, raw_pixels)
     arrays = {}
     for part in ("train", "val", "test"):
         idx = getattr(split, part)
@@ -221,6 +226,12 @@ def adopt(store: RunStore, model_file: str | Path, cfg: TrainConfig) -> TrainRes
     prep = prepare(cfg)
     model, origin = load_foreign_model(Path(model_file), prep.arrays["x_train"].shape[1:],
                                        len(prep.data.labels))
+    rescaler = rescales_own_inputs(model) if prep.data.kind == "image" else None
+    if rescaler is not None:
+        prep = _preprocessed(prep.data, prep.split, raw_pixels=True)
+        origin["rescales_inputs"] = rescaler
+        info(f"{Path(model_file).name} rescales its own inputs (layer '{rescaler}'): it is fed "
+             "pixels on the 0-255 scale, not standardised ones")
     params = {**asdict(cfg), "model_file": str(model_file)}
     with store.new_run(f"{prep.data.name}-imported", cfg.seed) as run, run.stage("import", params) as st:
         _write_data(st.output_dir("data"), prep)

@@ -151,15 +151,17 @@ def _pretrain(model: Any, dataset: Any, epochs: int, seed: int) -> float:
     """A few epochs on the digits, as a user's model would have had, before it is imported.
 
     A random-weight network's outputs are near-uniform, so int8 rounding flips its top-1 on ties
-    and validation's agreement check measures nothing; a trained one has margins to keep.
+    and validation's agreement check measures nothing; a trained one has margins to keep. It is
+    fed what import will feed it: raw pixels if it rescales its own, else standardised ones.
     Batch-norm statistics are recomputed afterwards: a few dozen steps do not move
     keras.applications' moving averages (momentum 0.99-0.999) off their start.
     """
     from edgeship.training.batchnorm import recompute_statistics
+    from edgeship.training.imported import rescales_own_inputs
     from edgeship.training.stage import prepare
 
     keras().utils.set_random_seed(seed)
-    arrays = prepare(dataset).arrays
+    arrays = prepare(dataset, raw_pixels=rescales_own_inputs(model) is not None).arrays
     model.compile(optimizer=keras().optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     model.fit(arrays["x_train"], arrays["y_train"], epochs=epochs, batch_size=32, verbose=0)

@@ -309,7 +309,8 @@ class Service:
                   "version": answer.version.version, "sha256": answer.version.sha256,
                   "queue_s": answer.queue_s,
                   "preprocess_s": answer.preprocess_s, "invoke_s": answer.invoke_s,
-                  "instances": job.instances, "predictions": answer.predictions}
+                  "instances": job.instances, "predictions": answer.predictions,
+                  "inputs": answer.inputs}  # so the log summarises them without decoding again
         for observe in self.observers:
             try:
                 observe(record)

@@ -48,6 +48,7 @@ class Answer:
     queue_s: float
     preprocess_s: float
     invoke_s: float
+    inputs: np.ndarray | None = None  # the preprocessed batch: the request log's input summary
 
 
 class WorkerPool:
@@ -162,7 +163,7 @@ class WorkerPool:
             k = int(np.argmax(p))
             preds.append({"label": labels[k], "index": k, "confidence": float(p[k]),
                           "probabilities": [round(float(v), 7) for v in p]})
-        return Answer(preds, version, started - job.enqueued, t1 - t0, t2 - t1)
+        return Answer(preds, version, started - job.enqueued, t1 - t0, t2 - t1, x)
 
 
 class _Named(io.BytesIO):
