@@ -40,6 +40,7 @@ from edgeship.export.inputs import (
     write_reference,
 )
 from edgeship.export.plan import FAILED_SUFFIX, Job
+from edgeship.export.quant_debug import describe_layers, top2_margin, worst_layers
 from edgeship.export.validate import ValidationConfig, static_validation, validate_artifact
 from edgeship.training.calibration import Calibration
 
@@ -278,7 +279,23 @@ def _check(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str, Any],
         check = static_validation(exported.checks, f"built for {arch}: runs on the device")
     if v.qat and job.quantize != "int8":  # asked for with qat_float
         check["warnings"].append(QAT_FLOAT_WARNING)
+    if not check["passed"] and check.get("ran") and job.fmt.name == "tflite" and job.quantize == "int8" \
+            and not v.qat and s.cal is not None:
+        _name_the_layer(s, v, job, check)
     return check
+
+
+def _name_the_layer(s: Session, v: _Variant, job: Job, check: dict[str, Any]) -> None:
+    """A refused post-training int8 TFLite: its reason names the layer int8 loses most."""
+    s.say(f"{v.name}/{job.dirname}: finding the layer int8 loses most (TFLite's quantization debugger)")
+    try:
+        layers = worst_layers(v.model, s.cal.rows, s.data["x_test"])
+    except Exception as e:  # a diagnosis that cannot run must not hide the refusal itself
+        check["warnings"].append(f"the int8 layer diagnosis could not run ({type(e).__name__})")
+        return
+    if layers:
+        check["int8_layers"] = layers
+        check["failures"][0] = f"{check['failures'][0]}; {describe_layers(layers, top2_margin(v.reference))}"
 
 
 def _place(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str, Any],

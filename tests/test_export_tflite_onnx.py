@@ -221,6 +221,8 @@ def test_failed_validation_is_kept_aside_and_replaces_a_stale_pass(tmp_path: Pat
     (bad,) = export_run(run, ExportConfig(formats="tflite", quantize="int8", validation=impossible))
     assert not bad.passed and bad.dir.name == "tflite-int8.failed"
     assert "accuracy fell" in bad.validation["failures"][0]
+    # and the one line says where int8 loses the model (TFLite's quantization debugger)
+    assert "int8 loses it most at layer 'hidden'" in bad.validation["failures"][0]
     assert read_artifact(bad.dir)["validation"]["passed"] is False
     assert not ok.dir.exists()  # the old pass no longer describes what export produces
     assert run.last_stage("export")["metrics"]["failed"] == ["exports/base/tflite-int8.failed"]

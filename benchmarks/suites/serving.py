@@ -234,7 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     local_p50s.append(in_process(art, raw, 1, calls // rounds, 0.0)["p50_ms"])
         served = statistics.median(served_p50s)
         local = statistics.median(local_p50s)
-        fractions = (0.25, 0.5, 0.75) if args.smoke else (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
+        # geometric steps from 3 % of the bare rate: a server far below it still finds its knee
+        fractions = ((0.25, 0.5, 0.75) if args.smoke
+                     else (0.03, 0.05, 0.08, 0.12, 0.18, 0.27, 0.4, 0.6, 0.8, 1.0))
         rates = ",".join(f"{bare['rate'] * f:.0f}" for f in fractions)
         doc = edgeship_load(runs_dir, run.name, ["--artifact", args.artifact, "--workers", str(args.workers),
                                                  "--threads", "1", "--rates", rates, "--duration",

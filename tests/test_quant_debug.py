@@ -1,0 +1,52 @@
+"""A refused int8 TFLite names the layer 8 bits cannot hold (TFLite's quantization debugger)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeship.export.quant_debug import STANDS_OUT, describe_layers, layer_name, top2_margin, worst_layers
+
+
+def _model_with_a_wide_dense() -> tuple[object, np.ndarray]:
+    """Dense 'wide': one weight 1000x the rest, on an input that is always 0. Per-tensor int8
+    weights then have a step of ~8, and every other weight rounds to zero."""
+    from edgeship.training.keras_env import keras
+
+    k = keras()
+    inputs = k.Input((4,))
+    wide = k.layers.Dense(8, name="wide")
+    x = k.layers.Dense(8, activation="relu", name="plain")(wide(inputs))
+    model = k.Model(inputs, k.layers.Dense(3, activation="softmax", name="head")(x))
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 8)).astype(np.float32)
+    w[0, 0] = 1000.0
+    wide.set_weights([w, np.zeros(8, np.float32)])
+    rows = rng.normal(size=(64, 4)).astype(np.float32)
+    rows[:, 0] = 0.0
+    return model, rows
+
+
+@pytest.mark.slow
+def test_the_layer_int8_cannot_hold_is_named() -> None:
+    model, rows = _model_with_a_wide_dense()
+    layers = worst_layers(model, rows, rows)
+    assert layers[0]["layer"] == "wide" and layers[0]["rmse_steps"] >= STANDS_OUT
+    line = describe_layers(layers, 0.2)
+    assert "layer 'wide'" in line and "--quantize qat" in line and "\n" not in line
+
+
+def test_no_layer_standing_out_is_said_so() -> None:
+    conv = {"layer": "conv", "op": "CONV_2D", "rmse_steps": 0.31, "tensor": "m/conv/x"}
+    line = describe_layers([conv], 0.05)
+    assert line.startswith("no layer stands out") and "'conv'" in line and "0.050 apart" in line
+
+
+def test_tensor_names_map_to_keras_layers() -> None:
+    assert layer_name("mobilenetv2/block_3_expand/Conv2D;mobilenetv2/block_3_expand_BN/x") == "block_3_expand"
+    assert layer_name("dense_1") == "dense_1"
+
+
+def test_top2_margin() -> None:
+    assert top2_margin(np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1]])) == pytest.approx(0.3)
+    assert top2_margin(np.zeros((0, 3))) is None
