@@ -8,6 +8,8 @@ artifact runs in onnxruntime and in onnxruntime-web.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,8 @@ def convert_keras(model: Any, path: Path) -> Path:
     logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
     with captured_stderr():
         try:
-            proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
+            with plain_grouped_convolutions(model):
+                proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
         except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as e:
             first = (str(e).splitlines() or [type(e).__name__])[0]
             raise ExportError(f"tf2onnx could not convert the model: {first[:300]}") from e
@@ -94,6 +97,27 @@ def convert_keras(model: Any, path: Path) -> Path:
         )
     onnx.save(proto, str(path))
     return path
+
+
+@contextmanager
+def plain_grouped_convolutions(model: Any) -> Iterator[int]:
+    """Trace grouped convolutions (``Conv2D(groups=g)``: RegNet, ResNeXt) as plain ``Conv2D`` ops.
+
+    tf_keras wraps each in an XLA-compiled function because TensorFlow's CPU kernels cannot run
+    them, and tf2onnx cannot look inside that ``PartitionedCall``. Traced plain, the op carries
+    the grouped kernel and becomes ONNX's ``Conv`` with its ``group`` attribute. Only tracing
+    sees the swap (TensorFlow never runs the op on the CPU); it is undone on exit. Yields how
+    many layers it swapped.
+    """
+    grouped = [layer for layer in model.submodules
+               if getattr(layer, "groups", 1) > 1 and hasattr(layer, "convolution_op")]
+    for layer in grouped:
+        layer._jit_compiled_convolution_op = layer.convolution_op
+    try:
+        yield len(grouped)
+    finally:
+        for layer in grouped:
+            layer.__dict__.pop("_jit_compiled_convolution_op", None)
 
 
 def check(path: Path) -> None:

@@ -156,3 +156,23 @@ def test_a_model_that_rescales_its_pixels_is_fed_raw_pixels(tmp_path: Path) -> N
     assert manifest["model"]["origin"]["rescales_inputs"] == "pixels"
     x_test = np.load(result.run.path / "data" / "splits.npz")["x_test"]
     assert x_test.max() > 100  # 0-255 pixels, not standardised ones
+
+
+def test_grouped_convolutions_convert_to_onnx(tmp_path: Path) -> None:
+    """RegNet's grouped 3x3 convolutions stopped ONNX export ("tf2onnx cannot convert TensorFlow op
+    PartitionedCall"): tf_keras runs them through XLA on the CPU. Traced plain, they become ONNX
+    Conv with ``group`` and compute what Keras does; the model still runs in Keras afterwards."""
+    import onnxruntime as ort
+
+    from edgeship.export.onnx import convert_keras
+    from edgeship.training.keras_env import keras
+
+    k = keras()
+    inputs = k.Input((8, 8, 4))
+    x = k.layers.Conv2D(8, 3, groups=4, padding="same", activation="relu", name="grouped")(inputs)
+    model = k.Model(inputs, k.layers.Dense(3, activation="softmax")(k.layers.GlobalAveragePooling2D()(x)))
+    path = convert_keras(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(5, 8, 8, 4)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5)
