@@ -113,8 +113,10 @@ def test_real_models_suite_smoke(tmp_path: Path) -> None:
     assert 0 < sparsity < 1 and 0 < size < 1
     through, listed = ratios(r"^  (\d+) of (\d+) go through$", out)
     assert listed == 1 and 0 <= through <= 1  # each application family has its own test (test_stock_models)
-    assert re.search(r"^  LSTM\s+[\d,]+\s+\d\.\d{3}\s", out, re.MULTILINE), "no zoo row for the LSTM"
+    assert re.search(r"^  LSTM\s+[\d,]+\s+\d\.\d{3}/\d+\s", out, re.MULTILINE), "no zoo row for the LSTM"
     assert "every zoo model goes through or stops in one line" in out and ": BUG " not in out
+    assert re.search(r"^  every zoo model validates, or fails in one line naming a layer: \d+/1 validated",
+                     out, re.MULTILINE)
     assert re.search(r"^  MobileNetV2 test accuracy >= 0\.90: \d\.\d{4}: (?:MET|NOT MET)$", out, re.MULTILINE)
 
 
