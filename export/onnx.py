@@ -80,7 +80,7 @@ def convert_keras(model: Any, path: Path) -> Path:
     logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
     with captured_stderr():
         try:
-            with plain_grouped_convolutions(model):
+            with plain_grouped_convolutions(model), erf_gelu():
                 proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=OPSET)
         except (ValueError, TypeError, KeyError, NotImplementedError, RuntimeError) as e:
             first = (str(e).splitlines() or [type(e).__name__])[0]
@@ -118,6 +118,34 @@ def plain_grouped_convolutions(model: Any) -> Iterator[int]:
     finally:
         for layer in grouped:
             layer.__dict__.pop("_jit_compiled_convolution_op", None)
+
+
+@contextmanager
+def erf_gelu() -> Iterator[None]:
+    """Trace exact GELU (``Activation("gelu")``: ConvNeXt, ViT) as ``0.5 x (1 + erf(x / sqrt 2))``.
+
+    TensorFlow writes it with ``Erfc``, which tf2onnx has no conversion for; ``Erf`` it has (ONNX
+    ``Erf``). The two forms are the same function, so the ONNX model computes what Keras does.
+    tf_keras looks ``tf.nn.gelu`` up when a layer is called, so only the tracing inside this block
+    sees the swap; the tanh approximation (``approximate=True``) converts as it is.
+    """
+    from tf_keras.src import activations
+
+    nn = activations.tf.nn
+    original = nn.gelu
+
+    def gelu(features: Any, approximate: bool = False, name: str | None = None) -> Any:
+        if approximate:
+            return original(features, approximate=True, name=name)
+        tf = activations.tf
+        x = tf.convert_to_tensor(features)
+        return 0.5 * x * (1.0 + tf.math.erf(x * tf.cast(0.7071067811865476, x.dtype)))
+
+    nn.gelu = gelu
+    try:
+        yield
+    finally:
+        nn.gelu = original
 
 
 def check(path: Path) -> None:

@@ -176,3 +176,27 @@ def test_grouped_convolutions_convert_to_onnx(tmp_path: Path) -> None:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x})
     np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_exact_gelu_converts_to_onnx(tmp_path: Path) -> None:
+    """ConvNeXt's exact GELU stopped ONNX export ("tf2onnx cannot convert TensorFlow op Erfc in
+    layer '..._gelu'"). Traced in its erf form it converts and computes what Keras does; the
+    swap is gone afterwards."""
+    import onnxruntime as ort
+    from tf_keras.src import activations
+
+    from edgeship.export.onnx import convert_keras
+    from edgeship.training.keras_env import keras
+
+    k = keras()
+    before = activations.tf.nn.gelu
+    inputs = k.Input((6,))
+    x = k.layers.Dense(8, name="hidden")(inputs)
+    x = k.layers.Activation("gelu", name="gelu")(x)
+    model = k.Model(inputs, k.layers.Dense(3, activation="softmax")(x))
+    path = convert_keras(model, tmp_path / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32) * 3
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x})
+    np.testing.assert_allclose(out, model.predict(x, verbose=0), atol=1e-5)
+    assert activations.tf.nn.gelu is before
