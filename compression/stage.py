@@ -149,6 +149,33 @@ def variant_accuracy(run: RunDir, variant: str) -> float:
     return float(run.manifest["variants"][variant]["test_accuracy"])
 
 
+LOSS_WARNING_POINTS = 5.0  # a compressed variant this far below its parent is not a trade a user means
+
+
+def accuracy_loss_warning(name: str, parent: str, parent_acc: float, acc: float, rows: int,
+                          remedy: str) -> str | None:
+    """One line when compression cost more than ``LOSS_WARNING_POINTS`` and two test rows.
+
+    Validation later judges each export against this variant, not against its parent: a pruned
+    model that collapsed exports "correctly" and only the report's accuracy budget keeps it from
+    shipping. Saying so here puts the cause where the user can act on it.
+    """
+    lost = (parent_acc - acc) * 100
+    if lost <= max(LOSS_WARNING_POINTS, 200 / max(rows, 1)):
+        return None
+    return (f"{name} is {lost:.1f} points below {parent} on the test split ({parent_acc:.3f} -> {acc:.3f}): "
+            f"{remedy}")
+
+
+def loss_remedy(cfg: CompressConfig, passes: list[str]) -> str:
+    """The flag that buys the accuracy back, for the passes that lost it."""
+    if "distill" in passes:
+        return f"train the student longer (--distill-epochs, {cfg.distill_epochs} now) or make it larger"
+    if set(passes) <= {"ptq-int8", "ptq-float16"}:
+        return "try --quantize qat (int8 ranges learned in training)"
+    return f"fine-tune longer (--epochs, {cfg.epochs} now) or compress less"
+
+
 @dataclass
 class BuiltVariant:
     """A compressed model in memory with its measurements, not yet part of the run."""
@@ -266,6 +293,11 @@ def build_variant(run: RunDir, data: RunData, cfg: CompressConfig, progress: Any
         "notes": ctx.notes,
         "sparsity_reached": reached,
     })
+    loss = accuracy_loss_warning(name, cfg.source, parent_acc, metrics["test_accuracy"], len(a["y_test"]),
+                                 loss_remedy(cfg, passes))
+    if loss:
+        warn(loss)
+        ctx.notes["accuracy_warning"] = loss
     record = {
         "name": name, "parent": cfg.source, "passes": passes, "applied": ctx.applied,
         "quantize": metrics["deploy_form"], "qat": deploy == "qat",
