@@ -133,7 +133,7 @@ def validate_artifact(
         "accuracy_drop": drop,
         "max_abs_diff": diff,
     })
-    failures, warnings = _judge(exact, config, limits, diff, drop, ref_acc, acc, agreement)
+    failures, warnings = _judge(exact, config, limits, diff, drop, ref_acc, acc, agreement, len(y))
     result["failures"] += failures
     result["warnings"] += warnings
     result["passed"] = not result["failures"]
@@ -141,15 +141,18 @@ def validate_artifact(
 
 
 def _judge(exact: bool, config: ValidationConfig, limits: Tolerances, diff: float, drop: float,
-           ref_acc: float, acc: float, agreement: float) -> tuple[list[str], list[str]]:
+           ref_acc: float, acc: float, agreement: float, rows: int) -> tuple[list[str], list[str]]:
     """The failures and warnings of one artifact by its criterion (float32: exact; else accuracy
-    and top-1 agreement)."""
+    and top-1 agreement). A drop names its rows and the disagreements beside it: two rows lost of
+    90 where the models disagree on six is a different story from twenty of 540."""
     if exact:
         if not diff <= config.float_tolerance:  # also catches NaN
             return [f"max abs output difference {diff:.3g} exceeds {config.float_tolerance:g}"], []
         return [], []
     failures, warnings = [], []
-    fell = f"accuracy fell {drop * 100:.2f} points ({ref_acc:.4f} -> {acc:.4f})"
+    lost, differ = round(drop * rows), round((1 - agreement) * rows)
+    fell = (f"accuracy fell {drop * 100:.2f} points ({ref_acc:.4f} -> {acc:.4f}: "
+            f"{lost} row{'' if lost == 1 else 's'} of {rows}, top-1 differs on {differ})")
     if not drop <= limits.accuracy_drop + _ROUNDING:  # k/n - j/n can land a hair above
         failures.append(f"{fell}, more than {limits.accuracy_drop * 100:.3g} "
                         f"({limits.accuracy_rule})")

@@ -74,6 +74,7 @@ def test_one_row_of_a_tiny_split_is_within_tolerance_two_are_not(int8_artifact: 
     assert v["passed"], v["failures"]
     assert v["tolerance"] == pytest.approx(1 / 18) and "18-row test split" in v["tolerance_rule"]
     assert v["warnings"] and "accuracy fell 5.56 points" in v["warnings"][0]
+    assert "1 row of 18, top-1 differs on 1)" in v["warnings"][0]  # the evidence, in rows
 
     flipped[1] = np.roll(flipped[1], 1)
     y = flipped.argmax(axis=1)
