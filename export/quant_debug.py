@@ -29,6 +29,7 @@ DEBUG_ROWS = 64  # test rows the debugger runs: enough to rank layers, bounded i
 TOP = 3
 OUTPUT_TENSOR = "StatefulPartitionedCall"  # the model's output, not a layer of it
 STANDS_OUT = 1.0  # RMS error in quantization steps; rounding alone is ~0.29
+NARROW_MARGIN = 0.3  # a median top-2 probability gap below this: training, not int8, is the weak part
 
 
 def worst_layers(model: Any, representative: np.ndarray, rows: np.ndarray,
@@ -85,9 +86,11 @@ def describe_layers(layers: list[dict[str, Any]], margin: float | None = None) -
                 f"{head['rmse_steps']:g} quantization steps{tail}): try `--quantize qat` (ranges "
                 "learned in training) or ship float16")
     gap = f" (its top two classes are a median {margin:.3f} apart)" if margin is not None else ""
+    advice = ("train the model further (its answers have little room), or try `--quantize qat`"
+              if margin is not None and margin < NARROW_MARGIN else "try `--quantize qat` or ship float16")
     return (f"no layer stands out (the worst, '{head['layer']}', is off by {head['rmse_steps']:g} "
             f"quantization steps, about rounding alone): the error builds up over the model's "
-            f"depth{gap}; train the model further, or try `--quantize qat`")
+            f"depth{gap}; {advice}")
 
 
 def top2_margin(probabilities: np.ndarray) -> float | None:

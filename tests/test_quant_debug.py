@@ -40,6 +40,9 @@ def test_no_layer_standing_out_is_said_so() -> None:
     conv = {"layer": "conv", "op": "CONV_2D", "rmse_steps": 0.31, "tensor": "m/conv/x"}
     line = describe_layers([conv], 0.05)
     assert line.startswith("no layer stands out") and "'conv'" in line and "0.050 apart" in line
+    assert "train the model further" in line  # little room: the model is the weak part
+    roomy = describe_layers([conv], 0.67)  # room enough: rounding over depth, not training
+    assert "train" not in roomy and "--quantize qat" in roomy and "float16" in roomy
 
 
 def test_tensor_names_map_to_keras_layers() -> None:
