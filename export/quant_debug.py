@@ -52,14 +52,22 @@ def worst_layers(model: Any, representative: np.ndarray, rows: np.ndarray,
         debugger.run()
         text = io.StringIO()
         debugger.layer_statistics_dump(text)
-    ranked = []
-    for row in csv.DictReader(io.StringIO(text.getvalue())):
+    return rank_layers(csv.DictReader(io.StringIO(text.getvalue())), top)
+
+
+def rank_layers(stats: Any, top: int = TOP) -> list[dict[str, Any]]:
+    """The debugger's per-tensor rows ranked by RMS error over the quantization step, one entry
+    per Keras layer (its worst tensor): a LayerNormalization is two MEAN ops, and naming it
+    twice would crowd out the next layer worth looking at."""
+    worst: dict[str, dict[str, Any]] = {}
+    for row in stats:
         scale, mse = float(row.get("scale") or 0), float(row.get("mean_squared_error") or "nan")
         if scale > 0 and math.isfinite(mse) and not row["tensor_name"].startswith(OUTPUT_TENSOR):
-            ranked.append({"layer": layer_name(row["tensor_name"]), "op": row.get("op_name", ""),
-                           "rmse_steps": round(math.sqrt(mse) / scale, 3), "tensor": row["tensor_name"]})
-    ranked.sort(key=lambda r: -r["rmse_steps"])
-    return ranked[:top]
+            entry = {"layer": layer_name(row["tensor_name"]), "op": row.get("op_name", ""),
+                     "rmse_steps": round(math.sqrt(mse) / scale, 3), "tensor": row["tensor_name"]}
+            if entry["layer"] not in worst or entry["rmse_steps"] > worst[entry["layer"]]["rmse_steps"]:
+                worst[entry["layer"]] = entry
+    return sorted(worst.values(), key=lambda r: -r["rmse_steps"])[:top]
 
 
 def layer_name(tensor: str) -> str:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeship.export.quant_debug import STANDS_OUT, describe_layers, layer_name, top2_margin, worst_layers
+from edgeship.export.quant_debug import (
+    STANDS_OUT,
+    describe_layers,
+    layer_name,
+    rank_layers,
+    top2_margin,
+    worst_layers,
+)
 
 
 def _model_with_a_wide_dense() -> tuple[object, np.ndarray]:
@@ -43,6 +50,27 @@ def test_no_layer_standing_out_is_said_so() -> None:
     assert "train the model further" in line  # little room: the model is the weak part
     roomy = describe_layers([conv], 0.67)  # room enough: rounding over depth, not training
     assert "train" not in roomy and "--quantize qat" in roomy and "float16" in roomy
+
+
+def test_a_layer_is_ranked_once_by_its_worst_tensor() -> None:
+    """ConvNeXt's LayerNormalization is two MEAN ops: the refusal named it twice, crowding out
+    the next layer."""
+    ln = "convnext/downsampling_layernorm_0/moments/mean"
+    rows = [
+        {"tensor_name": ln, "op_name": "MEAN", "scale": "0.01", "mean_squared_error": "0.0625"},
+        {"tensor_name": ln + "_1", "op_name": "MEAN", "scale": "0.01", "mean_squared_error": "0.0169"},
+        {"tensor_name": "convnext/head_layernorm/mean", "op_name": "MEAN", "scale": "0.1",
+         "mean_squared_error": "0.0169"},
+        {"tensor_name": "StatefulPartitionedCall:0", "op_name": "SOFTMAX", "scale": "0.004",
+         "mean_squared_error": "1.0"},  # the model's output, not a layer
+        {"tensor_name": "convnext/stem/Conv2D", "op_name": "CONV_2D", "scale": "0",
+         "mean_squared_error": "1"},  # no scale: not quantized
+    ]
+    ranked = rank_layers(rows)
+    assert [(r["layer"], r["rmse_steps"]) for r in ranked] == [
+        ("downsampling_layernorm_0", 25.0), ("head_layernorm", 1.3)]
+    line = describe_layers(ranked)
+    assert line.count("downsampling_layernorm_0") == 1 and "then 'head_layernorm' 1.3" in line
 
 
 def test_tensor_names_map_to_keras_layers() -> None:
