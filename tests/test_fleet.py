@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -107,6 +108,32 @@ def test_fleet_flags_are_one_line_errors(fleet_dir: Path, tmp_path: Path) -> Non
     assert_one_line_error(invoke(tmp_path, "export", "latest", "--format", "tvm", "--tracker", "h:1"),
                           "--tracker and --key go together")
     assert_one_line_error(invoke(tmp_path, "fleet", "leave"), "say which")
+
+
+def test_a_join_waits_until_the_server_is_offered_not_only_announced(fleet_dir: Path) -> None:
+    """TVM's server says who it is (UPDATE_INFO), then offers itself (PUT). A join that returned
+    in between let a bench find one device too few (CI, the emulated Pi on a busy machine)."""
+    from tvm.rpc import base
+    from tvm.rpc.base import TrackerCode
+
+    port = _free_port()
+    info = fleet_tracker.start_tracker("127.0.0.1", port)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(struct.pack("<i", base.RPC_TRACKER_MAGIC))
+            assert struct.unpack("<i", base.recvall(conn, 4))[0] == base.RPC_TRACKER_MAGIC
+            base.sendjson(conn, [TrackerCode.UPDATE_INFO, {"key": f"server:{KEY}", "addr": [None, 9]}])
+            assert base.recvjson(conn) == TrackerCode.SUCCESS
+            assert fleet_join._servers("127.0.0.1", port, KEY) == (1, 0)  # listed, none free
+            with pytest.raises(fleet_tracker.FleetError, match="did not register"):
+                fleet_join._wait_registered("127.0.0.1", port, KEY, (0, 0), None, None, timeout=2)
+            base.sendjson(conn, [TrackerCode.PUT, KEY, (9, f"{KEY}:m"), None])
+            assert base.recvjson(conn) == TrackerCode.SUCCESS
+            fleet_join._wait_registered("127.0.0.1", port, KEY, (0, 0), None, None, timeout=30)
+            assert fleet_join._servers("127.0.0.1", port, KEY) == (1, 1)
+    finally:
+        fleet_tracker.stop_tracker()
+    assert not alive(info.pid, TRACKER_PROGRAM)
 
 
 # -- slow: a tracker, this machine and the emulated Pi under one key -------------------------
