@@ -18,6 +18,9 @@ from edgeship.training.keras_env import tfmot
 # Reached overall sparsity may fall short of the target by this much (tfmot rounds per layer);
 # more, and the pass fails rather than ship a variant whose name overstates it.
 SPARSITY_TOLERANCE = 0.02
+# Past this share of the kernel weights left dense, a "pruneNN" name speaks for a minority of
+# the model (an LSTM or GRU model's recurrent layer; depthwise kernels are a few percent).
+MOSTLY_DENSE = 0.5
 
 
 class SparsityNotReachedError(EdgeshipError):
@@ -117,7 +120,24 @@ def wrap_for_pruning(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
     ctx.notes["prune_skipped_layers"] = skipped
     ctx.notes["pruned_layers"] = [layer.layer.name for layer in wrapped.layers
                                   if getattr(layer, "prunable_weights", None)]
+    left_dense = dense_share(model, ctx.notes["pruned_layers"])
+    if left_dense is not None:
+        share, names = left_dense
+        warn(f"pruning leaves {share:.0%} of the kernel weights dense ({', '.join(names[:3])}"
+             f"{' ...' if len(names) > 3 else ''}): edgeship prunes Dense and convolution kernels, "
+             f"not recurrent ones, so the whole model ends about {cfg.sparsity * (1 - share):.0%} "
+             "sparse, not what the variant's name says")
     return wrapped
+
+
+def dense_share(model: Any, pruned: Collection[str]) -> tuple[float, list[str]] | None:
+    """The share of kernel weights pruning leaves alone and those layers, largest first, when
+    that share is most of the model (``MOSTLY_DENSE``); None otherwise."""
+    sizes = {name: int(k.size) for name, k in kernels(model).items()}
+    total = sum(sizes.values())
+    left = {name: size for name, size in sizes.items() if name not in set(pruned)}
+    share = sum(left.values()) / total if total else 0.0
+    return (share, sorted(left, key=lambda n: -left[n])) if share > MOSTLY_DENSE else None
 
 
 def _fits_2_4(layer: Any) -> bool:

@@ -67,7 +67,7 @@ def test_pruning_a_nested_model_reaches_the_target_and_strip_keeps_outputs() -> 
 
 
 def test_flatten_inlines_a_keras_application_and_keeps_what_it_computes() -> None:
-    from edgeship.compression.prune import PruneConfig, wrap_for_pruning
+    from edgeship.compression.prune import PruneConfig, dense_share, wrap_for_pruning
     from edgeship.training.keras_env import keras
 
     k = keras()
@@ -90,6 +90,7 @@ def test_flatten_inlines_a_keras_application_and_keeps_what_it_computes() -> Non
     plain = [n for n, layer in ((layer.name, layer) for layer in flat.layers)
              if type(layer).__name__ in ("Conv2D", "Dense")]
     assert sorted(ctx.notes["pruned_layers"]) == sorted(plain) and len(plain) == 36
+    assert dense_share(model, ctx.notes["pruned_layers"]) is None  # depthwise kernels: a few percent
 
 
 def test_compress_your_own_nested_model_prunes_and_quantizes_every_layer(tmp_path: Path) -> None:
@@ -166,3 +167,29 @@ def test_pruning_leaves_exact_batch_norm_statistics_in_a_slow_averaging_model(mo
                     for a, b in zip(after[2:], before[2:], strict=True))
         assert close == (momentum > 0.9), layer.name
     assert ("batch_norm_recomputed" in ctx.notes) == (momentum > 0.9)
+
+
+def test_an_lstm_left_dense_by_pruning_is_said_so(capsys: pytest.CaptureFixture[str]) -> None:
+    """The zoo's LSTM was named prune50 from its Dense head, 0.12 sparse over every kernel, and
+    only metrics.json said so."""
+    from edgeship.compression.prune import PruneConfig, dense_share, wrap_for_pruning
+    from edgeship.training.keras_env import keras
+
+    k = keras()
+    inp = k.Input((8, 8))
+    lstm = k.layers.LSTM(32, name="lstm")(inp)
+    model = k.Model(inp, k.layers.Dense(10, activation="softmax", name="head")(lstm))
+    x, y = _digits()
+    seqs = x[..., 0]  # 8 steps of 8 pixels
+    ctx = PassContext(seqs[:64], y[:64], seqs[64:80], y[64:80], [str(i) for i in range(10)], "mine", {},
+                      epochs=1)
+    wrap_for_pruning(model, ctx, PruneConfig(0.5))
+    assert ctx.notes["pruned_layers"] == ["head"]
+    share, names = dense_share(model, ctx.notes["pruned_layers"])
+    assert names == ["lstm"] and share == pytest.approx(8 * 128 / (8 * 128 + 32 * 10))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pruning leaves 76% of the kernel weights dense (lstm)" in err
+    assert "about 12% sparse" in err
+    # A model whose kernels are all pruned (nested ones included) stays quiet.
+    wrap_for_pruning(_nested_model(), _ctx(), PruneConfig(0.5))
+    assert "kernel weights dense" not in capsys.readouterr().err
