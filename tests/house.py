@@ -63,10 +63,24 @@ def build_view(root: Path, dst: Path) -> Path:
     return dst
 
 
+def missing_layers(root: Path, view: Path) -> list[str]:
+    """The layers of ``root``'s contracts that ``view`` lacks. A layer in parentheses is optional
+    to import-linter (a bare run in the checkout cannot see the stage folders), so on the view,
+    where every layer must be, its absence is checked here instead."""
+    with open(root / "pyproject.toml", "rb") as f:
+        contracts = tomllib.load(f)["tool"]["importlinter"]["contracts"]
+    names = [layer.strip("()") for c in contracts if c["type"] == "layers" for layer in c["layers"]]
+    paths = {n: view.joinpath(*n.split(".")) for n in names}
+    return [n for n, p in paths.items() if not (p.is_dir() or p.with_suffix(".py").is_file())]
+
+
 def lint(root: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """``lint-imports`` with ``root``'s contracts on ``root``'s view; stdout and stderr captured."""
     with tempfile.TemporaryDirectory(prefix="edgeship-house-") as tmp:
         view = build_view(root, Path(tmp))
+        missing = missing_layers(root, view)
+        if missing:
+            return subprocess.CompletedProcess([str(LINT)], 1, "", f"layers not in the view: {missing}\n")
         env = {**os.environ, "PYTHONPATH": str(view), "PYTHONDONTWRITEBYTECODE": "1"}
         return subprocess.run([str(LINT), str(root / "pyproject.toml"), "--no-cache"],
                               cwd=view, env=env, capture_output=True, text=True, timeout=300, check=False)

@@ -19,6 +19,16 @@ def test_the_import_contracts_hold() -> None:
     assert "0 broken" in done.stdout
 
 
+def test_a_layer_the_view_lacks_is_refused(tmp_path: Path) -> None:
+    """The stage layers are optional to a bare lint-imports (it cannot see their folders), so a
+    misspelt one would pass it silently; the view's check does not."""
+    house = _copy(tmp_path)
+    toml = house / "pyproject.toml"
+    toml.write_text(toml.read_text().replace('"(edgeship.training)"', '"(edgeship.trainig)"'))
+    done = _lint(house)
+    assert done.returncode != 0 and "edgeship.trainig" in done.stderr
+
+
 def _copy(tmp_path: Path) -> Path:
     dst = tmp_path / "house"
     dst.mkdir()
