@@ -125,8 +125,8 @@ def wrap_for_pruning(model: Any, ctx: PassContext, cfg: PruneConfig) -> Any:
         share, names = left_dense
         warn(f"pruning leaves {share:.0%} of the kernel weights dense ({', '.join(names[:3])}"
              f"{' ...' if len(names) > 3 else ''}): edgeship prunes Dense and convolution kernels, "
-             f"not recurrent ones, so the whole model ends about {cfg.sparsity * (1 - share):.0%} "
-             "sparse, not what the variant's name says")
+             f"not recurrent or depthwise ones, so the whole model ends about "
+             f"{cfg.sparsity * (1 - share):.0%} sparse, not what the variant's name says")
     return wrapped
 
 
@@ -134,8 +134,8 @@ def dense_share(model: Any, pruned: Collection[str]) -> tuple[float, list[str]] 
     """The share of kernel weights pruning leaves alone and those layers, largest first, when
     that share is most of the model (``MOSTLY_DENSE``); None otherwise."""
     sizes = {name: int(k.size) for name, k in kernels(model).items()}
-    total = sum(sizes.values())
-    left = {name: size for name, size in sizes.items() if name not in set(pruned)}
+    total, pruned = sum(sizes.values()), set(pruned)
+    left = {name: size for name, size in sizes.items() if name not in pruned}
     share = sum(left.values()) / total if total else 0.0
     return (share, sorted(left, key=lambda n: -left[n])) if share > MOSTLY_DENSE else None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -55,7 +56,7 @@ def worst_layers(model: Any, representative: np.ndarray, rows: np.ndarray,
     return rank_layers(csv.DictReader(io.StringIO(text.getvalue())), top)
 
 
-def rank_layers(stats: Any, top: int = TOP) -> list[dict[str, Any]]:
+def rank_layers(stats: Iterable[Mapping[str, str]], top: int = TOP) -> list[dict[str, Any]]:
     """The debugger's per-tensor rows ranked by RMS error over the quantization step, one entry
     per Keras layer (its worst tensor): a LayerNormalization is two MEAN ops, and naming it
     twice would crowd out the next layer worth looking at."""
