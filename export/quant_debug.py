@@ -9,7 +9,7 @@ quantization step (``scale``), the measure TensorFlow's debugger guide uses: abo
 layer's outputs are off by more than one int8 step on average, typically a wide activation
 range (an unbounded activation, a residual sum, a squeeze-excite gate) that 256 levels cannot
 cover. Quantization-aware training learns ranges that fit; keeping that layer in float is the
-other fix.
+other fix (``float_fallback``).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,13 +34,18 @@ STANDS_OUT = 1.0  # RMS error in quantization steps; rounding alone is ~0.29
 NARROW_MARGIN = 0.3  # a median top-2 probability gap below this: training, not int8, is the weak part
 
 
-def worst_layers(model: Any, representative: np.ndarray, rows: np.ndarray,
-                 top: int = TOP) -> list[dict[str, Any]]:
-    """The ``top`` layers by RMS error over their quantization step, worst first.
+@dataclass(frozen=True)
+class Int8Debug:
+    """One debugger run: every quantized tensor's error, in the model's op order, and the
+    calibrated model, which ``float_fallback`` re-quantizes without calibrating again."""
 
-    Each: ``layer`` (the Keras layer name the TFLite tensor came from), ``op`` (TFLite's op),
-    ``rmse_steps`` (RMS error in quantization steps) and ``tensor``.
-    """
+    errors: list[dict[str, Any]]  # per tensor: layer, op, rmse_steps, tensor
+    calibrated: bytes
+
+
+def debug_int8(model: Any, representative: np.ndarray, rows: np.ndarray) -> Int8Debug:
+    """Calibrate ``model`` on ``representative`` and measure each quantized tensor's error on
+    the first ``DEBUG_ROWS`` of ``rows``."""
     tf = get_tf()
     converter = tf.lite.TFLiteConverter.from_keras_model(unrolled_for_tflite(model))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -53,21 +59,44 @@ def worst_layers(model: Any, representative: np.ndarray, rows: np.ndarray,
         debugger.run()
         text = io.StringIO()
         debugger.layer_statistics_dump(text)
-    return rank_layers(csv.DictReader(io.StringIO(text.getvalue())), top)
+    return Int8Debug(tensor_errors(csv.DictReader(io.StringIO(text.getvalue()))), debugger.calibrated_model)
 
 
-def rank_layers(stats: Iterable[Mapping[str, str]], top: int = TOP) -> list[dict[str, Any]]:
-    """The debugger's per-tensor rows ranked by RMS error over the quantization step, one entry
-    per Keras layer (its worst tensor): a LayerNormalization is two MEAN ops, and naming it
-    twice would crowd out the next layer worth looking at."""
-    worst: dict[str, dict[str, Any]] = {}
+def worst_layers(model: Any, representative: np.ndarray, rows: np.ndarray,
+                 top: int = TOP) -> list[dict[str, Any]]:
+    """The ``top`` layers by RMS error over their quantization step, worst first.
+
+    Each: ``layer`` (the Keras layer name the TFLite tensor came from), ``op`` (TFLite's op),
+    ``rmse_steps`` (RMS error in quantization steps) and ``tensor``.
+    """
+    return worst_of(debug_int8(model, representative, rows).errors, top)
+
+
+def tensor_errors(stats: Iterable[Mapping[str, str]]) -> list[dict[str, Any]]:
+    """The debugger's per-tensor rows, in op order, as ``layer``/``op``/``rmse_steps``/``tensor``
+    (rows without a finite error or a scale, and the model's output, left out)."""
+    errors = []
     for row in stats:
         scale, mse = float(row.get("scale") or 0), float(row.get("mean_squared_error") or "nan")
         if scale > 0 and math.isfinite(mse) and not row["tensor_name"].startswith(OUTPUT_TENSOR):
-            entry = {"layer": layer_name(row["tensor_name"]), "op": row.get("op_name", ""),
-                     "rmse_steps": round(math.sqrt(mse) / scale, 3), "tensor": row["tensor_name"]}
-            if entry["layer"] not in worst or entry["rmse_steps"] > worst[entry["layer"]]["rmse_steps"]:
-                worst[entry["layer"]] = entry
+            errors.append({"layer": layer_name(row["tensor_name"]), "op": row.get("op_name", ""),
+                           "rmse_steps": round(math.sqrt(mse) / scale, 3), "tensor": row["tensor_name"]})
+    return errors
+
+
+def rank_layers(stats: Iterable[Mapping[str, str]], top: int = TOP) -> list[dict[str, Any]]:
+    """The debugger's per-tensor rows ranked by RMS error over the quantization step (see
+    ``worst_of``)."""
+    return worst_of(tensor_errors(stats), top)
+
+
+def worst_of(errors: Iterable[dict[str, Any]], top: int = TOP) -> list[dict[str, Any]]:
+    """One entry per Keras layer (its worst tensor), worst first: a LayerNormalization is two
+    MEAN ops, and naming it twice would crowd out the next layer worth looking at."""
+    worst: dict[str, dict[str, Any]] = {}
+    for entry in errors:
+        if entry["layer"] not in worst or entry["rmse_steps"] > worst[entry["layer"]]["rmse_steps"]:
+            worst[entry["layer"]] = entry
     return sorted(worst.values(), key=lambda r: -r["rmse_steps"])[:top]
 
 

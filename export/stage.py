@@ -72,6 +72,8 @@ class ExportConfig:
     runtimes a web bundle carries; one that carries onnxruntime-web builds its ONNX source too.
     ``tune_on`` (``{"tracker": "HOST:PORT", "key": KEY}``): TVM builds for another machine are
     tuned on that key's devices through TVM's RPC tracker (``export.tvm.remote``).
+    ``int8_fallback``: a post-training int8 TFLite that fails validation is retried with its
+    first and worst layers in float (``float_fallback``); False refuses it instead.
     """
 
     variants: Sequence[str] | str = (BASE,)
@@ -87,6 +89,7 @@ class ExportConfig:
     qat_float: bool = False
     web_runtime: str = "both"
     tune_on: dict[str, Any] | None = None
+    int8_fallback: bool = True
 
 
 def export_run(run: RunDir, cfg: ExportConfig | None = None, *,
@@ -108,6 +111,8 @@ def export_run(run: RunDir, cfg: ExportConfig | None = None, *,
         params["web_runtime"] = cfg.web_runtime
     if cfg.tune_on:
         params["tune_on"] = cfg.tune_on
+    if not cfg.int8_fallback:
+        params["strict_int8"] = True
     results: list[ExportResult] = []
     with run.stage("export", params) as ctx:
         session = Session(
@@ -115,7 +120,7 @@ def export_run(run: RunDir, cfg: ExportConfig | None = None, *,
             scratch=Path(tempfile.mkdtemp(prefix="work-", dir=ctx.staging)), data=data, cal=cal,
             labels=labels, preprocessing=preprocessing, model_name=model_name, trials=cfg.trials,
             time_budget_s=cfg.time_budget_s, cache_dir=cfg.cache_dir, validation=cfg.validation, say=say,
-            web_runtime=cfg.web_runtime, tune_on=cfg.tune_on,
+            web_runtime=cfg.web_runtime, tune_on=cfg.tune_on, int8_fallback=cfg.int8_fallback,
         )
         for variant in dict.fromkeys(j.variant for j in jobs):
             results += export_variant(session, variant, [j for j in jobs if j.variant == variant])

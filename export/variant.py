@@ -24,10 +24,11 @@ import numpy as np
 from edge_runtime.artifact import ARTIFACT_FILE, SCHEMA_VERSION
 from edgeship.core import __version__
 from edgeship.core.errors import RunError
-from edgeship.core.fsutil import read_json
+from edgeship.core.fsutil import read_json, sha256_file
 from edgeship.core.runstore import RunDir, now_iso
 from edgeship.export import PORTABLE_TARGET, ExportedModel, ExportError, ExportRequest
 from edgeship.export.artifact import build_artifact, write_artifact
+from edgeship.export.float_fallback import MAX_FLOAT_SHARE, candidates, float_layers, requantize
 from edgeship.export.inputs import (
     REFERENCE_FILE,
     check_input_shape,
@@ -40,7 +41,7 @@ from edgeship.export.inputs import (
     write_reference,
 )
 from edgeship.export.plan import FAILED_SUFFIX, Job
-from edgeship.export.quant_debug import describe_layers, top2_margin, worst_layers
+from edgeship.export.quant_debug import Int8Debug, debug_int8, describe_layers, top2_margin, worst_of
 from edgeship.export.validate import ValidationConfig, static_validation, validate_artifact
 from edgeship.training.calibration import Calibration
 
@@ -102,6 +103,7 @@ class Session:
     say: Callable[[str], None]
     web_runtime: str = "both"
     tune_on: dict[str, Any] | None = None  # tvm builds for other machines: tune on a tracker's devices
+    int8_fallback: bool = True  # a refused post-training int8 TFLite: retry with some layers in float
 
 
 @dataclass
@@ -281,21 +283,74 @@ def _check(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str, Any],
         check["warnings"].append(QAT_FLOAT_WARNING)
     if not check["passed"] and check.get("ran") and job.fmt.name == "tflite" and job.quantize == "int8" \
             and not v.qat and s.cal is not None:
-        _name_the_layer(s, v, job, check)
+        because = check["failures"][0]
+        debug = _name_the_layer(s, v, job, check)
+        if debug is not None and s.int8_fallback:
+            check = _keep_in_float(s, v, job, work, meta, debug, check, because)
     return check
 
 
-def _name_the_layer(s: Session, v: _Variant, job: Job, check: dict[str, Any]) -> None:
+def _name_the_layer(s: Session, v: _Variant, job: Job, check: dict[str, Any]) -> Int8Debug | None:
     """A refused post-training int8 TFLite: its reason names the layer int8 loses most."""
     s.say(f"{v.name}/{job.dirname}: finding the layer int8 loses most (TFLite's quantization debugger)")
     try:
-        layers = worst_layers(v.model, s.cal.rows, s.data["x_test"])
+        debug = debug_int8(v.model, s.cal.rows, s.data["x_test"])
     except Exception as e:  # a diagnosis that cannot run must not hide the refusal itself
         check["warnings"].append(f"the int8 layer diagnosis could not run ({type(e).__name__})")
-        return
+        return None
+    layers = worst_of(debug.errors)
     if layers:
         check["int8_layers"] = layers
         check["failures"][0] = f"{check['failures'][0]}; {describe_layers(layers, top2_margin(v.reference))}"
+    return debug
+
+
+def _keep_in_float(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str, Any],
+                   debug: Int8Debug, refused: dict[str, Any], because: str) -> dict[str, Any]:
+    """The refused int8 model re-quantized with its first and worst layers in float
+    (``float_fallback``): the first candidate that validates replaces it, saying so in a
+    warning and in artifact.json's ``int8_float_layers``; if none does, the refusal stands
+    with the full-int8 model beside it, and says what was tried."""
+    from edgeship.export.tflite import describe
+
+    path = work / str(meta["file"])
+    original, tried = path.read_bytes(), 0
+    for tensors in candidates(debug.errors):
+        tried += 1
+        layers = float_layers(debug.errors, tensors)
+        s.say(f"{v.name}/{job.dirname}: retrying with {len(layers)} layer(s) in float")
+        try:
+            path.write_bytes(requantize(debug.calibrated, tensors, job.io or "int8"))
+        except Exception as e:  # the quantizer's errors live in private TF modules
+            refused["warnings"].append(f"keeping layers in float could not be converted ({type(e).__name__})")
+            break
+        inputs, outputs = describe(path)
+        meta.update(sha256=sha256_file(path), bytes=path.stat().st_size, inputs=inputs, outputs=outputs,
+                    int8_float_layers=layers)
+        write_artifact(work, meta)
+        check, _ = validate_artifact(work, s.data["x_test"], s.data["y_test"], v.reference, exact=False,
+                                     config=s.validation)
+        if check["passed"]:
+            check["warnings"].insert(0, (
+                f"full int8 was refused ({because}); shipped with {len(layers)} of "
+                f"{len(float_layers(debug.errors, [e['tensor'] for e in debug.errors]))} layers in float "
+                f"({_names(layers)}), top-1 agreement {check['top1_agreement']:.4f}; "
+                "`--strict-int8` refuses instead"))
+            check["int8_layers"] = refused.get("int8_layers", [])
+            return check
+    path.write_bytes(original)
+    meta.pop("int8_float_layers", None)
+    meta.update(sha256=sha256_file(path), bytes=path.stat().st_size)
+    meta["inputs"], meta["outputs"] = describe(path)
+    if tried:
+        refused["failures"][0] += (f"; keeping up to {MAX_FLOAT_SHARE:.0%} of its ops in float did not "
+                                   f"pass either ({tried} tried)")
+    return refused
+
+
+def _names(layers: list[str], shown: int = 4) -> str:
+    more = f" and {len(layers) - shown} more" if len(layers) > shown else ""
+    return ", ".join(f"'{name}'" for name in layers[:shown]) + more
 
 
 def _place(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str, Any],

@@ -240,6 +240,8 @@ def zoo_one(store: Any, name: str, folder: Path, work: Path, args: argparse.Name
                 for r in results or []:
                     key = r.dir.name.removesuffix(".failed")
                     row["exports"][key] = r.validation
+                    if r.artifact.get("int8_float_layers"):  # selective int8 (export.float_fallback)
+                        row.setdefault("float_layers", {})[key] = r.artifact["int8_float_layers"]
                     why = f"export {key}: {r.validation['failures'][0][:600]}" if not r.passed else None
                     if why and not r.validation.get("ran"):  # the converter gave up: the path stops
                         row["reason"] = row["reason"] or why
@@ -275,8 +277,10 @@ def print_zoo(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
             v = r["exports"].get(c)
             if v is None or not v.get("ran"):
                 cells.append("-" if v is None else "not converted")
-            else:  # top-1 agreement with the Keras model
-                cells.append(f"{'ok' if v.get('passed') else 'invalid'} {v['top1_agreement'] or 0:.3f}")
+            else:  # top-1 agreement with the Keras model; * kept some layers in float
+                mark = "*" if c in r.get("float_layers", {}) else ""
+                verdict = "ok" if v.get("passed") else "invalid"
+                cells.append(f"{verdict} {v['top1_agreement'] or 0:.3f}{mark}")
         sparsity = "-" if r["sparsity"] is None else f"{r['sparsity']:.3f}"
         params = "-" if r["params"] is None else f"{r['params']:,}"
         trained = ("-" if r.get("pretrained_val_accuracy") is None
@@ -288,6 +292,10 @@ def print_zoo(rows: list[dict[str, Any]]) -> list[tuple[str, bool, str]]:
     valid = sum(r["reason"] is None and not r.get("invalid") for r in rows)
     print(f"  {through} of {len(rows)} go through")
     print(f"  {valid} of {len(rows)} also pass every validation")
+    for r in rows:
+        for fmt, layers in r.get("float_layers", {}).items():
+            print(f"  * {r['model']} {fmt}: full int8 was refused; validated with {len(layers)} layer(s) in "
+                  f"float: {', '.join(layers)}")
     for r in rows:
         if r["reason"] is not None:
             print(f"  why {r['model']} stops: {r['reason']}")

@@ -37,6 +37,9 @@ from edgeship.export.tvm.targets import check_target_text
               help="TVM only: tuning time budget (90s, 10m, 1h).")
 @click.option("--qat-float", is_flag=True,
               help="Also export float32 of QAT variants (keeps the fake-quant ops: several times slower).")
+@click.option("--strict-int8", is_flag=True,
+              help="Refuse an int8 TFLite that fails validation instead of keeping its first and "
+                   "worst layers in float.")
 @click.option("--web-runtime", type=click.Choice(["both", "ort", "litert"]), default="both",
               show_default=True,
               help="web only: browser runtimes the bundle carries (onnxruntime-web, LiteRT.js).")
@@ -47,8 +50,8 @@ from edgeship.export.tvm.targets import check_target_text
 @json_option
 @click.pass_context
 def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: str | None, io: str,
-           targets: str, trials: int | None, time_budget: float | None, qat_float: bool, web_runtime: str,
-           tracker: str | None, tracker_key: str | None, as_json: bool) -> None:
+           targets: str, trials: int | None, time_budget: float | None, qat_float: bool, strict_int8: bool,
+           web_runtime: str, tracker: str | None, tracker_key: str | None, as_json: bool) -> None:
     """Export a run's models to TFLite, ONNX and TVM, each validated against its Keras model.
 
     QAT variants export to int8 only: float32 keeps their fake-quant ops and runs several
@@ -66,7 +69,8 @@ def export(ctx: click.Context, run: str, variants: str, formats: str, quantize: 
     run_dir = ctx.obj.store.resolve(run)
     cfg = ExportConfig(variants=variants, formats=formats, quantize=quantize, io=io,
                        targets=_targets(targets), trials=trials, time_budget_s=time_budget,
-                       qat_float=qat_float, web_runtime=web_runtime, tune_on=tune_on)
+                       qat_float=qat_float, web_runtime=web_runtime, tune_on=tune_on,
+                       int8_fallback=not strict_int8)
     results = export_run(run_dir, cfg, log=console.info)
     if as_json:
         console.emit_json({"artifacts": [r.summary() for r in results]})
