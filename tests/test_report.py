@@ -32,6 +32,7 @@ from edgeship.report import (
     render_markdown,
     write_report,
 )
+from edgeship.report.terminal import legend
 
 CI_METHOD = "order-statistic (distribution-free) interval for the median of round p50s, test"
 
@@ -175,6 +176,21 @@ def test_devices_rows_verdicts_and_flags(measured: RunDir) -> None:
     assert any("web: int8 is 2.0x faster than float32 in this browser" in v for v in browser.verdicts)
     names = [c["variant"] for c in rep.compression]
     assert names == ["base", "pruned"] and rep.compression[1]["passes"] == "prune"
+
+
+def test_an_int8_with_layers_in_float_is_flagged(measured: RunDir) -> None:
+    """Export's selective int8 (full int8 failed validation) is not full int8's speed or size:
+    the row says so wherever it is shown."""
+    folder = measured.path / "exports" / "pruned" / "tflite-int8"
+    folder.mkdir(parents=True)
+    (folder / "artifact.json").write_text(json.dumps({"format": "tflite", "variant": "pruned",
+                                                      "int8_float_layers": ["conv1", "conv2"]}))
+    host = build_report(measured).devices[0]
+    rows = {r.name: r for r in host.rows}
+    said = "int8 with 2 layers kept in float (full int8 failed validation)"
+    assert rows["pruned/tflite-int8"].flags == [said]
+    assert "F" in rows["pruned/tflite-int8"].codes and "F" not in rows["base/tflite-int8"].codes
+    assert "F int8 with some layers kept in float" in legend(host)
 
 
 def test_overlapping_intervals_give_no_verdict(tmp_path: Path) -> None:

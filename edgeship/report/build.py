@@ -13,7 +13,7 @@ from edgeship.core.errors import RunError
 from edgeship.core.fsutil import read_json
 from edgeship.core.runstore import RunDir
 from edgeship.report.fleet import fleet_summary
-from edgeship.report.model import Report, group_devices, result_device_id
+from edgeship.report.model import Device, Report, group_devices, result_device_id
 from edgeship.report.monitoring import load_monitoring
 from edgeship.report.recommend import DEFAULT_ACCURACY_BUDGET, check_budget, recommendations
 from edgeship.report.serving import load_serving
@@ -37,7 +37,10 @@ def build_report(run: RunDir, accuracy_budget: float = DEFAULT_ACCURACY_BUDGET) 
     if not results:
         raise RunError(f"run {run.id} has no benchmark results in {run.path / 'bench'}; "
                        f"measure first with `edgeship bench {run.id}`")
-    results, stale = split_stale(run, results)
+    from edgeship.export.listing import list_artifacts
+
+    exports = {m["dir"]: m for m in list_artifacts(run)}
+    results, stale = split_stale(run, results, exports)
     if stale and not results:
         raise RunError(f"every benchmark result of run {run.id} is stale ({stale[0][1]}); re-export and "
                        f"measure again: `edgeship export {run.id} --variant all`, `edgeship bench {run.id}`")
@@ -48,6 +51,7 @@ def build_report(run: RunDir, accuracy_budget: float = DEFAULT_ACCURACY_BUDGET) 
     devices = group_devices(results)
     for dev in devices:
         judge(dev, parents)
+        flag_mixed_int8(dev, exports)
         left_out = [reason for did, reason in stale if did == dev.device_id]
         if left_out:
             note = f"{len(left_out)} stale results left out: {left_out[0]}"
@@ -83,19 +87,20 @@ def zero_rule_accuracy(run: RunDir) -> float | None:
     return None
 
 
-def split_stale(run: RunDir,
-                results: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def split_stale(run: RunDir, results: list[dict[str, Any]], exports: dict[str, dict[str, Any]] | None = None,
+                ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """The results made from each variant's current model, and (device id, reason) for the others.
 
     A result is stale when its ``source_sha256`` (the model its artifact came from) is not the
     variant's model now, or its export is stale (``export.listing``): ``compress --force``
     replaced the model after it was measured. The report leaves those out (never recommends
-    them) and says so.
+    them) and says so. ``exports``: ``list_artifacts`` by folder, when the caller has read it.
     """
     from edgeship.export.listing import ModelHashes, list_artifacts
 
     models = ModelHashes(run)
-    exports = {m["dir"]: m for m in list_artifacts(run)}
+    if exports is None:
+        exports = {m["dir"]: m for m in list_artifacts(run)}
     fresh: list[dict[str, Any]] = []
     stale: list[tuple[str, str]] = []
     for r in results:
@@ -109,6 +114,17 @@ def split_stale(run: RunDir,
         else:
             stale.append((result_device_id(r), reason))
     return fresh, stale
+
+
+def flag_mixed_int8(dev: Device, exports: dict[str, dict[str, Any]]) -> None:
+    """Mark the rows whose int8 artifact keeps some layers in float (export's selective int8,
+    made when full int8 failed validation): its speed and size are not full int8's."""
+    for r in dev.rows:
+        layers = (exports.get(f"exports/{r.variant}/{r.artifact}") or {}).get("int8_float_layers")
+        if layers:
+            r.flags.append(f"int8 with {len(layers)} layer{'s' if len(layers) != 1 else ''} kept in "
+                           "float (full int8 failed validation)")
+            r.codes.append("F")
 
 
 def compression_table(run: RunDir, manifest: dict[str, Any]) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ CODES = {
     "Q": "quantized slower than float32 of the same variant (intervals separate)",
     "N": "no interval (1 round): no verdicts",
     "V": "accuracy from export validation, not measured on this device",
+    "F": "int8 with some layers kept in float: full int8 failed validation",
     "K": "call time drifted more than 2x between calibrating k and the end of the session: k may be off",
     "E": EMULATED,
 }
