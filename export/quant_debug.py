@@ -5,11 +5,11 @@ instead of only a number. TensorFlow Lite's ``QuantizationDebugger`` runs a mode
 every quantized op is followed by a ``NumericVerify`` op comparing its output with the float
 op's on the same input: the error of each layer on its own, not accumulated from the ones
 before. Each layer is ranked by the root-mean-square of that error over its output's
-quantization step (``scale``), the measure TensorFlow's debugger guide uses: above ~1 the
-layer's outputs are off by more than one int8 step on average, typically a wide activation
-range (an unbounded activation, a residual sum, a squeeze-excite gate) that 256 levels cannot
-cover. Quantization-aware training learns ranges that fit; keeping that layer in float is the
-other fix (``float_fallback``).
+quantization step (``scale``), the measure TensorFlow's debugger guide uses. Rounding alone
+gives 1/sqrt(12) ~ 0.29 steps; the guide treats layers above 0.7 (2.4 times rounding) as
+suspect, typically a wide activation range (an unbounded activation, a residual sum, a
+squeeze-excite gate) that 256 levels cannot cover. Quantization-aware training learns ranges
+that fit; keeping that layer in float is the other fix (``float_fallback``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from edgeship.training.keras_env import tf as get_tf
 DEBUG_ROWS = 64  # test rows the debugger runs: enough to rank layers, bounded in time
 TOP = 3
 OUTPUT_TENSOR = "StatefulPartitionedCall"  # the model's output, not a layer of it
-STANDS_OUT = 1.0  # RMS error in quantization steps; rounding alone is ~0.29
+ROUNDING = 1 / math.sqrt(12)  # RMS error of rounding alone, in quantization steps
+STANDS_OUT = 0.7  # TensorFlow's debugger guide's threshold for a suspect layer
 NARROW_MARGIN = 0.3  # a median top-2 probability gap below this: training, not int8, is the weak part
 
 
@@ -110,8 +111,8 @@ def layer_name(tensor: str) -> str:
 def describe_layers(layers: list[dict[str, Any]], margin: float | None = None) -> str:
     """One clause for a validation failure: the layer that stands out, or that none does.
 
-    Rounding alone gives an RMS error of 1/sqrt(12) ~ 0.29 steps; a layer well above
-    ``STANDS_OUT`` has a range 8 bits cannot cover. When none does, the refusal comes from the
+    Rounding alone gives an RMS error of 1/sqrt(12) ~ 0.29 steps; a layer at or above
+    ``STANDS_OUT`` has a range 8 bits cover poorly. When none does, the refusal comes from the
     model as a whole: rounding errors build up over its depth (``margin``, the Keras model's
     median gap between its top two classes, says how much room its answers had).
     """
@@ -121,14 +122,15 @@ def describe_layers(layers: list[dict[str, Any]], margin: float | None = None) -
     if head["rmse_steps"] >= STANDS_OUT:
         tail = "; then " + ", ".join(f"'{r['layer']}' {r['rmse_steps']:g}" for r in rest) if rest else ""
         return (f"int8 loses it most at layer '{head['layer']}' ({head['op']}: RMS error "
-                f"{head['rmse_steps']:g} quantization steps{tail}): try `--quantize qat` (ranges "
+                f"{head['rmse_steps']:g} quantization steps, {head['rmse_steps'] / ROUNDING:.1f}x rounding "
+                f"alone{tail}): try `--quantize qat` (ranges "
                 "learned in training) or ship float16")
     gap = f" (its top two classes are a median {margin:.3f} apart)" if margin is not None else ""
     advice = ("train the model further (its answers have little room), or try `--quantize qat`"
               if margin is not None and margin < NARROW_MARGIN else "try `--quantize qat` or ship float16")
     return (f"no layer stands out (the worst, '{head['layer']}', is off by {head['rmse_steps']:g} "
-            f"quantization steps, about rounding alone): the error builds up over the model's "
-            f"depth{gap}; {advice}")
+            f"quantization steps, {head['rmse_steps'] / ROUNDING:.1f}x rounding alone): the error "
+            f"builds up over the model's depth{gap}; {advice}")
 
 
 def top2_margin(probabilities: np.ndarray) -> float | None:

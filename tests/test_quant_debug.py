@@ -50,6 +50,17 @@ def test_no_layer_standing_out_is_said_so() -> None:
     assert "train the model further" in line  # little room: the model is the weak part
     roomy = describe_layers([conv], 0.67)  # room enough: rounding over depth, not training
     assert "train" not in roomy and "--quantize qat" in roomy and "float16" in roomy
+    assert "1.1x rounding alone" in line
+
+
+def test_a_layer_at_three_times_rounding_is_named() -> None:
+    """EfficientNetB0's squeeze-excite 1x1 convolution at 0.905 steps (the next layer 0.48) was
+    called "about rounding alone" under a threshold of 1 step; TensorFlow's guide suspects 0.7."""
+    se = {"layer": "block3b_se_reduce", "op": "CONV_2D", "rmse_steps": 0.905, "tensor": "m/se/x"}
+    nxt = {"layer": "block3b_se_expand", "op": "CONV_2D", "rmse_steps": 0.48, "tensor": "m/ex/x"}
+    line = describe_layers([se, nxt], 0.98)
+    assert line.startswith("int8 loses it most at layer 'block3b_se_reduce'")
+    assert "3.1x rounding alone" in line and STANDS_OUT < 0.905
 
 
 def test_a_layer_is_ranked_once_by_its_worst_tensor() -> None:
