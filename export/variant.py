@@ -333,7 +333,7 @@ def _keep_in_float(s: Session, v: _Variant, job: Job, work: Path, meta: dict[str
         if check["passed"]:
             check["warnings"].insert(0, (
                 f"full int8 was refused ({because}); shipped with {len(layers)} of "
-                f"{len(float_layers(debug.errors, [e['tensor'] for e in debug.errors]))} layers in float "
+                f"{len({e['layer'] for e in debug.errors})} layers in float "
                 f"({_names(layers)}), top-1 agreement {check['top1_agreement']:.4f}; "
                 "`--strict-int8` refuses instead"))
             check["int8_layers"] = refused.get("int8_layers", [])
