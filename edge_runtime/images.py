@@ -56,6 +56,20 @@ def open_image(path: Path) -> Any:
     return im
 
 
+def image_u8(im: Any, mode: str, size: tuple[int, int]) -> np.ndarray | None:
+    """An 8-bit image as uint8 (H, W[, C]) in ``mode`` at ``size``, as ``image_array`` makes it
+    before its float cast; None for a 16- or 32-bit one (those take ``image_array``'s float path)."""
+    from PIL import Image
+
+    if im.mode in SIXTEEN_BIT or im.mode == "I":
+        return None
+    if im.mode != mode:
+        im = im.convert(mode)
+    if im.size != size:
+        im = im.resize(size, Image.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
 def image_array(im: Any, mode: str, size: tuple[int, int]) -> np.ndarray:
     """``im`` as float32 intensities in 0-255, ``mode`` ``L`` or ``RGB``, resized to ``size`` (w, h)."""
     from PIL import Image

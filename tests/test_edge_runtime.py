@@ -18,7 +18,14 @@ from _models import exported_copy
 
 from edge_runtime import ArtifactError, EdgeModel, InputError, MissingRuntimeError
 from edge_runtime.cli import main as edge_main
-from edge_runtime.preprocess import preprocess_image, preprocess_tabular, resize_bilinear
+from edge_runtime.preprocess import (
+    lookup_u8,
+    preprocess_image,
+    preprocess_tabular,
+    raw_from_u8,
+    resize_bilinear,
+    u8_table,
+)
 from edge_runtime.timing import device_facts, percentile, summarize_ms, time_calls
 from edgeship.core.runstore import RunDir
 
@@ -374,3 +381,23 @@ def test_python_dash_m_entry_point(artifacts: dict) -> None:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "invoke" in done.stdout and "p50" in done.stdout
+
+
+@pytest.mark.parametrize("spec", [
+    {"kind": "image", "height": 8, "width": 8, "channels": 1, "raw_range": [0, 16], "scale": 0.0625,
+     "mean": [0.3], "std": [0.42]},
+    {"kind": "image", "height": 5, "width": 7, "channels": 3, "raw_range": [0, 255], "scale": 1 / 255,
+     "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.0, 0.225]},
+    {"kind": "image", "height": 4, "width": 4, "channels": 3},
+], ids=["digits-range", "imagenet-zero-std", "defaults"])
+def test_the_8_bit_lookup_is_bit_identical_to_preprocess(spec: dict[str, Any]) -> None:
+    """The server preprocesses decoded images by table lookup; it must be exactly the arithmetic
+    training used, not merely close (the golden check and the monitor compare against it)."""
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(3, spec["height"], spec["width"], spec["channels"]), dtype=np.uint8)
+    u8[0, 0, 0] = 0
+    u8[0, 0, 1] = 255
+    want = preprocess_image(spec, raw_from_u8(spec, u8))
+    got = lookup_u8(u8_table(spec), u8)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.array_equal(got, want)
