@@ -53,19 +53,27 @@ def image_stats(spec: Mapping[str, Any], x: np.ndarray) -> dict[str, Any]:
     train split on the host and from camera frames of any size on the device. Values outside
     the raw range count in the end bins.
     """
-    channels = x.shape[-1]
-    mean = np.asarray(spec.get("mean", [0.0] * channels), dtype=np.float32)
-    std = np.asarray(spec.get("std", [1.0] * channels), dtype=np.float32)
-    std = np.where(std == 0, np.float32(1.0), std)
-    u = (x * std + mean).ravel()
-    edges = image_edges(spec)
-    lo, width = float(edges[0]), float(edges[-1] - edges[0]) or 1.0
-    idx = np.clip(((u - lo) * (IMAGE_BINS / width)).astype(np.int64), 0, IMAGE_BINS - 1)
-    counts = np.bincount(idx, minlength=IMAGE_BINS)
-    m = float(u.mean())
-    sd = math.sqrt(max(float(np.dot(u, u)) / max(u.size, 1) - m * m, 0.0))
-    return {"mean": round(m, 6), "std": round(sd, 6),
-            "hist": [round(float(c) / max(u.size, 1), 6) for c in counts]}
+    return ImageStats(spec, x.shape[-1])(x)
+
+
+class ImageStats:
+    """``image_stats`` with the spec's constants worked out once (the request log calls it per image)."""
+
+    def __init__(self, spec: Mapping[str, Any], channels: int):
+        mean = np.asarray(spec.get("mean", [0.0] * channels), dtype=np.float32)
+        std = np.asarray(spec.get("std", [1.0] * channels), dtype=np.float32)
+        self.mean, self.std = mean, np.where(std == 0, np.float32(1.0), std)
+        edges = image_edges(spec)
+        self.lo, self.width = float(edges[0]), float(edges[-1] - edges[0]) or 1.0
+
+    def __call__(self, x: np.ndarray) -> dict[str, Any]:
+        u = (x * self.std + self.mean).ravel()
+        idx = np.clip(((u - self.lo) * (IMAGE_BINS / self.width)).astype(np.int64), 0, IMAGE_BINS - 1)
+        counts = np.bincount(idx, minlength=IMAGE_BINS)
+        n = max(u.size, 1)
+        m = float(u.mean())
+        sd = math.sqrt(max(float(np.dot(u, u)) / n - m * m, 0.0))
+        return {"mean": round(m, 6), "std": round(sd, 6), "hist": [round(float(c) / n, 6) for c in counts]}
 
 
 def clipped_fraction(x: np.ndarray, quant: Mapping[str, Any] | None, dtype: str) -> float | None:
@@ -91,6 +99,8 @@ class InputRecorder:
         recorded = (artifact.get("monitoring") or {}).get("bins")
         self.bins = {**default_bins(self.spec), **(recorded or {}), **(bins or {})}
         self.columns = [dict(c) for c in self.spec.get("columns", [])]
+        self._stats: ImageStats | None = None
+        self._stats_channels = 0
 
     def describe(self) -> dict[str, Any]:
         """What a summary line's indices mean: written to bins.json beside the logs."""
@@ -108,7 +118,9 @@ class InputRecorder:
             raw = _image_raw(self.spec, instance) if x is None or self.mode == "raw" else None
             if x is None:
                 x = preprocess(self.spec, raw[None])[0]
-            out: dict[str, Any] = {"mode": self.mode, **image_stats(self.spec, x)}
+            if self._stats is None or self._stats_channels != x.shape[-1]:
+                self._stats, self._stats_channels = ImageStats(self.spec, x.shape[-1]), x.shape[-1]
+            out: dict[str, Any] = {"mode": self.mode, **self._stats(x)}
             if self.mode == "raw":
                 out["values"] = np.round(raw, 4).tolist()
         else:
