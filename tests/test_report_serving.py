@@ -67,7 +67,7 @@ def test_a_sweep_makes_a_serving_section_with_curve_knee_and_layout(swept: RunDi
     serving = md.split("## Serving", 1)[1].split("\n## ", 1)[0]
     assert f"### {doc['device_id']}: " in serving
     assert f"knee {doc['knee']['rate']:g}/s offered" in serving
-    assert "1 worker x 1 thread, queue" in serving and "stdlib front" in serving
+    assert "1 worker x 1 thread, queue" in serving and "loop front" in serving
     assert "no benchmark results in this run" in md  # only a sweep: says what is missing, no error
     (png,) = re.findall(r"!\[throughput-latency curve on [^\]]+\]\(([^)]+\.png)\)", serving)
     assert (run.path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,6 +12,7 @@ import base64
 import http.client
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -180,8 +181,13 @@ def _png(img: np.ndarray) -> str:
 # ---------------------------------------------------------------- API shapes
 
 
-def test_predict_status_health_and_metrics(bundle: dict[str, Path], digits: dict[str, Any]) -> None:
-    with HostServer(bundle["bundle"], workers=2) as srv:
+FRONTS = ["loop", "stdlib"]  # the default and the measured alternative: the same API from both
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_predict_status_health_and_metrics(bundle: dict[str, Path], digits: dict[str, Any],
+                                           front: str) -> None:
+    with HostServer(bundle["bundle"], workers=2, extra=["--front", front]) as srv:
         assert srv.models == ["base"]
         c = Client(srv.url)
         raw = digits["raw"][:4]
@@ -203,6 +209,8 @@ def test_predict_status_health_and_metrics(bundle: dict[str, Path], digits: dict
         assert c.json("GET", "/healthz") == (200, {"status": "ok"})
         status, ready = c.json("GET", "/readyz")
         assert status == 200 and ready["layout"]["workers"] == 2 and ready["device_id"].startswith("host")
+        assert ready["layout"]["front"] == front  # batching on by default, and only where it can be
+        assert ready["layout"]["max_batch"] == (8 if front == "loop" else 1)
         status, headers, text = c.call("GET", "/metrics")
         body = text.decode()
         assert status == 200 and headers["content-type"].startswith("text/plain")
@@ -242,9 +250,10 @@ ERRORS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def small_server(bundle: dict[str, Path]) -> Any:
-    with HostServer(bundle["bundle"], workers=1, extra=["--max-body-bytes", "4096"]) as srv:
+@pytest.fixture(scope="module", params=FRONTS)
+def small_server(bundle: dict[str, Path], request: pytest.FixtureRequest) -> Any:
+    flags = ["--max-body-bytes", "4096", "--front", request.param]
+    with HostServer(bundle["bundle"], workers=1, extra=flags) as srv:
         yield srv
 
 
@@ -290,6 +299,114 @@ def test_ten_thousand_bad_requests_then_still_serving(small_server: Any, digits:
         softmax_probs(digits["w"], digits["b"], digits["raw"][:1]).argmax())
     assert c.json("GET", "/readyz")[0] == 200
     c.close()
+
+
+def _raw_answers(sock: socket.socket, n: int) -> list[tuple[int, bytes]]:
+    """Read ``n`` HTTP answers off a raw socket: (status, body) each, by Content-Length."""
+    buf, out = b"", []
+    sock.settimeout(10)
+    while len(out) < n:
+        head_end = buf.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buf[:head_end].decode("latin-1").split("\r\n")
+            length = int(next(h.split(":", 1)[1] for h in head if h.lower().startswith("content-length:")))
+            if len(buf) >= head_end + 4 + length:
+                out.append((int(head[0].split()[1]), buf[head_end + 4:head_end + 4 + length]))
+                buf = buf[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed after {len(out)} of {n} answers"
+        buf += chunk
+    return out
+
+
+def _post_bytes(path: str, body: bytes, extra: str = "") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def test_loop_front_pipelining_expect_continue_and_broken_clients(small_server: Any,
+                                                                   digits: dict[str, Any]) -> None:
+    """What a hand-written HTTP/1.1 reader must get right: pipelined requests answered in order,
+    curl's ``Expect: 100-continue``, an oversized head, and clients that vanish mid-request."""
+    host, port = small_server.url.removeprefix("http://").rsplit(":", 1)
+    raw = digits["raw"]
+    want = softmax_probs(digits["w"], digits["b"], raw[:3]).argmax(axis=1)
+    bodies = [json.dumps({"instances": raw[i:i + 1].tolist()}).encode() for i in range(3)]
+    with socket.create_connection((host, int(port))) as s:  # three requests in one write, one GET between
+        s.sendall(_post_bytes("/v1/models/base:predict", bodies[0])
+                  + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+                  + _post_bytes("/v1/models/base:predict", bodies[1])
+                  + _post_bytes("/v1/models/base:predict", bodies[2]))
+        answers = _raw_answers(s, 4)
+    assert [a[0] for a in answers] == [200, 200, 200, 200]
+    assert json.loads(answers[1][1]) == {"status": "ok"}
+    got = [json.loads(answers[k][1])["predictions"][0]["index"] for k in (0, 2, 3)]
+    assert got == list(want)
+    with socket.create_connection((host, int(port))) as s:  # curl sends the body only after 100 Continue
+        s.sendall(_post_bytes("/v1/models/base:predict", b"", "Expect: 100-continue\r\n")[:-2]
+                  .replace(b"Content-Length: 0", f"Content-Length: {len(bodies[0])}".encode()) + b"\r\n")
+        s.settimeout(10)
+        first = s.recv(1024)
+        assert first.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"), first
+        s.sendall(bodies[0])
+        assert _raw_answers(s, 1)[0][0] == 200
+    with socket.create_connection((host, int(port))) as s:  # a head that never ends: 431, then closed
+        s.sendall(b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"a" * (70 << 10))
+        assert _raw_answers(s, 1)[0][0] == 431
+    for cut in (10, 60, len(_post_bytes("/v1/models/base:predict", bodies[0])) - 5):  # gone mid-request
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(_post_bytes("/v1/models/base:predict", bodies[0])[:cut])
+    c = Client(small_server.url)
+    assert c.json("POST", "/v1/models/base:predict", {"instances": raw[:1].tolist()})[0] == 200
+    c.close()
+
+
+def test_dynamic_batching_answers_each_request_alone(bundle: dict[str, Path], digits: dict[str, Any]) -> None:
+    """With --max-batch, queued requests share runtime calls, yet each gets its own answer, and a
+    bad request in a batch gets its own 400 while the rest are answered."""
+    raw = digits["raw"]
+    want = softmax_probs(digits["w"], digits["b"], raw[:64]).argmax(axis=1)
+    bad = json.dumps({"instances": [[1, 2, 3]]})
+    results: list[tuple[int, int, Any]] = []
+    lock = threading.Lock()
+    flags = ["--max-batch", "16", "--batch-timeout-ms", "20"]
+    with HostServer(bundle["bundle"], workers=1, extra=flags) as srv:
+        def client(k: int) -> None:
+            c = Client(srv.url)
+            for j in range(12):
+                i = (k * 12 + j) % 64
+                if (k + j) % 5 == 4:
+                    status, _, data = c.call("POST", "/v1/models/base:predict", bad)
+                    out = (status, -1, json.loads(data))
+                else:
+                    one = {"instances": raw[i:i + 1].tolist()}
+                    status, body = c.json("POST", "/v1/models/base:predict", one)
+                    out = (status, i, body)
+                with lock:
+                    results.append(out)
+            c.close()
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        c = Client(srv.url)
+        metrics = c.call("GET", "/metrics")[2].decode()
+        ready = c.json("GET", "/readyz")[1]
+        c.close()
+    assert len(results) == 96
+    for status, i, body in results:
+        if i < 0:
+            assert status == 400 and body["code"] == "bad_request"
+        else:
+            assert status == 200 and body["predictions"][0]["index"] == int(want[i])
+    good = sum(1 for r in results if r[1] >= 0)
+    calls = int(float(re.search(r'^edge_batch_instances_count\{model="base"\} (\S+)$', metrics, re.M)[1]))
+    total = int(float(re.search(r'^edge_batch_instances_sum\{model="base"\} (\S+)$', metrics, re.M)[1]))
+    assert total == good and calls < good, (calls, good)  # every instance answered, in fewer calls
+    assert ready["layout"]["max_batch"] == 16 and ready["layout"]["batch_timeout_ms"] == 20
 
 
 # ---------------------------------------------------------------- overload
@@ -430,6 +547,10 @@ def test_serve_bad_invocations_are_one_line_exit_2(bundle: dict[str, Path]) -> N
             ([str(bundle["bundle"]), "--artifact", "base/tflite-int8", "--port", "0"], "has no artifact"),
             ([str(bundle["root"] / "missing"), "--port", "0"], "does not exist"),
             ([str(bundle["bundle"]), "--deadline-ms", "0", "--port", "0"], "--deadline-ms"),
+            ([str(bundle["bundle"]), "--max-batch", "0", "--port", "0"], "--max-batch must be 1-256"),
+            ([str(bundle["bundle"]), "--max-batch", "4", "--front", "stdlib", "--port", "0"],
+             "needs the default"),
+            ([str(bundle["bundle"]), "--batch-timeout-ms", "5000", "--port", "0"], "--batch-timeout-ms"),
         ]
         for args, words in cases:
             p = _serve_cli(*args)

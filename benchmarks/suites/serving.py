@@ -7,8 +7,10 @@ whether an update and a rollback under load drop a request.
 (a) overhead: p50 of one request at a time (keep-alive, loopback) over the in-process
     preprocess + invoke p50 of the same artifact and raw input;
 (b) capacity: the knee of ``edgeship load`` (highest rate with p99 under the SLO and < 1 %
-    errors) over the bare in-process rate: ``workers`` threads, each with its own interpreter,
-    preprocessing and invoking in a closed loop on the same cores;
+    errors; the coarse sweep is refined between the knee and the next rate) over the bare
+    in-process rate: ``workers`` threads, each with its own interpreter, preprocessing and
+    invoking in a closed loop on the same cores. Also over the same request bodies handled
+    in-process (JSON, PNG decode, preprocess, invoke): what the server does, minus HTTP;
 (c) an update to another artifact of the run and a rollback, under steady load at half the knee:
     failed requests (target: zero).
 
@@ -19,9 +21,7 @@ Like the fleet suite, it drives what a user runs: ``python -m edge_runtime serve
 from __future__ import annotations
 
 import argparse
-import base64
 import http.client
-import io
 import json
 import os
 import re
@@ -31,13 +31,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeship.core.runstore import RunStore
+from edgeship.core.runstore import RunDir, RunStore
+from edgeship.devices.serving.load import knee as load_knee
+from edgeship.devices.serving.results import request_bodies
 
 READY = re.compile(r"^serving (?P<names>.*) on (?P<url>http://\S+) ")
 
@@ -49,9 +51,11 @@ def _env() -> dict[str, str]:
 class _Server:
     """``python -m edge_runtime serve`` on 127.0.0.1, a free port; stopped by pid."""
 
-    def __init__(self, exports: Path, artifact: str, workers: int, threads: int = 1):
+    def __init__(self, exports: Path, artifact: str, workers: int, threads: int = 1, front: str = "loop",
+                 batch: Sequence[str] = ()):
         self.cmd = [sys.executable, "-m", "edge_runtime", "serve", str(exports), "--artifact", artifact,
-                    "--port", "0", "--workers", str(workers), "--threads", str(threads), "--max-queue", "128"]
+                    "--port", "0", "--workers", str(workers), "--threads", str(threads), "--max-queue", "128",
+                    "--front", front, *batch]
 
     def __enter__(self) -> _Server:
         self.err = tempfile.TemporaryFile()
@@ -90,6 +94,27 @@ def _raw_inputs(run: Path, n: int) -> np.ndarray:
         return f["x"][:n].astype(np.float32)
 
 
+def threads_rate(workers: int, seconds: float, step: Callable[[int, int], Any]) -> float:
+    """``workers`` threads each calling ``step(k, i)`` in a closed loop for ``seconds``: calls a second."""
+    counts = [0] * workers
+    stop = time.perf_counter() + seconds
+
+    def loop(k: int) -> None:
+        i = 0
+        while time.perf_counter() < stop:
+            step(k, i)
+            i += 1
+        counts[k] = i
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
 def in_process(artifact_dir: Path, raw: np.ndarray, workers: int, calls: int,
                seconds: float) -> dict[str, float]:
     """Single-request p50 (preprocess + invoke) and the closed-loop rate with ``workers`` threads."""
@@ -104,46 +129,31 @@ def in_process(artifact_dir: Path, raw: np.ndarray, workers: int, calls: int,
         t0 = time.perf_counter()
         m.predict(raw[i % len(raw)][None])
         samples.append(time.perf_counter() - t0)
-    counts = [0] * workers
-    if seconds <= 0:
-        return {"p50_ms": statistics.median(samples) * 1000.0, "rate": float("nan")}
-    stop = time.perf_counter() + seconds
-
-    def loop(k: int) -> None:
-        mk, i = models[k], 0
-        while time.perf_counter() < stop:
-            mk.predict(raw[i % len(raw)][None])
-            i += 1
-        counts[k] = i
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=loop, args=(k,)) for k in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    return {"p50_ms": statistics.median(samples) * 1000.0, "rate": sum(counts) / wall}
+    rate = (threads_rate(workers, seconds, lambda k, i: models[k].predict(raw[i % len(raw)][None]))
+            if seconds > 0 else float("nan"))
+    return {"p50_ms": statistics.median(samples) * 1000.0, "rate": rate}
 
 
-def _instance(x: np.ndarray, raw_range: Any) -> Any:
-    """A nested array for a small input, a base64 PNG for a camera-sized one (as edgeship load sends)."""
-    if x.size <= 32 * 32 * 3:
-        return x.tolist()
+def in_process_requests(artifact_dir: Path, bodies: Sequence[bytes], workers: int,
+                        seconds: float) -> float:
+    """The server's own work on the same request bodies, without HTTP: JSON, decoding (a PNG for
+    a camera-sized input), preprocessing and invoke, ``workers`` threads in a closed loop."""
+    from edge_runtime.model import EdgeModel
+    from edge_runtime.serve.pool import decode_instances
 
-    from PIL import Image
+    models = [EdgeModel.load(artifact_dir, threads=1) for _ in range(workers)]
 
-    lo, hi = (float(v) for v in (raw_range or (0.0, 255.0)))
-    u8 = np.clip(np.rint((x - lo) / max(hi - lo, 1e-9) * 255.0), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(u8[..., 0] if u8.shape[-1] == 1 else u8).save(buf, "PNG")
-    return {"b64": base64.b64encode(buf.getvalue()).decode("ascii")}
+    def step(k: int, i: int) -> None:
+        models[k].infer(decode_instances(models[k], json.loads(bodies[i % len(bodies)])["instances"]))
+
+    for i in range(20):
+        step(0, i)
+    return threads_rate(workers, seconds, step)
 
 
-def served_p50(srv: _Server, raw: np.ndarray, calls: int, raw_range: Any = None) -> float:
+def served_p50(srv: _Server, bodies: Sequence[bytes], calls: int) -> float:
     """p50 of one request at a time over one keep-alive connection (low load)."""
     conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
-    bodies = [json.dumps({"instances": [_instance(x, raw_range)]}).encode() for x in raw]
     path = f"/v1/models/{srv.model}:predict"
     for i in range(20):
         srv.post(conn, path, bodies[i % len(bodies)])
@@ -158,6 +168,64 @@ def served_p50(srv: _Server, raw: np.ndarray, calls: int, raw_range: Any = None)
     return statistics.median(samples) * 1000.0
 
 
+def closed_loop(srv: _Server, bodies: Sequence[bytes], clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` keep-alive connections, each sending its next request when the last is
+    answered, for ``seconds``: the most the server answers, and its CPU per request."""
+    path = f"/v1/models/{srv.model}:predict"
+    counts, errors = [0] * clients, [0] * clients
+    cpu0 = _server_cpu(srv)
+    stop = time.perf_counter() + seconds
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
+        i = k
+        while time.perf_counter() < stop:
+            status, _ = srv.post(conn, path, bodies[i % len(bodies)])
+            counts[k] += status == 200
+            errors[k] += status != 200
+            i += clients
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    answered = sum(counts)
+    return {"rate": answered / wall, "errors": float(sum(errors)),
+            "cpu_ms": (_server_cpu(srv) - cpu0) / max(answered, 1) * 1000.0}
+
+
+def _server_cpu(srv: _Server) -> float:
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=30)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    conn.close()
+    return float(re.search(r"^process_cpu_seconds_total (\S+)$", text, re.M)[1])  # type: ignore[index]
+
+
+def compare(run: Path, artifact: str, bodies: Sequence[bytes], seconds: float, rounds: int) -> None:
+    """Fronts and worker layouts side by side: 16 clients in a closed loop, interleaved rounds."""
+    cores = os.cpu_count() or 1
+    layouts = [(1, 1), (cores, 1), (1, cores), (2 * cores, 1)]
+    setups = [(front, w, t) for front in ("loop", "stdlib") for w, t in dict.fromkeys(layouts)]
+    results: dict[tuple[str, int, int], list[dict[str, float]]] = {s: [] for s in setups}
+    for _ in range(rounds):
+        for front, w, t in setups:
+            with _Server(run / "exports", artifact, w, t, front=front) as srv:
+                closed_loop(srv, bodies, 4, 1.0)  # warm-up
+                results[(front, w, t)].append(closed_loop(srv, bodies, 16, seconds))
+    print(f"fronts and layouts, {artifact}: 16 clients in a closed loop, {seconds:g} s x {rounds} "
+          "interleaved rounds (median)")
+    for (front, w, t), rs in results.items():
+        rate = statistics.median(r["rate"] for r in rs)
+        cpu = statistics.median(r["cpu_ms"] for r in rs)
+        print(f"    {front:7s} {w} worker(s) x {t} thread(s): {rate:8.1f}/s, server CPU {cpu:.2f} ms "
+              f"a request, errors {sum(r['errors'] for r in rs):.0f}")
+
+
 def edgeship_load(runs_dir: Path, run: str, args: Sequence[str]) -> dict[str, Any]:
     done = subprocess.run([sys.executable, "-m", "edgeship", "--runs-dir", str(runs_dir), "load", run,
                            "--json", *args], capture_output=True, text=True, env=_env(), timeout=1800)
@@ -167,9 +235,9 @@ def edgeship_load(runs_dir: Path, run: str, args: Sequence[str]) -> dict[str, An
 
 
 def update_under_load(runs_dir: Path, run: Path, artifact: str, other: str, workers: int, rate: float,
-                      seconds: float) -> dict[str, Any]:
+                      seconds: float, front: str) -> dict[str, Any]:
     """Steady load at ``rate`` while the server switches to ``other`` and rolls back."""
-    with _Server(run / "exports", artifact, workers) as srv:
+    with _Server(run / "exports", artifact, workers, front=front) as srv:
         out: dict[str, Any] = {}
 
         def load() -> None:
@@ -190,6 +258,20 @@ def update_under_load(runs_dir: Path, run: Path, artifact: str, other: str, work
         t.join()
     r = out["doc"]["rates"][0]
     return {"sent": r["sent"], "failed": r["errors"], "statuses": r["statuses"], "steps": steps}
+
+
+def refine(sweep: Sequence[dict[str, Any]], n: int) -> list[int]:
+    """``n`` rates spaced geometrically between the highest passing rate and the next one tried."""
+    passing = [r["rate"] for r in sweep if r["meets_slo"]]
+    if not passing:
+        return []
+    lo = max(passing)
+    above = [r["rate"] for r in sweep if r["rate"] > lo]
+    if not above:
+        return []
+    hi = min(above)
+    steps = [round(lo * (hi / lo) ** (k / (n + 1))) for k in range(1, n + 1)]
+    return sorted({r for r in steps if lo < r < hi})
 
 
 def _tiny_run(root: Path) -> Path:
@@ -213,23 +295,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--slo-ms", type=float, default=50.0)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per rate")
+    parser.add_argument("--front", default="loop", help="the server's HTTP front (serve --front)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="serve --max-batch (dynamic batching; default: the server's)")
+    parser.add_argument("--batch-timeout-ms", type=float, default=0.0, help="serve --batch-timeout-ms")
+    parser.add_argument("--compare", action="store_true",
+                        help="only compare fronts and worker layouts (closed loop), then stop")
     parser.add_argument("--smoke", action="store_true", help="tiny model, short sweeps")
     args = parser.parse_args(argv)
+    batch = (["--max-batch", str(args.max_batch)] if args.max_batch else []) + [
+        "--batch-timeout-ms", f"{args.batch_timeout_ms:g}"]
     if args.smoke:
         args.duration = 1.5
     with tempfile.TemporaryDirectory(prefix="edgeship-serving-suite-") as tmp:
         run = Path(args.run).resolve() if args.run else _tiny_run(Path(tmp) / "runs")
         runs_dir = run.parent
         raw = _raw_inputs(run, 64)
+        bodies = request_bodies(RunDir(run))  # what edgeship load sends: a PNG for a camera-sized input
         art = run / "exports" / args.artifact
+        if args.compare:
+            compare(run, args.artifact, bodies, 2.0 if args.smoke else 5.0, 1 if args.smoke else 2)
+            return 0
         calls = 200 if args.smoke else 1000
-        bare = in_process(art, raw, args.workers, calls, 2.0 if args.smoke else 5.0)
-        spec = json.loads((run / "manifest.json").read_text())["data"].get("preprocessing") or {}
+        seconds = 2.0 if args.smoke else 5.0
+        bare = in_process(art, raw, args.workers, calls, seconds)
+        bare_requests = in_process_requests(art, bodies, args.workers, seconds)
         rounds = 2 if args.smoke else 5
         local_p50s, served_p50s = [bare["p50_ms"]], []
-        with _Server(run / "exports", args.artifact, args.workers) as srv:
+        with _Server(run / "exports", args.artifact, args.workers, front=args.front) as srv:
             for k in range(rounds):  # alternating rounds: a busy machine disturbs both sides alike
-                served_p50s.append(served_p50(srv, raw, calls // rounds, spec.get("raw_range")))
+                served_p50s.append(served_p50(srv, bodies, calls // rounds))
                 if k:
                     local_p50s.append(in_process(art, raw, 1, calls // rounds, 0.0)["p50_ms"])
         served = statistics.median(served_p50s)
@@ -237,28 +332,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         # geometric steps from 3 % of the bare rate: a server far below it still finds its knee
         fractions = ((0.25, 0.5, 0.75) if args.smoke
                      else (0.03, 0.05, 0.08, 0.12, 0.18, 0.27, 0.4, 0.6, 0.8, 1.0))
-        rates = ",".join(f"{bare['rate'] * f:.0f}" for f in fractions)
-        doc = edgeship_load(runs_dir, run.name, ["--artifact", args.artifact, "--workers", str(args.workers),
-                                                 "--threads", "1", "--rates", rates, "--duration",
-                                                 f"{args.duration:g}s", "--slo-ms", f"{args.slo_ms:g}"])
-        knee = doc["knee"]
-        half = (knee["rate"] if knee else float(rates.split(",")[0])) / 2
+        rates = [round(bare["rate"] * f) for f in fractions]
+        sweep: list[dict[str, Any]] = []
+        with _Server(run / "exports", args.artifact, args.workers, front=args.front, batch=batch) as srv:
+            url = f"{srv.url}/v1/models/{srv.model}:predict"
+            doc = edgeship_load(runs_dir, run.name, ["--url", url, "--rates", ",".join(map(str, rates)),
+                                                     "--duration", f"{args.duration:g}s",
+                                                     "--slo-ms", f"{args.slo_ms:g}"])
+            sweep += doc["rates"]
+            between = refine(sweep, 2 if args.smoke else 4)
+            if between:  # the coarse steps are up to 1.5x apart: look between the knee and the next
+                sweep += edgeship_load(runs_dir, run.name, [
+                    "--url", url, "--rates", ",".join(map(str, between)), "--duration", f"{args.duration:g}s",
+                    "--slo-ms", f"{args.slo_ms:g}"])["rates"]
+        sweep.sort(key=lambda r: r["rate"])
+        knee = load_knee(sweep)
+        half = (knee["rate"] if knee else float(rates[0])) / 2
         upd = update_under_load(runs_dir, run, args.artifact, args.update_to, args.workers, half,
-                                max(4.0, 2 * args.duration))
+                                max(4.0, 2 * args.duration), args.front)
+    layout = doc.get("layout") or {}
+    batching = (f", batches up to {layout['max_batch']} (waits {layout.get('batch_timeout_ms', 0):g} ms)"
+                if (layout.get("max_batch") or 1) > 1 else ", unbatched")
     print(f"serving {args.artifact} of {run.name} on {doc['device_id']}: workers {args.workers} x 1 thread, "
-          f"stdlib front, SLO p99 < {args.slo_ms:g} ms")
+          f"{args.front} front{batching}, SLO p99 < {args.slo_ms:g} ms")
     print(f"(a) overhead: one request p50 {served:.3f} ms over in-process preprocess+invoke p50 "
           f"{local:.3f} ms = {served / local:.2f}x (median of {rounds} alternating rounds; least "
           f"disturbed rounds: {min(served_p50s):.3f} / {min(local_p50s):.3f} ms = "
           f"{min(served_p50s) / min(local_p50s):.2f}x)")
-    for r in doc["rates"]:
+    for r in sweep:
         lat = r["latency_ms"] or {}
         print(f"    {r['rate']:8.0f}/s offered: {r['achieved_rps']:8.1f}/s answered, "
               f"p50 {lat.get('p50', 0):7.2f} p99 {lat.get('p99', 0):8.2f} ms, errors {r['errors']}, "
               f"server CPU {r['server_cpu_cores'] or 0:.2f} cores{'  (meets SLO)' if r['meets_slo'] else ''}")
+    most = max(r["achieved_rps"] for r in sweep)
+    print(f"    most answered: {most:.1f}/s")
     if knee:
         print(f"(b) capacity: knee {knee['achieved_rps']:.1f}/s over bare in-process {bare['rate']:.1f}/s "
-              f"= {knee['achieved_rps'] / bare['rate']:.2f}x")
+              f"= {knee['achieved_rps'] / bare['rate']:.2f}x; over the same requests decoded in-process "
+              f"(JSON, image decode, preprocess, invoke; no HTTP) {bare_requests:.1f}/s = "
+              f"{knee['achieved_rps'] / bare_requests:.2f}x")
     else:
         print(f"(b) capacity: no rate met the SLO (bare in-process {bare['rate']:.1f}/s)")
     print(f"(c) update to {args.update_to} and rollback under {half:.0f}/s: {upd['failed']} failed of "

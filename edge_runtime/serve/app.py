@@ -37,6 +37,7 @@ from edge_runtime.serve.errors import (
     MethodNotAllowed,
     NotFound,
     NotReady,
+    TooLarge,
     Unprocessable,
 )
 from edge_runtime.serve.metrics import Registry
@@ -119,6 +120,9 @@ class Service:
         self.latency = m.histogram("edge_request_duration_seconds",
                                    "Prediction latency by part: queue, preprocess, invoke, total.",
                                    ("model", "part"))
+        self.batch_instances = m.histogram(
+            "edge_batch_instances", "Instances per runtime call (above 1 only with --max-batch).", ("model",),
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
         self.inflight = m.gauge("edge_inflight_requests", "Predictions admitted and not yet answered.")
         self.queue_depth = m.gauge("edge_queue_depth", "Predictions waiting for a worker.")
         self.rejected = m.counter("edge_rejected_total", "Predictions refused, by reason.", ("reason",))
@@ -216,7 +220,8 @@ class Service:
             self._info = {"device_id": device_id(device_kind(), facts), "device": facts}
         layout = {"workers": self.store.workers, "threads": self.store.threads,
                   "max_queue": self.pool.max_queue, "deadline_ms": self.deadline_s * 1000.0,
-                  "front": self.front}
+                  "front": self.front, "max_batch": int(self.config.get("max_batch") or 1),
+                  "batch_timeout_ms": float(self.config.get("batch_timeout_ms") or 0.0)}
         return {**self._info, "layout": layout, "uptime_s": round(time.time() - self.started, 3),
                 "recent": self.recent()}
 
@@ -271,26 +276,37 @@ class Service:
 
     def execute(self, pending: Pending) -> Response:
         """Run a prediction on the calling thread (a slot's interpreter) and build its response."""
-        job = pending.job
+        return self.execute_batch([pending])[0]
+
+    def execute_batch(self, pendings: list[Pending]) -> list[Response]:
+        """Predictions of one model in one runtime call (dynamic batching), each answered alone."""
+        n = len(pendings)
         with self._inflight_lock:
-            self.inflight.inc()
+            self.inflight.inc(n)
         try:
-            try:
-                answer = self.pool.run(job)
-            except HTTPError:
-                raise
-            except EdgeRuntimeError as e:
-                raise BadRequest(str(e)) from e
-            except Exception as e:  # a runtime bug: a 500 that says so, and the server goes on
-                raise HTTPError(f"inference failed: {type(e).__name__}: {e}") from e
-        except HTTPError as e:
+            outcomes: list[Answer | Exception] = self.pool.run_batch([p.job for p in pendings])
+        except Exception as e:  # overload or a bug: every job of the call gets the same answer
+            outcomes = [e] * n
+        finally:
+            with self._inflight_lock:
+                self.inflight.dec(n)
+        answered = [o for o in outcomes if isinstance(o, Answer)]
+        if answered:
+            size = sum(len(a.predictions) for a in answered)
+            self.batch_instances.observe(size, model=answered[0].version.name)
+        return [self._respond(p, o) for p, o in zip(pendings, outcomes, strict=True)]
+
+    def _respond(self, pending: Pending, outcome: Answer | Exception) -> Response:
+        if isinstance(outcome, Exception):
+            e = outcome
+            if not isinstance(e, HTTPError):
+                e = (BadRequest(str(e)) if isinstance(e, EdgeRuntimeError)
+                     else HTTPError(f"inference failed: {type(e).__name__}: {e}"))  # a bug: a 500 saying so
             self.rejected.inc(reason=e.code)
             self.requests.inc(route="predict", code=str(e.status))
             self._recent.append((time.monotonic(), time.perf_counter() - pending.started, False))
             return error_response(e)
-        finally:
-            with self._inflight_lock:
-                self.inflight.dec()
+        answer, job = outcome, pending.job
         total = time.perf_counter() - pending.started
         self._recent.append((time.monotonic(), total, True))
         v = answer.version
@@ -404,6 +420,25 @@ class Service:
 def _need(req: Request, method: str) -> None:
     if req.method != method:
         raise MethodNotAllowed(f"{req.path} takes {method}, not {req.method}", headers={"Allow": method})
+
+
+def body_length(transfer_encoding: str | None, content_length: str | None, limit: int) -> int:
+    """The body's byte count from its headers, checked before a byte of it is read: chunked
+    bodies and a length that is not a count are ``BadRequest``, one over ``limit`` ``TooLarge``."""
+    if (transfer_encoding or "").lower() == "chunked":
+        raise BadRequest("chunked bodies are not accepted: send Content-Length")
+    if content_length is None:  # no body (a POST of :rollback needs none)
+        return 0
+    try:
+        length = int(content_length)
+        if length < 0:
+            raise ValueError
+    except ValueError:
+        raise BadRequest(f"Content-Length {content_length!r} is not a byte count") from None
+    if length > limit:
+        raise TooLarge(f"the body is {length} bytes; this server takes at most {limit} "
+                       "(--max-body-bytes): send fewer or smaller instances")
+    return length
 
 
 def parse_json(req: Request) -> Any:

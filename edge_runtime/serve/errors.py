@@ -45,6 +45,10 @@ class TooLarge(HTTPError):
     status, code = 413, "too_large"
 
 
+class HeadTooLarge(HTTPError):
+    status, code = 431, "head_too_large"
+
+
 class UnsupportedMedia(HTTPError):
     status, code = 415, "unsupported_media_type"
 

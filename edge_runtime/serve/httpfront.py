@@ -1,9 +1,9 @@
-"""The HTTP front on the standard library: ``ThreadingHTTPServer``, HTTP/1.1 keep-alive.
+"""The thread-per-connection front on the standard library: ``ThreadingHTTPServer``, HTTP/1.1
+keep-alive (``serve --front stdlib``; the fallback where epoll is missing).
 
-Chosen over uvicorn (+ h11) by measurement (see the README's "Serving" section): on this
-workload the front only parses a small request and waits on a worker, and the standard library
-did that as fast or faster, ships nothing extra to the device and needs no wheel.
-A connection cap answers 503 at once past ``max_connections`` so threads stay bounded too.
+The default front (``loopfront``) measured faster: here every connection has a thread, and up
+to 64 of them contend for the GIL and hand a slot to each other (README, "Serving"). A
+connection cap answers 503 at once past ``max_connections`` so threads stay bounded too.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from edge_runtime.serve.app import Pending, Request, Response, Service, error_response
-from edge_runtime.serve.errors import BadRequest, HTTPError, Overloaded, TooLarge
+from edge_runtime.serve.app import Pending, Request, Response, Service, body_length, error_response
+from edge_runtime.serve.errors import HTTPError, Overloaded
 
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection idle this long is closed
 
@@ -61,21 +61,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self, method: str) -> bytes:
         """The body by Content-Length, refused past ``max_body_bytes`` before reading it."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            raise BadRequest("chunked bodies are not accepted: send Content-Length")
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:  # no body (a POST of :rollback needs none)
-            return b""
-        try:
-            length = int(length_text)
-            if length < 0:
-                raise ValueError
-        except ValueError:
-            raise BadRequest(f"Content-Length {length_text!r} is not a byte count") from None
-        limit = self.server.max_body_bytes
-        if length > limit:
-            raise TooLarge(f"the body is {length} bytes; this server takes at most {limit} "
-                           "(--max-body-bytes): send fewer or smaller instances")
+        length = body_length(self.headers.get("Transfer-Encoding"), self.headers.get("Content-Length"),
+                             self.server.max_body_bytes)
         return self.rfile.read(length) if length else b""
 
     def _send(self, resp: Response) -> None:

@@ -142,8 +142,9 @@ class Registry:
     def gauge(self, name: str, help_: str, labelnames: Sequence[str] = ()) -> Gauge:
         return self.add(Gauge(name, help_, labelnames))  # type: ignore[return-value]
 
-    def histogram(self, name: str, help_: str, labelnames: Sequence[str] = ()) -> Histogram:
-        return self.add(Histogram(name, help_, labelnames))  # type: ignore[return-value]
+    def histogram(self, name: str, help_: str, labelnames: Sequence[str] = (),
+                  buckets: Iterable[float] = LATENCY_BUCKETS) -> Histogram:
+        return self.add(Histogram(name, help_, labelnames, buckets))  # type: ignore[return-value]
 
     def exposition(self) -> str:
         """The text format; ``process_cpu_seconds_total`` lets a load generator read the

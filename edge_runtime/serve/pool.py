@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from edge_runtime.errors import EdgeRuntimeError
-from edge_runtime.serve.errors import BadRequest, DeadlineExceeded, NotFound, Overloaded
+from edge_runtime.preprocess import raw_from_u8
+from edge_runtime.serve.errors import BadRequest, DeadlineExceeded, HTTPError, NotFound, Overloaded
 from edge_runtime.serve.models import ModelStore, ModelVersion
 
 MAX_INSTANCES = 256  # per request: a larger batch is a client bug or an attempt to hog a worker
@@ -95,6 +96,12 @@ class WorkerPool:
     def busy(self) -> int:
         return self._busy
 
+    def queued(self, delta: int) -> None:
+        """A front that holds admitted predictions in its own queue (``loopfront``) counts them here,
+        so ``admit`` and ``depth`` see them as waiting."""
+        with self._lock:
+            self._waiting += delta
+
     def admit(self) -> None:
         """``Overloaded`` if the queue is full now (``run`` checks again, under the lock)."""
         if self._waiting >= self._max_queue and self._slots.empty():
@@ -113,57 +120,110 @@ class WorkerPool:
 
     def run(self, job: Job) -> Answer:
         """Wait for a slot (bounded queue, the job's deadline), then answer on its interpreter."""
-        self.check(job)
+        out = self.run_batch([job])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
+
+    def run_batch(self, jobs: list[Job]) -> list[Answer | Exception]:
+        """Jobs of one model on one slot and one runtime call (dynamic batching; one job without).
+
+        Each job gets its own answer or its own error: a bad instance in one request never fails
+        another. Jobs past their deadline get ``DeadlineExceeded`` without a runtime call.
+        """
+        out: list[Answer | Exception | None] = [None] * len(jobs)
+        for k, job in enumerate(jobs):
+            try:
+                self.check(job)
+            except HTTPError as e:
+                out[k] = e
+        live = [k for k in range(len(jobs)) if out[k] is None]
+        if not live:
+            return out  # type: ignore[return-value]
         with self._lock:
             if self._waiting >= self._max_queue and self._slots.empty():
                 raise self._overloaded()
             self._waiting += 1
         try:
-            index = self._slots.get(timeout=max(0.0, job.deadline - time.perf_counter()))
+            now = time.perf_counter()
+            for k in [k for k in live if jobs[k].deadline < now]:  # waited out in a front's queue
+                out[k] = _late()
+            live = [k for k in live if out[k] is None]
+            if not live:
+                return out  # type: ignore[return-value]
+            index = self._slots.get(timeout=max(0.0, max(jobs[k].deadline for k in live) - now))
         except queue.Empty:
-            raise DeadlineExceeded("no interpreter was free within the deadline; retry later or raise "
-                                   "--deadline-ms") from None
+            for k in live:
+                out[k] = _late()
+            return out  # type: ignore[return-value]
         finally:
             with self._lock:
                 self._waiting -= 1
         started = time.perf_counter()
-        answer: Answer | None = None
-        error: BaseException | None = None
         with self._lock:
             self._busy += 1
         try:
-            answer = self._answer(index, job, started)
-            return answer
-        except BaseException as e:
-            error = e
-            raise
+            for k in live:
+                if jobs[k].deadline < started:
+                    out[k] = _late()
+            live = [k for k in live if out[k] is None]
+            try:
+                answers = self._answer(index, [jobs[k] for k in live], started) if live else []
+                for k, answer in zip(live, answers, strict=True):
+                    out[k] = answer
+            except Exception as e:  # a runtime bug: every job of the call gets it (the front's 500)
+                for k in live:
+                    out[k] = e
+            return out  # type: ignore[return-value]
         finally:
             with self._lock:
                 self._busy -= 1
             self._slots.put(index)
             if self._on_done is not None:
-                self._on_done(job, answer, error)
+                for job, o in zip(jobs, out, strict=True):
+                    self._on_done(job, o if isinstance(o, Answer) else None,
+                                  o if isinstance(o, BaseException) else None)
 
-    def _answer(self, index: int, job: Job, started: float) -> Answer:
-        version = self.store.get(job.model)
+    def _answer(self, index: int, jobs: list[Job], started: float) -> list[Answer | Exception]:
+        """Decode each job, run them all in one call, split the probabilities back per job."""
+        version = self.store.get(jobs[0].model)
         if version is None:
-            raise NotFound(f"model {job.model!r} is no longer served")
+            return [NotFound(f"model {jobs[0].model!r} is no longer served") for _ in jobs]
         model = version.models[index]
-        t0 = time.perf_counter()
-        x = decode_instances(model, job.instances)
+        out: list[Answer | Exception | None] = [None] * len(jobs)
+        xs: list[np.ndarray] = []
+        took: list[float] = []
+        for k, job in enumerate(jobs):
+            t0 = time.perf_counter()
+            try:
+                xs.append(decode_instances(model, job.instances))
+                took.append(time.perf_counter() - t0)
+            except HTTPError as e:
+                out[k] = e
+        if not xs:
+            return out  # type: ignore[return-value]
         t1 = time.perf_counter()
         try:
-            probs = model.infer(x)
+            probs = model.infer(xs[0] if len(xs) == 1 else np.concatenate(xs))
         except EdgeRuntimeError as e:
-            raise BadRequest(str(e)) from e
-        t2 = time.perf_counter()
+            return [o if o is not None else BadRequest(str(e)) for o in out]
+        invoke_s = time.perf_counter() - t1
         labels = model.labels
-        preds = []
-        for p in probs:
-            k = int(np.argmax(p))
-            preds.append({"label": labels[k], "index": k, "confidence": float(p[k]),
-                          "probabilities": [round(float(v), 7) for v in p]})
-        return Answer(preds, version, started - job.enqueued, t1 - t0, t2 - t1, x)
+        row = 0
+        ok = [k for k in range(len(jobs)) if out[k] is None]
+        for k, x, pre in zip(ok, xs, took, strict=True):
+            preds = []
+            for p in probs[row:row + len(x)]:
+                c = int(np.argmax(p))
+                preds.append({"label": labels[c], "index": c, "confidence": float(p[c]),
+                              "probabilities": [round(float(v), 7) for v in p]})
+            row += len(x)
+            out[k] = Answer(preds, version, started - jobs[k].enqueued, pre, invoke_s, x)
+        return out  # type: ignore[return-value]
+
+
+def _late() -> DeadlineExceeded:
+    return DeadlineExceeded("no interpreter was free within the deadline; retry later or raise --deadline-ms")
 
 
 class _Named(io.BytesIO):
@@ -189,7 +249,10 @@ def decode_instances(model: Any, instances: list[Any]) -> np.ndarray:
                     raise BadRequest(f"instances[{i}] is a {type(row).__name__}: send a row object "
                                      f"{{column: value}} or a list of {len(model.columns)} values")
             return model.preprocess(instances)
-        parts = [model.preprocess(_image_instance(spec, inst, i)) for i, inst in enumerate(instances)]
+        parts = []
+        for i, inst in enumerate(instances):
+            arr = _image_instance(spec, inst, i)  # decoded 8-bit images take the lookup
+            parts.append(model.preprocess_u8(arr) if arr.dtype == np.uint8 else model.preprocess(arr))
         return np.concatenate(parts)
     except EdgeRuntimeError as e:
         if isinstance(e, BadRequest):
@@ -220,6 +283,8 @@ def _image_instance(spec: dict[str, Any], inst: Any, i: int) -> np.ndarray:
 
 
 def _decode_image(spec: dict[str, Any], text: str, i: int) -> np.ndarray:
+    """A base64 image at the model's size and colour mode: uint8 (H, W, C) for an 8-bit one,
+    raw-range float32 for a 16-bit one."""
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -227,7 +292,7 @@ def _decode_image(spec: dict[str, Any], text: str, i: int) -> np.ndarray:
     try:
         from PIL import UnidentifiedImageError
 
-        from edge_runtime.images import ImageRefused, image_array, open_image
+        from edge_runtime.images import ImageRefused, image_array, image_u8, open_image
     except ImportError:
         raise BadRequest("this server cannot decode images (Pillow is not installed): send nested "
                          "arrays, or install edge_runtime/requirements-image.txt") from None
@@ -235,12 +300,11 @@ def _decode_image(spec: dict[str, Any], text: str, i: int) -> np.ndarray:
     size = (int(spec["width"]), int(spec["height"]))
     try:
         with open_image(_Named(data, f"instances[{i}]")) as img:  # type: ignore[arg-type]
-            arr = image_array(img, mode, size)
+            arr = image_u8(img, mode, size)
+            if arr is None:  # 16-bit: scaled to 0-255 in floating point
+                arr = raw_from_u8(spec, image_array(img, mode, size))
     except ImageRefused as e:
         raise BadRequest(str(e)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise BadRequest(f"instances[{i}] is not a readable image: send a base64 PNG or JPEG") from None
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    lo, hi = (float(v) for v in spec.get("raw_range", [0, 255]))
-    return (lo + arr / 255.0 * (hi - lo)).astype(np.float32)
+    return arr[..., None] if arr.ndim == 2 else arr

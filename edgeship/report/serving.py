@@ -213,7 +213,7 @@ def device_title(did: str, dev: dict[str, Any]) -> str:
 
 
 def layout_text(layout: dict[str, Any]) -> str:
-    """``1 worker x 1 thread, queue 64, deadline 1000 ms, stdlib front``."""
+    """``1 worker x 1 thread, queue 64, deadline 1000 ms, loop front``."""
     if not layout:
         return "layout not recorded"
     w, t = layout.get("workers"), layout.get("threads")

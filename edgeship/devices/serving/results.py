@@ -6,7 +6,7 @@ the same thing again replaces it), schema ``SCHEMA_VERSION``:
     {"schema_version": 1, "kind": "serve-sweep", "run_id", "created",
      "device_id", "device": {...facts, "emulated"}, "url", "model", "model_version", "model_sha256",
      "artifact": {"format", "quantize", "path"} | null,
-     "layout": {"workers", "threads", "max_queue", "deadline_ms", "front"},
+     "layout": {"workers", "threads", "max_queue", "deadline_ms", "front", "max_batch", "batch_timeout_ms"},
      "generator": {"kind": "open-loop poisson", "connections", "timeout_s", "seed", "host"},
      "slo_ms", "duration_s",
      "rates": [{"rate", "sent", "ok", "errors", "error_rate", "rejected_503", "timeouts", "statuses",
