@@ -3,9 +3,10 @@ runs predictions and writes their answers.
 
 Why: the thread-per-connection front (``httpfront``) spent most of a MobileNetV2 request's CPU
 outside the model, in thread switches and lock hand-offs between up to 64 connection threads
-contending for the GIL, and saturated at about a quarter of the bare rate on 2 cores. Here the
-threads are fixed (one loop, ``workers`` predictors, one for admin and feedback), and a request
-changes threads once: the loop hands it to a predictor, which answers on the socket itself.
+contending for the GIL; its knee was 724 requests/s where this front's is 1,079-1,181/s
+unbatched, on the same 2 cores (README, "Serving"). Here the threads are fixed (one loop,
+``workers`` predictors, one for admin and feedback), and a request changes threads once: the
+loop hands it to a predictor, which answers on the socket itself.
 
 Connections sit in an ``epoll`` set with ``EPOLLONESHOT``: whoever takes an event owns the
 connection until it re-arms it, so the loop and a predictor never touch one at once, and a
