@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from edgeship.core.runstore import RunDir, RunStore
+from edgeship.devices.serving.load import MAX_RATE
 from edgeship.devices.serving.load import knee as load_knee
 from edgeship.devices.serving.results import request_bodies
 
@@ -330,9 +331,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         served = statistics.median(served_p50s)
         local = statistics.median(local_p50s)
         # geometric steps from 3 % of the bare rate: a server far below it still finds its knee
-        fractions = ((0.25, 0.5, 0.75) if args.smoke
+        fractions = ((0.05, 0.15, 0.4) if args.smoke
                      else (0.03, 0.05, 0.08, 0.12, 0.18, 0.27, 0.4, 0.6, 0.8, 1.0))
-        rates = [round(bare["rate"] * f) for f in fractions]
+        # within the generator's bound: a tiny model's bare rate can be over it on a fast machine
+        rates = sorted({min(round(bare["rate"] * f), int(MAX_RATE)) for f in fractions})
         sweep: list[dict[str, Any]] = []
         with _Server(run / "exports", args.artifact, args.workers, front=args.front, batch=batch) as srv:
             url = f"{srv.url}/v1/models/{srv.model}:predict"
@@ -347,7 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "--slo-ms", f"{args.slo_ms:g}"])["rates"]
         sweep.sort(key=lambda r: r["rate"])
         knee = load_knee(sweep)
-        half = (knee["rate"] if knee else float(rates[0])) / 2
+        # (c) at half the knee; with no knee, at a quarter of the most it answered: a load it held
+        half = knee["rate"] / 2 if knee else max(r["achieved_rps"] for r in sweep) / 4
         upd = update_under_load(runs_dir, run, args.artifact, args.update_to, args.workers, half,
                                 max(4.0, 2 * args.duration), args.front)
     layout = doc.get("layout") or {}
