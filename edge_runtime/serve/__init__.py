@@ -5,7 +5,8 @@ TensorFlow, never edgeship. Layout: ``app`` (routes, JSON, metrics, admin), ``po
 bounded wait for one of N interpreter slots), ``models`` (versions, golden check,
 atomic switch), ``metrics`` (Prometheus text format), ``errors`` (status codes), ``loopfront``
 (the sockets: one epoll thread, one thread per interpreter; the default), ``httpfront`` and
-``asgifront`` (the measured alternatives: a thread per connection, and uvicorn).
+``asgifront`` (the measured alternatives: a thread per connection, and uvicorn), ``framing``
+(body lengths and answer bytes, shared by the first two).
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from edge_runtime.serve.errors import (
     MethodNotAllowed,
     NotFound,
     NotReady,
-    TooLarge,
     Unprocessable,
 )
 from edge_runtime.serve.metrics import Registry
@@ -420,25 +419,6 @@ class Service:
 def _need(req: Request, method: str) -> None:
     if req.method != method:
         raise MethodNotAllowed(f"{req.path} takes {method}, not {req.method}", headers={"Allow": method})
-
-
-def body_length(transfer_encoding: str | None, content_length: str | None, limit: int) -> int:
-    """The body's byte count from its headers, checked before a byte of it is read: chunked
-    bodies and a length that is not a count are ``BadRequest``, one over ``limit`` ``TooLarge``."""
-    if (transfer_encoding or "").lower() == "chunked":
-        raise BadRequest("chunked bodies are not accepted: send Content-Length")
-    if content_length is None:  # no body (a POST of :rollback needs none)
-        return 0
-    try:
-        length = int(content_length)
-        if length < 0:
-            raise ValueError
-    except ValueError:
-        raise BadRequest(f"Content-Length {content_length!r} is not a byte count") from None
-    if length > limit:
-        raise TooLarge(f"the body is {length} bytes; this server takes at most {limit} "
-                       "(--max-body-bytes): send fewer or smaller instances")
-    return length
 
 
 def parse_json(req: Request) -> Any:

@@ -13,8 +13,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from edge_runtime.serve.app import Pending, Request, Response, Service, body_length, error_response
+from edge_runtime.serve.app import Pending, Request, Response, Service, error_response
 from edge_runtime.serve.errors import HTTPError, Overloaded
+from edge_runtime.serve.framing import body_length, http_bytes
 
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection idle this long is closed
 
@@ -66,14 +67,8 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, resp: Response) -> None:
-        head = [f"{self.protocol_version} {resp.status} {self.responses.get(resp.status, ('',))[0]}",
-                f"Server: {self.server_version}", f"Content-Type: {resp.content_type}",
-                f"Content-Length: {len(resp.body)}"]
-        head += [f"{k}: {v}" for k, v in resp.headers.items()]
-        if self.close_connection:
-            head.append("Connection: close")
         try:
-            self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
+            self.wfile.write(http_bytes(resp, close=self.close_connection))
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
 
@@ -96,10 +91,7 @@ class EdgeHTTPServer(ThreadingHTTPServer):
         if not self._slots.acquire(blocking=False):
             try:
                 e = Overloaded("too many open connections; retry later", headers={"Retry-After": "1"})
-                r = error_response(e)
-                head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                        f"Content-Length: {len(r.body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n")
-                request.sendall(head.encode() + r.body)
+                request.sendall(http_bytes(error_response(e), close=True))
             except OSError:
                 pass
             self.service.rejected.inc(reason="connections")

@@ -24,11 +24,11 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
-from edge_runtime.serve.app import Pending, Request, Response, Service, body_length, error_response
+from edge_runtime.serve.app import Pending, Request, Response, Service, error_response
 from edge_runtime.serve.errors import BadRequest, HeadTooLarge, HTTPError, Overloaded
+from edge_runtime.serve.framing import body_length, http_bytes
 
 IDLE_TIMEOUT_S = 30.0  # a keep-alive connection idle this long is closed
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
@@ -55,20 +55,6 @@ class _Conn:
 class _Parsed:
     request: Request
     keep_alive: bool
-
-
-def http_bytes(resp: Response, *, close: bool) -> bytes:
-    """Status line, headers and body as one write (with Nagle off: no delayed-ACK wait)."""
-    try:
-        reason = HTTPStatus(resp.status).phrase
-    except ValueError:
-        reason = ""
-    head = [f"HTTP/1.1 {resp.status} {reason}", "Server: edge_runtime", f"Content-Type: {resp.content_type}",
-            f"Content-Length: {len(resp.body)}"]
-    head += [f"{k}: {v}" for k, v in resp.headers.items()]
-    if close:
-        head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body
 
 
 class LoopServer:
